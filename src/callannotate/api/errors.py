@@ -1,0 +1,151 @@
+"""One error body everywhere, and the request id that ties a response to its logs.
+
+* :class:`RequestIdMiddleware` accepts the client's ``X-Request-ID`` (when well formed) or
+  makes one, exposes it through :data:`~callannotate.observability.logging.request_id_var`,
+  echoes it on every response, and turns unexpected exceptions into a 500 error body.
+* :func:`install_error_handlers` maps domain errors, FastAPI's validation errors and
+  Starlette's HTTP errors (404, 405, ...) to ``{"error", "detail", "request_id"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from callannotate.api.schemas import ErrorBody
+from callannotate.errors import CallAnnotateError
+from callannotate.observability.logging import request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "Invalid input"},
+    500: {"model": ErrorBody, "description": "Unexpected server error"},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting :class:`ErrorBody` for ``codes``."""
+    return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}
+
+
+def current_request_id() -> str:
+    return request_id_var.get() or "-"
+
+
+def error_json(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorBody(error=code, detail=detail, request_id=current_request_id())
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _code_for_status(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
+
+
+def _format_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CallAnnotateError)
+    if exc.status_code >= 500:
+        logger.error("request failed: %s: %s", exc.code, exc.detail)
+    return error_json(exc.status_code, exc.code, exc.detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_json(exc.status_code, _code_for_status(exc.status_code), detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_json(422, "validation_error", _format_validation(exc))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CallAnnotateError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+class RequestIdMiddleware:
+    """Pure ASGI middleware (cheap on the hot path) for request ids and unexpected errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                token = request_id_var.set(self._request_id(scope))
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    request_id_var.reset(token)
+                return
+            await self.app(scope, receive, send)
+            return
+
+        request_id = self._request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        header = (b"x-request-id", request_id.encode("ascii"))
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
+                headers.append(header)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            logger.info("client disconnected during %s %s", scope.get("method"), scope.get("path"))
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_json(500, "internal_error", "an unexpected error occurred")
+            await response(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _request_id(scope: Scope) -> str:
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                candidate = str(value.decode("latin-1")).strip()
+                if _VALID_REQUEST_ID.match(candidate):
+                    return candidate
+                break
+        return uuid.uuid4().hex

@@ -1,0 +1,313 @@
+"""Jobs: upload a recording, follow it, fetch its annotation, cancel, delete, retry."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, get_origin
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from callannotate.api.deps import CurrentPrincipal, ManagerDep, QueueDep, SettingsDep, visible_job
+from callannotate.api.errors import error_responses
+from callannotate.api.schemas import JobPage
+from callannotate.api.uploads import FILE_FIELD, StagedUpload, receive_upload, stored_name
+from callannotate.api.ws import publish_job_queued
+from callannotate.errors import InvalidAudio, Unprocessable
+from callannotate.jobs.models import AudioMeta, Job, JobState
+from callannotate.observability.logging import job_context
+from callannotate.pipeline import audio as audio_io
+from callannotate.pipeline.types import AnnotateOptions
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(404))
+
+# Every AnnotateOptions field is a form field (lists comma-separated), plus callback_url.
+OPTION_FIELDS: tuple[str, ...] = tuple(AnnotateOptions.model_fields)
+LIST_FIELDS = frozenset(
+    name
+    for name, info in AnnotateOptions.model_fields.items()
+    if get_origin(info.annotation) is list
+)
+FORM_FIELDS = (*OPTION_FIELDS, "callback_url")
+MAX_CALLBACK_URL = 2048
+
+
+def _form_property(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """One option's JSON Schema as a multipart form field (strings, lists comma-separated)."""
+    out = {k: v for k, v in prop.items() if k not in ("title", "anyOf", "$ref", "items")}
+    if "$ref" in prop:
+        out = {**defs[prop["$ref"].rsplit("/", 1)[-1]], **out}
+    for variant in prop.get("anyOf", ()):
+        if variant.get("type") != "null":
+            out = {**_form_property(variant, defs), **out}
+    if prop.get("type") == "array":
+        item = _form_property(prop.get("items", {}), defs)
+        choices = ", ".join(str(v) for v in item.get("enum", ()))
+        out["type"] = "string"
+        out["description"] = (
+            "Comma-separated"
+            + (f"; any of: {choices}" if choices else "")
+            + "; omit for the default"
+        )
+        out.pop("default", None)
+    out.pop("title", None)
+    if out.get("default", "") is None:
+        del out["default"]  # omitted means unset
+    return out
+
+
+def _upload_schema() -> dict[str, Any]:
+    schema = AnnotateOptions.model_json_schema()
+    defs = schema.get("$defs", {})
+    properties: dict[str, Any] = {
+        FILE_FIELD: {
+            "type": "string",
+            "format": "binary",
+            "description": "The recording (wav, flac, mp3, ogg/opus, m4a/aac, amr, webm, ...). "
+            "Checked by decoding, not by extension.",
+        }
+    }
+    for name, prop in schema["properties"].items():
+        properties[name] = _form_property(prop, defs)
+    properties["callback_url"] = {
+        "type": "string",
+        "format": "uri",
+        "description": "http(s) URL called when the job finishes.",
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FILE_FIELD],
+                        "properties": properties,
+                    }
+                }
+            },
+        }
+    }
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
+    """Form fields -> (options, callback_url); ``Unprocessable`` on anything invalid."""
+    unknown = sorted(set(fields) - set(FORM_FIELDS))
+    if unknown:
+        raise Unprocessable(
+            f"unknown form field(s) {', '.join(unknown)}; allowed: file, {', '.join(FORM_FIELDS)}"
+        )
+    raw: dict[str, Any] = {}
+    for name in OPTION_FIELDS:
+        value = fields.get(name, "").strip()
+        if not value:
+            continue
+        if name in LIST_FIELDS:
+            raw[name] = [s.strip().lower() for s in value.split(",") if s.strip()]
+        elif name == "language":
+            raw[name] = value.lower()
+        else:
+            raw[name] = value
+    try:
+        options = AnnotateOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise Unprocessable(_validation_detail(exc)) from exc
+    callback = fields.get("callback_url", "").strip() or None
+    if callback is not None and (
+        len(callback) > MAX_CALLBACK_URL
+        or not callback.lower().startswith(("http://", "https://"))
+        or any(ch.isspace() for ch in callback)
+    ):
+        raise Unprocessable("callback_url must be an http:// or https:// URL")
+    return options, callback
+
+
+def _location(request: Request, job_id: str) -> str:
+    base = request.app.state.settings.api.public_url.rstrip("/")
+    return f"{base}/jobs/{job_id}"
+
+
+def _job_response(request: Request, job: Job, status: int) -> Response:
+    return Response(
+        content=job.model_dump_json(),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": _location(request, job.id)},
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    summary="Upload a recording and queue its annotation",
+    openapi_extra=_upload_schema(),
+    responses={
+        202: {"description": "Accepted; `Location` names the job.", "model": Job},
+        **error_responses(400, 413, 415, 422),
+    },
+)
+async def submit_job(
+    request: Request, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
+) -> Response:
+    """Stream the upload to the staging folder, validate it, and queue it durably."""
+    upload: StagedUpload | None = None
+    try:
+        upload = await receive_upload(request, queue.staging_dir(), settings.api.max_upload_bytes)
+        options, callback = parse_options(upload.fields)
+        if upload.path is None:
+            raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
+        if upload.size == 0:
+            raise InvalidAudio("the uploaded file is empty (0 bytes)")
+        probe = await anyio.to_thread.run_sync(audio_io.probe, upload.path)
+        job = Job(
+            id=queue.new_job_id(),
+            owner=principal.id,
+            options=options,
+            callback_url=callback,
+            audio=AudioMeta(
+                filename=upload.filename,
+                stored_as=stored_name(upload.filename, probe.format),
+                size_bytes=upload.size,
+                format=probe.format,
+                codec=probe.codec,
+                sample_rate=probe.sample_rate,
+                channels=probe.channels,
+                duration=round(probe.duration, 3),
+            ),
+            max_attempts=settings.queue.max_attempts,
+        )
+        job = await anyio.to_thread.run_sync(queue.submit, job, upload.path)
+    except BaseException as exc:
+        if upload is not None:
+            upload.discard()
+        if isinstance(exc, Exception):
+            logger.info("upload refused: %s", getattr(exc, "detail", type(exc).__name__))
+        raise
+    with job_context(job.id):
+        logger.info(
+            "job accepted",
+            extra={
+                "owner": job.owner,
+                "size_bytes": job.audio.size_bytes,
+                "format": job.audio.format,
+                "duration_s": job.audio.duration,
+            },
+        )
+    publish_job_queued(request.app, job)
+    return _job_response(request, job, 202)
+
+
+def _parse_states(values: list[str] | None) -> set[JobState] | None:
+    if not values:
+        return None
+    states: set[JobState] = set()
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            try:
+                states.add(JobState(name))
+            except ValueError as exc:
+                allowed = ", ".join(s.value for s in JobState)
+                raise Unprocessable(f"unknown status {name!r}; use one of {allowed}") from exc
+    return states or None
+
+
+@router.get("", response_model=JobPage, summary="List jobs")
+def list_jobs(
+    queue: QueueDep,
+    principal: CurrentPrincipal,
+    status: Annotated[
+        list[str] | None,
+        Query(description="Filter by state; repeat or comma-separate (queued,running,...)."),
+    ] = None,
+    owner: Annotated[str | None, Query(description="Admins only: jobs of this owner.")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    """Newest first. Non-admin callers only ever see their own jobs."""
+    states = _parse_states(status)
+    if not principal.is_admin:
+        owner = principal.id
+    items, total = queue.list(owner=owner, states=states, offset=offset, limit=limit)
+    return JobPage(items=items, total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=Job, summary="Job status and progress")
+async def get_job(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Response:
+    # Reading one small job.json is cheaper inline than a thread hop (hot polling path).
+    job = visible_job(queue, job_id, principal)
+    return Response(content=job.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="The annotation JSON",
+    response_class=JSONResponse,
+    responses={
+        200: {"description": "The Annotation document (see the Annotation JSON Schema)."},
+        **error_responses(409),
+    },
+)
+def get_result(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Response:
+    """409 while the job is not completed."""
+    visible_job(queue, job_id, principal)
+    return Response(content=queue.read_result(job_id), media_type="application/json")
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Cancel (if queued or running) and delete a job",
+    response_class=Response,
+)
+async def delete_job(
+    job_id: str, queue: QueueDep, manager: ManagerDep, principal: CurrentPrincipal
+) -> Response:
+    job = await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
+    with job_context(job_id):
+        if job.state in (JobState.QUEUED, JobState.RUNNING):
+            try:
+                if manager is not None:
+                    await manager.cancel(job_id)
+                else:
+                    await anyio.to_thread.run_sync(queue.cancel, job_id)
+            except Exception as exc:  # it finished meanwhile: deleting is still right
+                logger.info("cancel before delete did not apply: %s", exc)
+        await anyio.to_thread.run_sync(queue.delete, job_id)
+        logger.info("job deleted by %s", principal.id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=Job,
+    summary="Queue a failed or cancelled job again",
+    responses=error_responses(409),
+)
+def retry_job(
+    request: Request, job_id: str, queue: QueueDep, principal: CurrentPrincipal
+) -> Response:
+    """409 unless the job is failed or cancelled."""
+    visible_job(queue, job_id, principal)
+    job = queue.retry(job_id)
+    with job_context(job_id):
+        logger.info("job retried by %s", principal.id)
+    publish_job_queued(request.app, job)
+    return _job_response(request, job, 202)

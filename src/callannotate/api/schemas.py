@@ -1,0 +1,60 @@
+"""Response bodies of the API that are not domain models (jobs use :class:`Job` itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from callannotate.jobs.models import Job
+
+
+class ErrorBody(BaseModel):
+    """The one error body every error response carries."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "error": "not_found",
+                "detail": "job j-123 does not exist",
+                "request_id": "9f2b6c1e0d7a4f43a1c5b2e8d4f6a9b0",
+            }
+        }
+    )
+
+    error: str = Field(description="Machine-readable error code, e.g. 'invalid_audio'.")
+    detail: str = Field(description="Human-readable explanation.")
+    request_id: str = Field(description="The request's id, also sent as X-Request-ID.")
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    total: int = Field(description="Jobs matching the filter, over all pages.")
+    offset: int
+    limit: int
+
+
+class HealthBody(BaseModel):
+    status: str = "ok"
+
+
+class ReadyBody(BaseModel):
+    status: str = "ready"
+    checks: dict[str, str] = Field(description="Each check and its outcome ('ok' or why not).")
+
+
+class StepModel(BaseModel):
+    step: str
+    processor: str = Field(description="`module:Class` implementing the step.")
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class InfoBody(BaseModel):
+    name: str = "callannotate"
+    version: str
+    models_config: str
+    models: list[StepModel]
+    queue: dict[str, int] = Field(description="Jobs per state.")
+    embedded_workers: bool
+    workers: list[dict[str, Any]] = Field(description="Worker processes and what each runs.")

@@ -1,0 +1,121 @@
+"""``GET /ws/{client_id}``: live job events over a WebSocket.
+
+The protocol (subscribe, resume with ``last_event_id``, heartbeat, close codes) is served by
+:class:`callannotate.events.session.Session` and documented in ``docs/api-specification.md``.
+:class:`EventService` bundles the bus and the fan-out hub for the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import anyio
+from fastapi import APIRouter, FastAPI, WebSocket
+
+from callannotate.api.deps import CurrentPrincipal
+from callannotate.config import Settings
+from callannotate.errors import CallAnnotateError
+from callannotate.events.bus import EventBus, create_bus
+from callannotate.events.hub import Hub
+from callannotate.events.session import CloseCode, OwnerLookup, Session
+from callannotate.jobs.events import JobEvent
+from callannotate.jobs.models import Job
+
+if TYPE_CHECKING:
+    from callannotate.jobs.filequeue import FileQueue
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+router = APIRouter(tags=["events"])
+
+
+class EventService:
+    """The event bus plus this process's WebSocket fan-out; ``app.state.events``."""
+
+    def __init__(self, settings: Settings, queue: FileQueue) -> None:
+        self.settings = settings
+        self.bus: EventBus = create_bus(settings.events, public_url=settings.api.public_url)
+        self._queue = queue
+        self._hub: Hub | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._hub is not None
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise RuntimeError("the event service is not started")
+        return self._hub
+
+    async def start(self) -> None:
+        await self.bus.start()
+        self._hub = Hub(self.bus)
+        log.info("event bus started (%s)", self.settings.events.backend)
+
+    async def stop(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+        await self.bus.stop()
+
+    def on_job_event(self, event: JobEvent) -> None:
+        """Publish a manager/API :class:`JobEvent`; safe from any thread."""
+        self.bus.on_job_event(event)
+
+    async def owner_of(self, job_id: str) -> str | None:
+        try:
+            job = await anyio.to_thread.run_sync(self._queue.get, job_id)
+        except CallAnnotateError:
+            return None
+        return job.owner
+
+
+def publish_job_event(app: FastAPI, event: JobEvent) -> None:
+    """Publish ``event`` on the app's bus (a no-op when the app has no event service)."""
+    service: EventService | None = getattr(app.state, "events", None)
+    if service is not None:
+        service.on_job_event(event)
+
+
+def publish_job_queued(app: FastAPI, job: Job) -> None:
+    """Announce a job that the API just queued (upload, retry): ``job.queued``."""
+    publish_job_event(
+        app,
+        JobEvent(
+            type="job.queued",
+            job_id=job.id,
+            owner=job.owner,
+            data={"state": job.state.value, "attempts": job.attempts},
+        ),
+    )
+
+
+@router.websocket("/ws/{client_id}")
+async def job_events(websocket: WebSocket, client_id: str, principal: CurrentPrincipal) -> None:
+    """Subscribe to job events; see docs/api-specification.md for the protocol."""
+    await websocket.accept()
+    if not CLIENT_ID_RE.fullmatch(client_id):
+        await websocket.close(
+            CloseCode.POLICY_VIOLATION, "client_id must be 1-128 of A-Z a-z 0-9 . _ : -"
+        )
+        return
+    service: EventService | None = getattr(websocket.app.state, "events", None)
+    if service is None or not service.started:
+        await websocket.close(1011, "event service unavailable")
+        return
+    lookup: OwnerLookup = service.owner_of
+    session = Session(
+        hub=service.hub,
+        transport=websocket,
+        client_id=client_id,
+        principal_id=principal.id,
+        is_admin=principal.is_admin,
+        owner_lookup=lookup,
+        settings=service.settings.events,
+    )
+    await session.run()

@@ -1,0 +1,434 @@
+"""The ``callannotate`` command line.
+
+Subcommands are registered from :data:`COMMAND_MODULES`: each module exposes
+``add_parser(subparsers)`` which adds its subparser and sets ``func`` (a callable taking the
+parsed ``argparse.Namespace`` and returning an exit code) with ``set_defaults(func=...)``.
+Adding a command group (``voices ...``) is one line in that tuple.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from callannotate import __version__
+from callannotate.config import Settings
+
+# Extra command groups: modules exposing ``add_parser(subparsers)`` (one line each).
+COMMAND_MODULES: tuple[str, ...] = ("callannotate.voices.cli",)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+BUILTIN_FORMATS = ("json",)
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment with the given top-level/nested overrides applied."""
+    settings = Settings()
+    if not overrides:
+        return settings
+    data = settings.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[key] = value
+    return Settings.model_validate(data)
+
+
+# --------------------------------------------------------------------------- serve / worker
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from callannotate.api.app import create_app
+    from callannotate.observability.logging import configure_logging
+
+    settings = load_settings(
+        api__host=args.host,
+        api__port=args.port,
+        workers__concurrency=args.workers,
+        api__embedded_workers=False if args.no_workers else None,
+    )
+    configure_logging(settings.log)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=int(args.grace),
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from callannotate.jobs.worker import run_standalone_worker
+    from callannotate.observability.logging import configure_logging
+
+    settings = load_settings(workers__concurrency=args.workers)
+    configure_logging(settings.log)
+    run_standalone_worker(settings)
+    return 0
+
+
+# --------------------------------------------------------------------------- annotate
+
+
+def available_formats() -> tuple[tuple[str, ...], str | None]:
+    """Export formats usable now, and why others are not (``None`` when exporters load)."""
+    try:
+        exporters = importlib.import_module("callannotate.reports.exporters")
+    except ImportError as exc:
+        return BUILTIN_FORMATS, f"callannotate.reports.exporters is not available ({exc})"
+    names = getattr(exporters, "FORMATS", None)
+    if names is None:
+        return (*BUILTIN_FORMATS, "rttm", "srt", "vtt", "csv", "html", "pdf"), None
+    return tuple(dict.fromkeys((*BUILTIN_FORMATS, *(str(n) for n in names)))), None
+
+
+def format_extension(fmt: str) -> str:
+    """File extension of ``fmt``: the exporter's own (``csv`` -> ``utterances.csv``) or ``fmt``."""
+    if fmt in BUILTIN_FORMATS:
+        return fmt
+    exporters = importlib.import_module("callannotate.reports.exporters")
+    spec = getattr(exporters, "FORMATS", {}).get(fmt)
+    return str(getattr(spec, "extension", fmt) or fmt)
+
+
+def export_annotation(annotation: Any, fmt: str) -> bytes:
+    """Bytes of ``annotation`` in ``fmt`` (JSON built in, others via the reports exporters)."""
+    if fmt == "json":
+        text: str = annotation.model_dump_json(indent=2)
+        return text.encode("utf-8") + b"\n"
+    exporters = importlib.import_module("callannotate.reports.exporters")
+    data: bytes = exporters.export(annotation, fmt)
+    return data
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TqdmHook:
+    """A progress hook drawing one tqdm bar per file; the bar shows the current step."""
+
+    def __init__(self, label: str, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        from tqdm import tqdm
+
+        self.label = label
+        self.step: str | None = None
+        self.bar = tqdm(
+            total=1,
+            desc=label,
+            unit="step",
+            disable=not enabled,
+            file=stream or sys.stderr,
+            leave=True,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+        )
+
+    def __call__(self, step: str, *, completed: int, total: int) -> None:
+        if step != self.step:
+            self.step = step
+            self.bar.reset(total=max(total, 1))
+            self.bar.set_description_str(f"{self.label} {step}", refresh=False)
+        if total > 0 and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = min(completed, max(total, 1))
+        self.bar.refresh()
+
+    def close(self, status: str = "done") -> None:
+        self.bar.set_description_str(f"{self.label} {status}", refresh=False)
+        self.bar.close()
+
+
+def _annotate_options(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from callannotate.pipeline.types import AnnotateOptions
+
+    raw: dict[str, Any] = {"language": args.language}
+    if args.speakers is not None:
+        raw["num_speakers"] = args.speakers
+    if args.min_speakers is not None:
+        raw["min_speakers"] = args.min_speakers
+    if args.max_speakers is not None:
+        raw["max_speakers"] = args.max_speakers
+    if args.steps:
+        raw["steps"] = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if args.channel_mode:
+        raw["channel_mode"] = args.channel_mode
+    if args.initial_prompt:
+        raw["initial_prompt"] = args.initial_prompt
+    try:
+        return AnnotateOptions.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()
+        )
+        raise CliError(f"invalid options: {problems}") from exc
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from callannotate.errors import CallAnnotateError
+    from callannotate.observability.logging import configure_logging
+    from callannotate.pipeline.pipeline import annotate
+
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    if not formats:
+        raise CliError("--format needs at least one format")
+    usable, why = available_formats()
+    unknown = [f for f in formats if f not in usable]
+    if unknown:
+        reason = f" ({why})" if why else ""
+        raise CliError(
+            f"format(s) {', '.join(unknown)} not available{reason}; available: {', '.join(usable)}"
+        )
+    options = _annotate_options(args)
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(missing)}")
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise CliError(f"{stems[f.stem]} and {f} would both write {f.stem}.*; rename one")
+        stems[f.stem] = f
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    settings = load_settings()
+    configure_logging(settings.log.model_copy(update={"level": args.log_level}))
+    show_progress = (not args.quiet and sys.stderr.isatty()) or args.progress
+    failures = 0
+    for path in files:
+        hook = TqdmHook(path.name, enabled=show_progress)
+        try:
+            annotation = annotate(path, options, settings=settings, hook=hook, filename=path.name)
+            written = []
+            for fmt in formats:
+                target = out / f"{path.stem}.{format_extension(fmt)}"
+                _write_atomic(target, export_annotation(annotation, fmt))
+                written.append(str(target))
+        except CallAnnotateError as exc:
+            hook.close("failed")
+            failures += 1
+            print(f"{path}: {exc.code}: {exc.detail}", file=sys.stderr)
+            continue
+        except Exception as exc:  # keep going with the other files, but say what broke
+            hook.close("failed")
+            failures += 1
+            print(f"{path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        hook.close()
+        if not args.quiet:
+            print("\n".join(written))
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------- jobs (HTTP)
+
+
+def _client(url: str, timeout: float) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        with _client(args.url, args.timeout) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {args.url}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body.get('error')}: {body.get('detail')}"
+        except ValueError:
+            message = response.text[:200]
+        raise CliError(f"{method} {path} -> {response.status_code} {message}")
+    return response
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    running = [p for p in job.get("progress", []) if p.get("status") == "running"]
+    if running:
+        p = running[-1]
+        return f"{p['step']} {p.get('percent', 0):.0f}%"
+    return job.get("error") or ""
+
+
+def _cmd_jobs_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"offset": args.offset, "limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    page = _request(args, "GET", "/jobs", params=params).json()
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'ID':32}  {'STATE':9}  {'CREATED':19}  {'DURATION':>8}  FILE  PROGRESS")
+    for job in page["items"]:
+        created = str(job["created_at"])[:19].replace("T", " ")
+        duration = f"{job['audio']['duration']:.1f}s"
+        print(
+            f"{job['id']:32}  {job['state']:9}  {created:19}  {duration:>8}  "
+            f"{job['audio']['filename']}  {_progress_text(job)}".rstrip()
+        )
+    shown = len(page["items"])
+    print(f"{shown} of {page['total']} job(s) (offset {page['offset']})")
+    return 0
+
+
+def _cmd_jobs_show(args: argparse.Namespace) -> int:
+    job = _request(args, "GET", f"/jobs/{args.job_id}").json()
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    _request(args, "DELETE", f"/jobs/{args.job_id}")
+    print(f"job {args.job_id} cancelled and deleted")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the built-in commands: serve, worker, annotate, jobs."""
+    serve = subparsers.add_parser("serve", help="run the HTTP API (and embedded workers)")
+    serve.add_argument("--host", help="bind address (CALLANNOTATE_API__HOST)")
+    serve.add_argument("--port", type=int, help="port (CALLANNOTATE_API__PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="embedded worker processes running jobs (CALLANNOTATE_WORKERS__CONCURRENCY)",
+    )
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="API only; run `callannotate worker` separately (CALLANNOTATE_API__EMBEDDED_WORKERS)",
+    )
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument(
+        "--grace", type=float, default=30.0, help="seconds to finish requests on shutdown"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    worker = subparsers.add_parser(
+        "worker", help="run a standalone worker pool on the queue folder (no HTTP)"
+    )
+    worker.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    worker.set_defaults(func=_cmd_worker)
+
+    ann = subparsers.add_parser(
+        "annotate", help="annotate recordings locally and write DIR/<stem>.<format>"
+    )
+    ann.add_argument("files", nargs="+", metavar="FILE", help="recordings (any ffmpeg format)")
+    ann.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    ann.add_argument(
+        "--format",
+        "-f",
+        default="json,rttm",
+        help="comma-separated formats (default json,rttm): json, rttm, srt, vtt, csv, "
+        "words.csv, html, pdf",
+    )
+    ann.add_argument("--language", "-l", default="auto", help="ru, en, ... or auto (default)")
+    ann.add_argument("--speakers", "-n", type=int, help="exact number of speakers")
+    ann.add_argument("--min-speakers", type=int)
+    ann.add_argument("--max-speakers", type=int)
+    ann.add_argument("--steps", help="comma-separated steps to run (default: all)")
+    ann.add_argument("--channel-mode", choices=("auto", "mix", "per-channel"))
+    ann.add_argument("--initial-prompt", help="names and terms that help transcription")
+    ann.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no file list")
+    ann.add_argument(
+        "--progress", action="store_true", help="draw the progress bar even when not a TTY"
+    )
+    ann.add_argument("--log-level", default="WARNING", help="log level (default WARNING)")
+    ann.set_defaults(func=_cmd_annotate)
+
+    jobs = subparsers.add_parser("jobs", help="list, show or cancel jobs on a running server")
+    jobs.add_argument(
+        "--url", default=os.environ.get("CALLANNOTATE_URL", DEFAULT_URL), help="server URL"
+    )
+    jobs.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="{list,show,cancel}")
+    jobs_sub.required = True
+    lst = jobs_sub.add_parser("list", help="list jobs, newest first")
+    lst.add_argument("--status", help="filter: queued,running,completed,failed,cancelled")
+    lst.add_argument("--offset", type=int, default=0)
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true", help="print the raw JSON page")
+    lst.set_defaults(func=_cmd_jobs_list)
+    show = jobs_sub.add_parser("show", help="print one job as JSON")
+    show.add_argument("job_id")
+    show.set_defaults(func=_cmd_jobs_show)
+    cancel = jobs_sub.add_parser("cancel", help="cancel (if queued/running) and delete a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=_cmd_jobs_cancel)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callannotate",
+        description="Annotate call recordings: who spoke when, what was said, how.",
+    )
+    parser.add_argument("--version", action="version", version=f"callannotate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_parser(subparsers)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"callannotate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

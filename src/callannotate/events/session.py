@@ -1,0 +1,461 @@
+"""One WebSocket client: the subscription protocol, replay/resume, heartbeat, backpressure.
+
+The connection's own coroutine reads client messages; one writer task sends everything (the
+send queue, replays, heartbeat pings) so frames never interleave. See
+``docs/api-specification.md`` for the protocol as a client sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from enum import IntEnum
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from callannotate.config import EventSettings
+from callannotate.events.hub import Hub
+from callannotate.events.models import TERMINAL_TYPES, BusEvent, Replay, iso_ts
+from callannotate.events.sendqueue import Outgoing, SendQueue
+
+log = logging.getLogger(__name__)
+
+#: Most jobs one connection may subscribe to by id.
+MAX_SUBSCRIPTIONS = 1000
+#: Longest client message (characters) the session parses.
+MAX_MESSAGE_CHARS = 64 * 1024
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # binary frame
+    INVALID_PAYLOAD = 1007  # text that is not JSON
+    POLICY_VIOLATION = 1008  # bad client id
+    MESSAGE_TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013  # too slow: send queue stayed full; reconnect and resume
+    HEARTBEAT_TIMEOUT = 4000  # no pong within pong_timeout_s
+    REPLACED = 4001  # a newer connection with the same client id took over
+
+
+class Transport(Protocol):
+    """What the session needs from a WebSocket (Starlette's ``WebSocket`` fits)."""
+
+    async def receive(self) -> Mapping[str, Any]: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+OwnerLookup = Callable[[str], Awaitable[str | None]]
+"""Job id -> its owner, ``None`` when there is no such job."""
+
+
+# -- client messages ------------------------------------------------------------------------------
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubscribeMsg(_Msg):
+    type: Literal["subscribe"]
+    jobs: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_SUBSCRIPTIONS
+    )
+    all: bool = False
+    last_event_id: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+
+class UnsubscribeMsg(_Msg):
+    type: Literal["unsubscribe"]
+    jobs: list[str] = Field(default_factory=list, max_length=MAX_SUBSCRIPTIONS)
+    all: bool = False
+
+
+class PingMsg(_Msg):
+    type: Literal["ping"]
+    id: str | int | None = None
+
+
+class PongMsg(_Msg):
+    type: Literal["pong"]
+    id: str | int | None = None
+
+
+ClientMessage = Annotated[
+    SubscribeMsg | UnsubscribeMsg | PingMsg | PongMsg, Field(discriminator="type")
+]
+_client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+_CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "pong")
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class Session:
+    """Serve one accepted WebSocket until it closes."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        transport: Transport,
+        client_id: str,
+        principal_id: str,
+        is_admin: bool,
+        owner_lookup: OwnerLookup,
+        settings: EventSettings,
+    ) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.client_id = client_id
+        self.principal_id = principal_id
+        self.is_admin = is_admin
+        self._lookup = owner_lookup
+        self._settings = settings
+        self.queue = SendQueue(
+            settings.send_queue_size, full_timeout_s=settings.slow_client_timeout_s
+        )
+        self.jobs: set[str] = set()  # subscribed by id
+        self.all_jobs = False
+        self._sent: dict[str, int] = {}  # job id -> highest seq sent (or resumed from)
+        self._close: tuple[int, str] | None = None
+        self._awaiting_pong_since: float | None = None
+        self._next_ping = 0.0
+        self._ping_due = False
+        self._sending_since: float | None = None  # loop time a blocked send started
+        self._abort_send = False
+        self._writer: asyncio.Task[None] | None = None
+        self.close_code: int | None = None  # what the session closed with, for logs/tests
+
+    @property
+    def closing(self) -> tuple[int, str] | None:
+        """``(code, reason)`` once a close was requested, else ``None``."""
+        return self._close
+
+    # -- hub callbacks ------------------------------------------------------------------------
+    def deliver(self, event: BusEvent) -> None:
+        if self._close is not None:
+            return
+        item = Outgoing(event.wire, event.job_id, event.seq, event.coalescible)
+        if not self.queue.offer(item):
+            self.request_close(
+                CloseCode.TRY_AGAIN_LATER,
+                "client too slow: send queue full; reconnect and resume with last_event_id",
+            )
+
+    def resync(self) -> None:
+        """The bus may have missed events: replay every watched job from what was sent."""
+        for job_id in set(self.jobs) | set(self._sent):
+            self._enqueue(Outgoing("", job_id, 0, replay=True))
+
+    def replaced(self) -> None:
+        self.request_close(CloseCode.REPLACED, "replaced by a newer connection with this client_id")
+
+    @property
+    def tick_period(self) -> float:
+        """How often :meth:`tick` must run for this session's timings to hold."""
+        settings = self._settings
+        shortest = min(
+            settings.ping_interval_s, settings.pong_timeout_s, settings.slow_client_timeout_s
+        )
+        return max(0.01, min(1.0, shortest / 4))
+
+    def tick(self, now: float) -> None:
+        """Time-based checks, run by the hub's ticker: stuck send, missed pong, ping due."""
+        since = self._sending_since
+        if since is not None and now - since > self._settings.slow_client_timeout_s:
+            self.request_close(
+                CloseCode.TRY_AGAIN_LATER,
+                "client too slow: a send stayed blocked; reconnect and resume with last_event_id",
+            )
+            if self._writer is not None and not self._abort_send:
+                self._abort_send = True
+                self._writer.cancel()
+            return
+        if self._close is not None:
+            return
+        waiting = self._awaiting_pong_since
+        if waiting is not None and now - waiting >= self._settings.pong_timeout_s:
+            self.request_close(
+                CloseCode.HEARTBEAT_TIMEOUT, f"no pong within {self._settings.pong_timeout_s:g} s"
+            )
+            return
+        if now >= self._next_ping:
+            self._next_ping = now + self._settings.ping_interval_s
+            self._ping_due = True
+            if waiting is None:
+                self._awaiting_pong_since = now
+            self.queue.wake()
+
+    def request_close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (int(code), reason)
+            self.queue.wake()
+
+    # -- main loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Read client messages until the socket closes (the socket must be accepted)."""
+        self._next_ping = asyncio.get_running_loop().time() + self._settings.ping_interval_s
+        self.hub.register(self)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.client_id}")
+        self._enqueue_json(
+            {
+                "type": "welcome",
+                "client_id": self.client_id,
+                "ping_interval_s": self._settings.ping_interval_s,
+                "pong_timeout_s": self._settings.pong_timeout_s,
+                "replay_limit": self._settings.replay_limit,
+                "ts": iso_ts(),
+            }
+        )
+        try:
+            await self._read_loop()
+        finally:
+            self.hub.unregister(self, self.jobs, all_of=self._all_key() if self.all_jobs else None)
+            if self._close is None:
+                self._close = (CloseCode.NORMAL, "")
+            self.queue.wake()
+            writer = self._writer
+            if writer is not None and not writer.done():
+                # Give the writer a moment to send the close frame, then stop it.
+                done, _ = await asyncio.wait({writer}, timeout=1.0)
+                if not done:
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.transport.receive()
+            kind = message.get("type")
+            if kind == "websocket.disconnect":
+                if self.close_code is None:
+                    self.close_code = int(message.get("code") or CloseCode.NORMAL)
+                return
+            if kind != "websocket.receive" or self._close is not None:
+                continue
+            text = message.get("text")
+            if text is None:
+                self.request_close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                continue
+            if len(text) > MAX_MESSAGE_CHARS:
+                self.request_close(CloseCode.MESSAGE_TOO_BIG, "message too long")
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                self.request_close(CloseCode.INVALID_PAYLOAD, "frames must be JSON text")
+                continue
+            await self._handle(obj)
+
+    # -- client messages ------------------------------------------------------------------------
+    def _error(self, code: str, detail: str, **extra: Any) -> None:
+        self._enqueue_json({"type": "error", "code": code, "detail": detail, **extra})
+
+    async def _handle(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            self._error("invalid_message", "a message must be a JSON object")
+            return
+        kind = obj.get("type")
+        if kind not in _CLIENT_TYPES:
+            self._error(
+                "unknown_type",
+                f"unknown message type {str(kind)[:40]!r}; expected one of {list(_CLIENT_TYPES)}",
+            )
+            return
+        try:
+            msg = _client_message.validate_python(obj)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            self._error("invalid_message", f"{where}: {first.get('msg')}", request=kind)
+            return
+        if isinstance(msg, PingMsg):
+            reply: dict[str, Any] = {"type": "pong", "ts": iso_ts()}
+            if msg.id is not None:
+                reply["id"] = msg.id
+            self._enqueue_json(reply)
+        elif isinstance(msg, PongMsg):
+            self._awaiting_pong_since = None
+        elif isinstance(msg, SubscribeMsg):
+            await self._subscribe(msg)
+        else:
+            self._unsubscribe(msg)
+
+    def _all_key(self) -> str | None:
+        return None if self.is_admin else self.principal_id
+
+    async def _check(self, job_id: str) -> bool:
+        """Look the job up; queue an ``error`` and return False when it may not be watched."""
+        owner = await self._lookup(job_id)
+        if owner is None:
+            self._error("unknown_job", f"no job {job_id[:100]!r}", job_id=job_id[:100])
+            return False
+        if not (self.is_admin or owner == self.principal_id):
+            self._error("forbidden", "the job belongs to another user", job_id=job_id)
+            return False
+        return True
+
+    async def _subscribe(self, msg: SubscribeMsg) -> None:
+        if not msg.jobs and not msg.all:
+            self._error(
+                "invalid_message", "subscribe needs 'jobs' or 'all': true", request="subscribe"
+            )
+            return
+        # Phase 1 (awaits): check every job. Phase 2 (no awaits): register, ack, queue replays,
+        # so no live event of a new job can be queued ahead of its replay.
+        wanted = list(dict.fromkeys(msg.jobs))
+        allowed = [job_id for job_id in wanted if job_id in self.jobs or await self._check(job_id)]
+        resume_only = [
+            job_id
+            for job_id in msg.last_event_id
+            if msg.all and job_id not in wanted and job_id not in self._sent
+        ]
+        resume_allowed = [job_id for job_id in resume_only if await self._check(job_id)]
+        if self._close is not None:
+            return
+        new_jobs = [job_id for job_id in allowed if job_id not in self.jobs]
+        room = MAX_SUBSCRIPTIONS - len(self.jobs)
+        if len(new_jobs) > room:
+            self._error(
+                "too_many_subscriptions",
+                f"at most {MAX_SUBSCRIPTIONS} jobs per connection",
+                jobs=new_jobs[room:],
+            )
+            new_jobs = new_jobs[:room]
+            allowed = [j for j in allowed if j in self.jobs or j in new_jobs]
+        for job_id in new_jobs:
+            self.jobs.add(job_id)
+            self.hub.add_job(self, job_id)
+            self._sent[job_id] = msg.last_event_id.get(job_id, 0)
+        for job_id in resume_allowed:
+            self._sent[job_id] = msg.last_event_id[job_id]
+        if msg.all and not self.all_jobs:
+            self.all_jobs = True
+            self.hub.add_all(self, self._all_key())
+        self._enqueue_json({"type": "subscribed", "jobs": allowed, "all": self.all_jobs})
+        for job_id in [*new_jobs, *resume_allowed]:
+            self._enqueue(Outgoing("", job_id, 0, replay=True))
+
+    def _unsubscribe(self, msg: UnsubscribeMsg) -> None:
+        removed = [job_id for job_id in dict.fromkeys(msg.jobs) if job_id in self.jobs]
+        for job_id in removed:
+            self.jobs.discard(job_id)
+            self.hub.remove_job(self, job_id)
+            self._sent.pop(job_id, None)
+        if msg.all and self.all_jobs:
+            self.all_jobs = False
+            self.hub.remove_all(self, self._all_key())
+        self._enqueue_json({"type": "unsubscribed", "jobs": removed, "all": self.all_jobs})
+
+    # -- sending --------------------------------------------------------------------------------
+    def _enqueue(self, item: Outgoing) -> None:
+        if self._close is None and not self.queue.offer(item):
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "client too slow: send queue full")
+
+    def _enqueue_json(self, obj: dict[str, Any]) -> None:
+        self._enqueue(Outgoing(_dump(obj)))
+
+    async def _send(self, text: str) -> None:
+        # The hub's ticker cancels a send blocked longer than slow_client_timeout_s.
+        self._sending_since = asyncio.get_running_loop().time()
+        try:
+            await self.transport.send_text(text)
+        finally:
+            self._sending_since = None
+
+    def _wanted(self, job_id: str) -> bool:
+        return job_id in self.jobs or self.all_jobs
+
+    async def _send_event(self, item: Outgoing) -> None:
+        job_id = item.job_id
+        assert job_id is not None
+        if not self._wanted(job_id) or item.seq <= self._sent.get(job_id, 0):
+            return
+        self._sent[job_id] = item.seq
+        await self._send(item.text)
+        if job_id not in self.jobs and _is_terminal(item.text):
+            # Seen through "all": forget it so the map does not grow with every job ever run.
+            self._sent.pop(job_id, None)
+
+    async def _fetch_replay(self, job_id: str, after: int) -> Replay | None:
+        try:
+            return await self.hub.bus.replay(job_id, after)
+        except Exception as exc:  # the bus (Redis) is unreachable: let the client come back
+            log.warning("ws %s: replay of %s failed: %s", self.client_id, job_id, exc)
+            self.request_close(1011, "event replay unavailable; reconnect and resume")
+            return None
+
+    async def _send_replay(self, job_id: str) -> None:
+        if not self._wanted(job_id):
+            return
+        after = self._sent.get(job_id, 0)
+        replay = await self._fetch_replay(job_id, after)
+        if replay is None:
+            return
+        if after > replay.last_seq or replay.truncated_after(after):
+            await self._send(
+                _dump(
+                    {
+                        "type": "replay.truncated",
+                        "job_id": job_id,
+                        "after_seq": after,
+                        "first_seq": replay.first_seq,
+                        "last_seq": replay.last_seq,
+                    }
+                )
+            )
+            if after > replay.last_seq:  # counter restarted (buffer expired, memory bus restarted)
+                self._sent[job_id] = after = 0
+                replay = await self._fetch_replay(job_id, 0)
+                if replay is None:
+                    return
+        for event in replay.events:
+            if event.seq > self._sent.get(job_id, 0):
+                self._sent[job_id] = event.seq
+                await self._send(event.wire)
+
+    async def _write_loop(self) -> None:
+        try:
+            while self._close is None:
+                if self._ping_due:
+                    self._ping_due = False
+                    await self._send(_dump({"type": "ping", "ts": iso_ts()}))
+                    continue
+                item = self.queue.pop()
+                if item is None:
+                    await self.queue.wait()
+                elif item.replay:
+                    assert item.job_id is not None
+                    await self._send_replay(item.job_id)
+                elif item.job_id is not None:
+                    await self._send_event(item)
+                else:
+                    await self._send(item.text)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._abort_send or task is None:
+                raise
+            task.uncancel()  # our own ticker stopped a blocked send: close below
+        except Exception as exc:  # usually the client went away mid-send
+            log.debug("ws %s: writer stopped: %s", self.client_id, exc)
+            if self._close is None:
+                self._close = (1011, "server error while sending; reconnect and resume")
+        code, reason = self._close or (CloseCode.NORMAL, "")
+        self.close_code = code
+        self.queue.clear()
+        if code != CloseCode.NORMAL:
+            log.info("ws %s: closing with %d (%s)", self.client_id, code, reason)
+        try:
+            await self.transport.close(code, reason)
+        except Exception as exc:
+            log.debug("ws %s: close failed: %s", self.client_id, exc)
+
+
+def _is_terminal(wire: str) -> bool:
+    # The wire form starts with {"type":"job.completed", ...}: cheap check without parsing.
+    return any(wire.startswith(f'{{"type":"{kind}"') for kind in TERMINAL_TYPES)

@@ -1,0 +1,1 @@
+"""Jobs: the job model, the durable file queue and the executors that run jobs."""

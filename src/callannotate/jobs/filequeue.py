@@ -1,0 +1,646 @@
+"""The durable file queue: one folder per job, moved between state folders by atomic renames.
+
+Layout under ``root``::
+
+    incoming/<id>/      queued jobs            job.json, the audio file, .lock
+    processing/<id>/    running jobs           + lease in .lock (flock held by the runner)
+    completed/<id>/     finished jobs          + result.json
+    failed/<id>/        failed or cancelled    job.json carries the reason
+    archived/<id>/      past the retention period
+    staging/            uploads in flight and job folders being built (same filesystem)
+
+Rules that keep it safe with several processes on one queue folder:
+
+* Every state change is one ``rename(2)`` of the job folder; ``job.json`` is rewritten with
+  write-temp + fsync + rename, and the parent folders are fsync'd after each rename.
+* Every read-modify-write of a job runs under a queue-wide ``flock`` (``root/.queue.lock``),
+  so two processes never claim the same job nor lose each other's updates.
+* The process running a job holds an exclusive ``flock`` on the job's ``.lock`` file for as
+  long as it runs it. The kernel drops that lock when the process dies, which is how
+  :meth:`FileQueue.recover` tells a crashed holder from a live one: it only takes jobs whose
+  lock it can acquire. The lock file also carries a lease (holder, pid, expiry) for humans
+  and tools; the runner renews it with :meth:`FileQueue.renew`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from callannotate.config import QueueSettings
+from callannotate.errors import Conflict, NotFound
+from callannotate.jobs.fsutil import atomic_write, fsync_dir, try_lock, unlock
+from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
+
+log = logging.getLogger(__name__)
+
+INCOMING = "incoming"
+PROCESSING = "processing"
+COMPLETED = "completed"
+FAILED = "failed"
+ARCHIVED = "archived"
+STAGING = "staging"
+FOLDERS: tuple[str, ...] = (INCOMING, PROCESSING, COMPLETED, FAILED, ARCHIVED)
+# Where get() looks first: running jobs move most often, archived ones least.
+_SEARCH_ORDER: tuple[str, ...] = (PROCESSING, INCOMING, COMPLETED, FAILED, ARCHIVED)
+
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"
+LOCK_FILE = ".lock"
+_RESERVED_NAMES = {JOB_FILE, RESULT_FILE, LOCK_FILE}
+
+_STATES_IN_FOLDER: dict[str, tuple[JobState, ...]] = {
+    INCOMING: (JobState.QUEUED,),
+    PROCESSING: (JobState.RUNNING,),
+    COMPLETED: (JobState.COMPLETED,),
+    FAILED: (JobState.FAILED, JobState.CANCELLED),
+    ARCHIVED: (JobState.ARCHIVED,),
+}
+FOLDER_OF_STATE: dict[JobState, str] = {
+    state: folder for folder, states in _STATES_IN_FOLDER.items() for state in states
+}
+
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_CANCELLED_REASON = "cancelled"
+_STALE_STAGING_S = 3600.0
+_CACHE_MAX = 20_000
+
+
+def valid_job_id(job_id: str) -> bool:
+    """True for the ids this queue creates (uuid4 hex); rejects anything path-like."""
+    return bool(_ID_RE.fullmatch(job_id))
+
+
+def _check_id(job_id: str) -> None:
+    if not isinstance(job_id, str) or not valid_job_id(job_id):
+        raise NotFound("no such job (invalid job id)")
+
+
+def _safe_audio_name(name: str, src: Path) -> str:
+    """The stored audio file name: a plain file name that cannot escape the job folder."""
+    if (
+        name
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not name.startswith(".")
+        and name not in _RESERVED_NAMES
+        and len(name) <= 128
+    ):
+        return name
+    suffix = src.suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", src.suffix) else ""
+    return f"audio{suffix}"
+
+
+class FileQueue:
+    """A job queue in plain folders, safe across threads and processes on one filesystem."""
+
+    def __init__(self, root: Path, settings: QueueSettings) -> None:
+        self.root = Path(root)
+        self.settings = settings
+        for name in (*FOLDERS, STAGING):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        self._queue_lock_path = self.root / ".queue.lock"
+        self._tlock = threading.RLock()
+        self._depth = 0
+        self._qfd: int | None = None
+        self._held: dict[str, int] = {}  # job id -> fd holding its .lock (jobs this process runs)
+        self._cache: dict[Path, tuple[tuple[int, int, int], Job]] = {}
+        self._host = socket.gethostname()
+
+    # ------------------------------------------------------------------ locking helpers
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Queue-wide exclusive section: a thread lock inside the process, flock across them."""
+        with self._tlock:
+            if self._depth == 0:
+                fd = os.open(self._queue_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._qfd = fd
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._qfd is not None:
+                    unlock(self._qfd)
+                    self._qfd = None
+
+    def holds(self, job_id: str) -> bool:
+        """True when this process holds the run lock of ``job_id``."""
+        return job_id in self._held
+
+    def forget(self, job_id: str) -> None:
+        """Drop this process's run lock of a job that disappeared (deleted elsewhere)."""
+        with self._tlock:
+            self._drop_hold(job_id)
+
+    def _drop_hold(self, job_id: str) -> None:
+        fd = self._held.pop(job_id, None)
+        if fd is not None:
+            unlock(fd)
+
+    def _write_lease(self, fd: int, job_id: str, worker_id: str) -> None:
+        expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        lease = {
+            "job_id": job_id,
+            "worker": worker_id,
+            "host": self._host,
+            "pid": os.getpid(),
+            "expires_at": expires.isoformat(),
+        }
+        data = json.dumps(lease).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def lease(self, job_id: str) -> dict[str, object] | None:
+        """The lease written by a job's current runner, or None."""
+        found = self._locate(job_id)
+        if found is None or found[0] != PROCESSING:
+            return None
+        try:
+            data = json.loads((found[1] / LOCK_FILE).read_bytes() or b"null")
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # ------------------------------------------------------------------ reading
+
+    def _locate(self, job_id: str) -> tuple[str, Path] | None:
+        for _ in range(3):
+            for folder in _SEARCH_ORDER:
+                path = self.root / folder / job_id
+                if (path / JOB_FILE).is_file():
+                    return folder, path
+        return None
+
+    def _read(self, folder: str, path: Path) -> Job:
+        file = path / JOB_FILE
+        st = file.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(file)
+        if cached is not None and cached[0] == key:
+            job = cached[1].model_copy(deep=True)
+        else:
+            job = Job.model_validate_json(file.read_bytes())
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[file] = (key, job.model_copy(deep=True))
+        allowed = _STATES_IN_FOLDER[folder]
+        if job.state not in allowed:
+            # The folder is the truth: a crash between the job.json write and the rename
+            # leaves the record one step ahead of its folder.
+            job.state = allowed[0]
+        return job
+
+    def _find(self, job_id: str) -> tuple[str, Path, Job]:
+        _check_id(job_id)
+        for _ in range(3):
+            found = self._locate(job_id)
+            if found is None:
+                break
+            try:
+                return found[0], found[1], self._read(found[0], found[1])
+            except FileNotFoundError:
+                continue  # moved while we looked; look again
+        raise NotFound(f"job {job_id} not found")
+
+    def get(self, job_id: str) -> Job:
+        return self._find(job_id)[2]
+
+    def job_dir(self, job_id: str) -> Path:
+        return self._find(job_id)[1]
+
+    def audio_path(self, job_id: str) -> Path:
+        _, path, job = self._find(job_id)
+        return path / _safe_audio_name(job.audio.stored_as, Path(job.audio.stored_as))
+
+    def read_result(self, job_id: str) -> bytes:
+        for _ in range(3):
+            _, path, job = self._find(job_id)
+            result = path / RESULT_FILE
+            if job.state not in (JobState.COMPLETED, JobState.ARCHIVED) or (
+                job.state == JobState.ARCHIVED and not result.is_file()
+            ):
+                raise Conflict(f"job {job_id} is {job.state.value}; it has no result")
+            try:
+                return result.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise Conflict(f"job {job_id} result is not available")
+
+    def list(
+        self,
+        *,
+        owner: str | None = None,
+        states: set[JobState] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Job], int]:
+        """Jobs newest first, filtered by owner and state; returns (page, total matching)."""
+        folders = FOLDERS
+        if states:
+            folders = tuple(f for f in FOLDERS if set(_STATES_IN_FOLDER[f]) & states)
+        jobs: builtins.list[Job] = []
+        for folder in folders:
+            for path in self._job_dirs(folder):
+                try:
+                    job = self._read(folder, path)
+                except FileNotFoundError:
+                    continue  # moved to another folder meanwhile
+                except ValueError:
+                    log.warning("unreadable job record", extra={"job_id": path.name})
+                    continue
+                if owner is not None and job.owner != owner:
+                    continue
+                if states and job.state not in states:
+                    continue
+                jobs.append(job)
+        # A job renamed between two folder scans can be seen twice: keep one.
+        unique = {job.id: job for job in jobs}
+        ordered = sorted(unique.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+        offset = max(0, offset)
+        limit = max(0, limit)
+        return ordered[offset : offset + limit], len(ordered)
+
+    def counts(self) -> dict[str, int]:
+        return {folder: sum(1 for _ in self._job_dirs(folder)) for folder in FOLDERS}
+
+    def writable(self) -> bool:
+        probe = self.root / STAGING / f".probe-{uuid.uuid4().hex}"
+        try:
+            atomic_write(probe, b"ok")
+            probe.unlink()
+        except OSError:
+            return False
+        return True
+
+    def _job_dirs(self, folder: str) -> Iterator[Path]:
+        try:
+            with os.scandir(self.root / folder) as it:
+                for entry in it:
+                    if valid_job_id(entry.name) and entry.is_dir(follow_symlinks=False):
+                        yield Path(entry.path)
+        except FileNotFoundError:
+            return
+
+    # ------------------------------------------------------------------ writing helpers
+
+    def _reset_to_queued(self, job: Job) -> None:
+        """A fresh start in incoming: no attempts, no run, no error (submit and retry)."""
+        job.state = JobState.QUEUED
+        job.attempts = 0
+        job.max_attempts = self.settings.max_attempts
+        job.started_at = None
+        job.finished_at = None
+        job.error = None
+        job.worker = None
+        job.cancel_requested = False
+
+    def _save(self, path: Path, job: Job) -> None:
+        job.updated_at = utcnow()
+        atomic_write(path / JOB_FILE, job.model_dump_json(indent=2).encode())
+
+    def _move(self, src: Path, folder: str, name: str | None = None) -> Path:
+        dst = self.root / folder / (name or src.name)
+        if dst.exists():
+            raise Conflict(f"job {dst.name} already exists in {folder}")
+        os.rename(src, dst)
+        fsync_dir(src.parent)
+        fsync_dir(dst.parent)
+        return dst
+
+    def _transition(self, path: Path, job: Job, folder: str) -> Job:
+        """Write the new record into the job folder, then rename the folder into ``folder``."""
+        self._save(path, job)
+        self._move(path, folder)
+        return job
+
+    def _in_processing(self, job_id: str) -> tuple[Path, Job]:
+        folder, path, job = self._find(job_id)
+        if folder != PROCESSING:
+            raise Conflict(f"job {job_id} is {job.state.value}, not running")
+        return path, job
+
+    def _finish_cancel(self, path: Path, job: Job) -> Job:
+        job.state = JobState.CANCELLED
+        job.error = _CANCELLED_REASON
+        job.finished_at = utcnow()
+        job.worker = None
+        return self._transition(path, job, FAILED)
+
+    # ------------------------------------------------------------------ submitting
+
+    def staging_dir(self) -> Path:
+        return self.root / STAGING
+
+    def new_job_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def submit(self, job: Job, audio_src: Path) -> Job:
+        """Store ``audio_src`` (moved, not copied) with ``job`` and enqueue it atomically.
+
+        The folder is built in ``staging/`` (audio moved in and fsync'd, ``job.json`` written
+        and fsync'd) and only then renamed into ``incoming/``: a crash leaves either nothing
+        in the queue or a complete job.
+        """
+        _check_id(job.id)
+        audio_src = Path(audio_src)
+        if not audio_src.is_file():
+            raise NotFound(f"uploaded audio {audio_src.name} is missing")
+        build = self.root / STAGING / f".build-{job.id}-{uuid.uuid4().hex[:8]}"
+        build.mkdir()
+        try:
+            name = _safe_audio_name(job.audio.stored_as, audio_src)
+            job = job.model_copy(deep=True)
+            job.audio.stored_as = name
+            target = build / name
+            try:
+                os.rename(audio_src, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(str(audio_src), str(target))
+            with open(target, "rb") as fh:
+                os.fsync(fh.fileno())
+            (build / LOCK_FILE).touch()
+            self._reset_to_queued(job)
+            job.created_at = utcnow()
+            self._save(build, job)
+            fsync_dir(build)
+            with self._locked():
+                if self._locate(job.id) is not None:
+                    raise Conflict(f"job {job.id} already exists")
+                self._move(build, INCOMING, job.id)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        log.info("job queued", extra={"job_id": job.id})
+        return job
+
+    # ------------------------------------------------------------------ running
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Take the oldest queued job: lock it, move it to processing, count an attempt."""
+        with self._locked():
+            candidates: builtins.list[tuple[datetime, str, Path, Job]] = []
+            for path in self._job_dirs(INCOMING):
+                try:
+                    job = self._read(INCOMING, path)
+                except (FileNotFoundError, ValueError):
+                    continue
+                candidates.append((job.created_at, job.id, path, job))
+            candidates.sort(key=lambda c: (c[0], c[1]))
+            for _, job_id, path, job in candidates:
+                fd = try_lock(path / LOCK_FILE)
+                if fd is None:
+                    continue
+                try:
+                    job.state = JobState.RUNNING
+                    job.attempts += 1
+                    job.started_at = utcnow()
+                    job.finished_at = None
+                    job.worker = worker_id
+                    self._write_lease(fd, job_id, worker_id)
+                    self._transition(path, job, PROCESSING)
+                except BaseException:
+                    unlock(fd)
+                    raise
+                self._held[job_id] = fd
+                log.info("job claimed", extra={"job_id": job_id, "worker": worker_id})
+                return job
+        return None
+
+    def renew(self, job_id: str, worker_id: str) -> None:
+        """Extend the lease of a job this process runs."""
+        with self._tlock:
+            fd = self._held.get(job_id)
+            if fd is None:
+                raise Conflict(f"job {job_id} is not run by this process")
+            self._write_lease(fd, job_id, worker_id)
+
+    def update_progress(self, job_id: str, progress: builtins.list[StepProgress]) -> Job:
+        with self._locked():
+            path, job = self._in_processing(job_id)
+            job.progress = [p.model_copy() for p in progress]
+            self._save(path, job)
+            return job
+
+    def complete(self, job_id: str, result_json: bytes) -> Job:
+        with self._locked():
+            path, job = self._in_processing(job_id)
+            atomic_write(path / RESULT_FILE, result_json)
+            job.state = JobState.COMPLETED
+            job.finished_at = utcnow()
+            job.error = None
+            job.worker = None
+            self._transition(path, job, COMPLETED)
+            self._drop_hold(job_id)
+        log.info("job completed", extra={"job_id": job_id})
+        return job
+
+    def fail(self, job_id: str, error: str, *, retry: bool = False) -> Job:
+        """Fail a running job; with ``retry`` it goes back to incoming while attempts remain."""
+        with self._locked():
+            path, job = self._in_processing(job_id)
+            if job.cancel_requested:
+                job = self._finish_cancel(path, job)
+            elif retry and job.attempts < job.max_attempts:
+                job.state = JobState.QUEUED
+                job.error = error
+                job.worker = None
+                job.started_at = None
+                self._transition(path, job, INCOMING)
+            else:
+                job.state = JobState.FAILED
+                job.error = error
+                job.finished_at = utcnow()
+                job.worker = None
+                self._transition(path, job, FAILED)
+            self._drop_hold(job_id)
+        log.info("job failed", extra={"job_id": job_id, "state": job.state.value, "reason": error})
+        return job
+
+    def release(self, job_id: str) -> Job:
+        """Put a running job back in incoming without using up an attempt (shutdown)."""
+        with self._locked():
+            path, job = self._in_processing(job_id)
+            if job.cancel_requested:
+                job = self._finish_cancel(path, job)
+            else:
+                job.state = JobState.QUEUED
+                job.attempts = max(0, job.attempts - 1)
+                job.worker = None
+                job.started_at = None
+                job.progress = []
+                self._transition(path, job, INCOMING)
+            self._drop_hold(job_id)
+        return job
+
+    def mark_cancelled(self, job_id: str) -> Job:
+        """Finalise a running job whose runner was stopped on a cancel request."""
+        with self._locked():
+            path, job = self._in_processing(job_id)
+            job = self._finish_cancel(path, job)
+            self._drop_hold(job_id)
+        return job
+
+    # ------------------------------------------------------------------ user actions
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued: cancelled now. Running: flagged (its runner stops it). Finished: Conflict."""
+        with self._locked():
+            folder, path, job = self._find(job_id)
+            if folder == INCOMING:
+                return self._finish_cancel(path, job)
+            if folder == PROCESSING:
+                if job_id not in self._held:
+                    fd = try_lock(path / LOCK_FILE)
+                    if fd is not None:  # its runner died: nothing will stop it, do it here
+                        try:
+                            return self._finish_cancel(path, job)
+                        finally:
+                            unlock(fd)
+                if not job.cancel_requested:
+                    job.cancel_requested = True
+                    self._save(path, job)
+                return job
+            raise Conflict(f"job {job_id} is already {job.state.value}")
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job and its files; a running job elsewhere is flagged and stops itself."""
+        with self._locked():
+            folder, path, job = self._find(job_id)
+            if folder == PROCESSING:
+                if job_id in self._held:
+                    self._drop_hold(job_id)
+                else:
+                    job.cancel_requested = True
+                    self._save(path, job)
+            trash = self.root / STAGING / f".trash-{job_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(path, trash)
+            fsync_dir(path.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("job deleted", extra={"job_id": job_id})
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again with a fresh attempt count."""
+        with self._locked():
+            folder, path, job = self._find(job_id)
+            if folder != FAILED:
+                raise Conflict(
+                    f"job {job_id} is {job.state.value}; only failed or cancelled jobs are retried"
+                )
+            self._reset_to_queued(job)
+            job.progress = []
+            return self._transition(path, job, INCOMING)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def recover(self) -> builtins.list[str]:
+        """Return jobs whose runner died to incoming (or failed after max attempts).
+
+        A job counts as orphaned only when its ``.lock`` can be taken, i.e. no live process
+        holds it. Also clears leftovers of interrupted submits and deletes in ``staging/``.
+        """
+        recovered: builtins.list[str] = []
+        with self._locked():
+            for path in builtins.list(self._job_dirs(PROCESSING)):
+                job_id = path.name
+                if job_id in self._held:
+                    continue
+                fd = try_lock(path / LOCK_FILE)
+                if fd is None:
+                    continue  # a live process runs it
+                try:
+                    try:
+                        job = self._read(PROCESSING, path)
+                    except (FileNotFoundError, ValueError):
+                        log.warning("unreadable job record in processing", extra={"job_id": job_id})
+                        continue
+                    if job.cancel_requested:
+                        self._finish_cancel(path, job)
+                    elif job.attempts >= job.max_attempts:
+                        job.state = JobState.FAILED
+                        job.error = (
+                            "interrupted: the process running the job died; "
+                            f"gave up after {job.attempts} attempts"
+                        )
+                        job.finished_at = utcnow()
+                        job.worker = None
+                        self._transition(path, job, FAILED)
+                    else:
+                        job.state = JobState.QUEUED
+                        job.error = (
+                            "interrupted: the process running the job died "
+                            f"(attempt {job.attempts} of {job.max_attempts})"
+                        )
+                        job.worker = None
+                        job.started_at = None
+                        self._transition(path, job, INCOMING)
+                    recovered.append(job_id)
+                    log.warning(
+                        "recovered orphaned job",
+                        extra={"job_id": job_id, "state": job.state.value},
+                    )
+                finally:
+                    unlock(fd)
+            self._clean_staging()
+        return recovered
+
+    def _clean_staging(self) -> None:
+        now = time.time()
+        with os.scandir(self.root / STAGING) as it:
+            entries = builtins.list(it)
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if entry.name.startswith(".trash-") or (
+                entry.name.startswith(".build-") and age > _STALE_STAGING_S
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    def archive_expired(self, now: datetime | None = None) -> builtins.list[str]:
+        """Move completed and failed jobs older than the retention period to archived."""
+        now = now or utcnow()
+        cutoff = now - timedelta(hours=self.settings.retention_hours)
+        moved: builtins.list[str] = []
+        with self._locked():
+            for folder in (COMPLETED, FAILED):
+                for path in builtins.list(self._job_dirs(folder)):
+                    try:
+                        job = self._read(folder, path)
+                    except (FileNotFoundError, ValueError):
+                        continue
+                    finished = job.finished_at or job.updated_at
+                    if finished > cutoff:
+                        continue
+                    job.state = JobState.ARCHIVED
+                    self._transition(path, job, ARCHIVED)
+                    moved.append(job.id)
+        if moved:
+            log.info("archived jobs", extra={"count": len(moved)})
+        return moved

@@ -1,0 +1,71 @@
+"""The job record stored beside each job's audio as ``job.json``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from callannotate.pipeline.types import AnnotateOptions
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobState(StrEnum):
+    """Queue folder a job lives in. ``running`` jobs live in ``processing``."""
+
+    QUEUED = "queued"  # folder: incoming
+    RUNNING = "running"  # folder: processing
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # folder: failed, with error "cancelled"
+    ARCHIVED = "archived"
+
+
+class StepProgress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    completed: int = 0
+    total: int = 0
+    percent: float = 0.0
+    status: str = "pending"  # pending | running | done | skipped | failed
+
+
+class AudioMeta(BaseModel):
+    """What the upload probe found."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str
+    stored_as: str
+    size_bytes: int
+    format: str
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    owner: str
+    state: JobState = JobState.QUEUED
+    options: AnnotateOptions = Field(default_factory=AnnotateOptions)
+    callback_url: str | None = None
+    audio: AudioMeta
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    progress: list[StepProgress] = Field(default_factory=list)
+    error: str | None = None
+    worker: str | None = None
+    cancel_requested: bool = False

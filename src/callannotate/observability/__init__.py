@@ -1,0 +1,1 @@
+"""Observability: structured logging (and, later, metrics and tracing)."""

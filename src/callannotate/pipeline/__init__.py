@@ -1,0 +1,1 @@
+"""The annotation pipeline. Knows nothing about HTTP, queues or databases."""

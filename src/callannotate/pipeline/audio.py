@@ -1,0 +1,115 @@
+"""Audio decoding and probing with PyAV (ffmpeg's libraries).
+
+``probe`` checks that bytes really are audio (not the file extension) and ``decode`` turns
+anything ffmpeg reads into float32 samples, keeping the original channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from callannotate.errors import InvalidAudio
+from callannotate.pipeline.types import AudioBuffer, AudioQuality
+
+MODEL_SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    format: str
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float
+
+
+def probe(path: Path) -> ProbeResult:
+    """Open the container, find an audio stream and decode it fully enough to be sure.
+
+    Raises ``InvalidAudio`` for non-audio content, truncated streams that yield no samples,
+    and zero-length audio.
+    """
+    import av
+
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.audio:
+                raise InvalidAudio("the file holds no audio stream")
+            stream = container.streams.audio[0]
+            frames = 0
+            rate = int(stream.codec_context.sample_rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+            for frame in container.decode(stream):
+                frames += int(frame.samples)
+                rate = int(frame.sample_rate) or rate
+                channels = len(frame.layout.channels) or channels
+            fmt = str(container.format.name).split(",")[0]
+            codec = str(stream.codec_context.name)
+    except InvalidAudio:
+        raise
+    except Exception as exc:  # PyAV raises many error types for undecodable input
+        raise InvalidAudio(f"the content does not decode as audio: {exc}") from exc
+    if rate <= 0 or channels <= 0:
+        raise InvalidAudio("the audio stream has no sample rate or channels")
+    if frames == 0:
+        raise InvalidAudio("the audio is empty (zero samples)")
+    return ProbeResult(fmt, codec, rate, channels, frames / rate)
+
+
+def decode(path: Path, sample_rate: int | None = MODEL_SAMPLE_RATE) -> AudioBuffer:
+    """Decode ``path`` to float32 ``(channels, frames)``; resample when ``sample_rate`` is set.
+
+    Channels are kept as they are (a stereo call keeps one party per channel).
+    """
+    import av
+
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.audio:
+                raise InvalidAudio("the file holds no audio stream")
+            stream = container.streams.audio[0]
+            channels = int(stream.codec_context.channels or 1)
+            layout = "mono" if channels == 1 else ("stereo" if channels == 2 else None)
+            resampler = av.AudioResampler(
+                format="fltp", layout=layout, rate=sample_rate or stream.codec_context.sample_rate
+            )
+            out_rate = 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+                    out_rate = int(out.sample_rate)
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+                out_rate = int(out.sample_rate)
+    except InvalidAudio:
+        raise
+    except Exception as exc:
+        raise InvalidAudio(f"the content does not decode as audio: {exc}") from exc
+    if not chunks:
+        raise InvalidAudio("the audio is empty (zero samples)")
+    samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if samples.shape[1] == 0:
+        raise InvalidAudio("the audio is empty (zero samples)")
+    np.clip(samples, -1.0, 1.0, out=samples)
+    return AudioBuffer(samples=np.ascontiguousarray(samples), sample_rate=out_rate)
+
+
+def measure_quality(audio: AudioBuffer) -> AudioQuality:
+    """Levels, DC offset and clipping of the decoded audio (no model needed)."""
+    x = audio.samples
+    eps = 1e-10
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    dc = float(np.max(np.abs(x.mean(axis=1)))) if x.size else 0.0
+    clip_ratio = float(np.mean(np.abs(x) >= 0.999)) if x.size else 0.0
+    return AudioQuality(
+        peak_dbfs=round(20 * np.log10(peak + eps), 2),
+        rms_dbfs=round(20 * np.log10(rms + eps), 2),
+        dc_offset=round(dc, 6),
+        clipping_ratio=round(clip_ratio, 6),
+        clipped=clip_ratio > 0.001,
+    )

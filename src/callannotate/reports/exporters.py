@@ -1,0 +1,248 @@
+"""Exports: each a pure function ``Annotation -> bytes``.
+
+Formats (:data:`FORMATS`): ``json`` (the annotation itself), ``csv`` (one row per utterance),
+``words.csv`` (one row per word), ``srt`` and ``vtt`` (one cue per utterance, speaker
+prefixed / as a WebVTT voice), ``rttm`` (speaker turns, NIST RTTM), ``html`` (the
+self-contained report page) and ``pdf``. CSV files are UTF-8 with a BOM so spreadsheet
+programs open Cyrillic correctly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from callannotate.errors import BadRequest
+from callannotate.pipeline.types import Annotation
+from callannotate.reports.timeline import speaker_names, timeline_turns
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    media_type: str
+    extension: str
+    render: Callable[[Annotation], bytes]
+    description: str
+
+
+def _stem(annotation: Annotation) -> str:
+    name = annotation.recording.filename or "annotation"
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    stem = re.sub(r"[^\w.-]+", "_", stem, flags=re.UNICODE).strip("._") or "annotation"
+    return stem[:80]
+
+
+def export_json(annotation: Annotation) -> bytes:
+    return annotation.model_dump_json(indent=2).encode("utf-8")
+
+
+def _csv_bytes(rows: list[list[object]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerows(rows)
+    return ("\ufeff" + buf.getvalue()).encode("utf-8")
+
+
+def export_utterances_csv(annotation: Annotation) -> bytes:
+    names = speaker_names(annotation)
+    rows: list[list[object]] = [
+        [
+            "index",
+            "start",
+            "end",
+            "speaker",
+            "speaker_name",
+            "text",
+            "language",
+            "sentiment",
+            "sentiment_score",
+            "emotion",
+            "valence",
+            "arousal",
+            "word_start",
+            "word_end",
+        ]
+    ]
+    for i, u in enumerate(annotation.utterances):
+        rows.append(
+            [
+                i,
+                f"{u.start:.3f}",
+                f"{u.end:.3f}",
+                u.speaker or "",
+                names.get(u.speaker or "", u.speaker or ""),
+                u.text,
+                u.language or "",
+                u.sentiment.label if u.sentiment else "",
+                f"{u.sentiment.score:.3f}" if u.sentiment else "",
+                u.emotion.label if u.emotion else "",
+                ""
+                if u.emotion is None or u.emotion.valence is None
+                else f"{u.emotion.valence:.3f}",
+                ""
+                if u.emotion is None or u.emotion.arousal is None
+                else f"{u.emotion.arousal:.3f}",
+                u.word_start,
+                u.word_end,
+            ]
+        )
+    return _csv_bytes(rows)
+
+
+def export_words_csv(annotation: Annotation) -> bytes:
+    owner: dict[int, int] = {}
+    for i, u in enumerate(annotation.utterances):
+        for k in range(u.word_start, u.word_end):
+            owner[k] = i
+    rows: list[list[object]] = [
+        ["index", "start", "end", "speaker", "text", "probability", "language", "utterance"]
+    ]
+    for i, w in enumerate(annotation.words):
+        rows.append(
+            [
+                i,
+                f"{w.start:.3f}",
+                f"{w.end:.3f}",
+                w.speaker or "",
+                w.text,
+                f"{w.probability:.3f}",
+                w.language or "",
+                owner.get(i, ""),
+            ]
+        )
+    return _csv_bytes(rows)
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def _cues(annotation: Annotation) -> list[tuple[float, float, str | None, str]]:
+    cues = []
+    for u in annotation.utterances:
+        text = " ".join(u.text.split())
+        if not text:
+            continue
+        end = u.end if u.end > u.start else u.start + 0.5
+        cues.append((u.start, end, u.speaker, text))
+    return cues
+
+
+def export_srt(annotation: Annotation) -> bytes:
+    names = speaker_names(annotation)
+    blocks = []
+    for n, (start, end, speaker, text) in enumerate(_cues(annotation), start=1):
+        prefix = f"{names.get(speaker, speaker)}: " if speaker else ""
+        blocks.append(f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{prefix}{text}\n")
+    return "\n".join(blocks).encode("utf-8")
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def export_vtt(annotation: Annotation) -> bytes:
+    names = speaker_names(annotation)
+    out = ["WEBVTT", ""]
+    for start, end, speaker, text in _cues(annotation):
+        out.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}")
+        if speaker:
+            voice = _vtt_escape(names.get(speaker, speaker)).replace("\n", " ")
+            out.append(f"<v {voice}>{_vtt_escape(text)}</v>")
+        else:
+            out.append(_vtt_escape(text))
+        out.append("")
+    return "\n".join(out).encode("utf-8")
+
+
+def export_rttm(annotation: Annotation) -> bytes:
+    """NIST RTTM ``SPEAKER`` lines (speaker turns; utterances when diarization did not run)."""
+    uri = re.sub(r"\s+", "_", _stem(annotation))
+    lines = []
+    for t in sorted(timeline_turns(annotation), key=lambda t: (t.start, t.end)):
+        speaker = re.sub(r"\s+", "_", t.speaker)
+        lines.append(
+            f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {speaker} <NA> <NA>"
+        )
+    return ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+
+
+def export_html(annotation: Annotation) -> bytes:
+    from callannotate.reports.html import render_html
+
+    return render_html(annotation).encode("utf-8")
+
+
+def export_pdf(annotation: Annotation) -> bytes:
+    from callannotate.reports.pdf import render_pdf
+
+    return render_pdf(annotation)
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("json", "application/json", "json", export_json, "The annotation."),
+        ExportFormat(
+            "csv",
+            "text/csv; charset=utf-8",
+            "utterances.csv",
+            export_utterances_csv,
+            "One row per utterance.",
+        ),
+        ExportFormat(
+            "words.csv",
+            "text/csv; charset=utf-8",
+            "words.csv",
+            export_words_csv,
+            "One row per word.",
+        ),
+        ExportFormat(
+            "srt",
+            "application/x-subrip; charset=utf-8",
+            "srt",
+            export_srt,
+            "SubRip subtitles, one cue per utterance.",
+        ),
+        ExportFormat(
+            "vtt",
+            "text/vtt; charset=utf-8",
+            "vtt",
+            export_vtt,
+            "WebVTT subtitles with speaker voices.",
+        ),
+        ExportFormat(
+            "rttm", "text/plain; charset=utf-8", "rttm", export_rttm, "Speaker turns (NIST RTTM)."
+        ),
+        ExportFormat(
+            "html", "text/html; charset=utf-8", "html", export_html, "Self-contained report page."
+        ),
+        ExportFormat("pdf", "application/pdf", "pdf", export_pdf, "Printable report."),
+    )
+}
+
+
+def get_format(fmt: str) -> ExportFormat:
+    """The export format called ``fmt`` (case-insensitive); ``BadRequest`` when unknown."""
+    found = FORMATS.get(fmt.strip().lower())
+    if found is None:
+        raise BadRequest(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return found
+
+
+def export(annotation: Annotation, fmt: str) -> bytes:
+    """``annotation`` rendered as ``fmt`` (one of :data:`FORMATS`)."""
+    return get_format(fmt).render(annotation)
+
+
+def export_filename(annotation: Annotation, fmt: str) -> str:
+    """A download file name such as ``call.utterances.csv``."""
+    return f"{_stem(annotation)}.{get_format(fmt).extension}"

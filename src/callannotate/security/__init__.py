@@ -1,0 +1,1 @@
+"""Security: who is calling (principals), and later authentication and encryption."""

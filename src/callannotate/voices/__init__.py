@@ -1,0 +1,1 @@
+"""Enrolled voiceprints: the store, enrollment, identification, REST routes and CLI."""

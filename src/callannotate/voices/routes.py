@@ -1,0 +1,280 @@
+"""Voice enrollment over REST: ``/voices`` and ``/jobs/{id}/speakers/{label}/enroll``.
+
+Samples arrive as multipart form data (one or more ``file`` parts, ``name`` and optional
+``contact_id``). Starlette spools each part to a temporary file (in memory up to 1 MB,
+then on disk); the declared size is checked before parsing. Each sample is probed (content,
+not extension), decoded to 16 kHz mono, checked (silent / too little speech -> 422) and
+embedded; only the embedding and quality figures are stored, never the audio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Request, Response
+from starlette.datastructures import UploadFile
+
+from callannotate.api.deps import CurrentPrincipal, QueueDep, SettingsDep, visible_job
+from callannotate.api.errors import error_responses
+from callannotate.api.uploads import (
+    check_content_length,
+    check_content_type,
+    check_filename,
+    safe_filename,
+)
+from callannotate.config import Settings
+from callannotate.errors import (
+    InvalidAudio,
+    ModelUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
+from callannotate.pipeline import audio as audio_io
+from callannotate.pipeline import registry
+from callannotate.pipeline.embedding import SpeakerEmbedder
+from callannotate.pipeline.types import Annotation
+from callannotate.voices.schemas import JobEnrollRequest, VoiceInfo, VoiceSample
+from callannotate.voices.service import RecognitionParams, VoiceService
+from callannotate.voices.store import VoiceStore
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["voices"], responses=error_responses(404))
+
+FILE_FIELD = "file"
+FORM_FIELDS = ("name", "contact_id")
+MAX_FILES = 20
+MAX_NAME = 200
+
+_SAMPLES_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": f"1-{MAX_FILES} audio samples of the person "
+                            "speaking (any format ffmpeg reads; at least 0.2 s of speech each, "
+                            "a few seconds or more is better).",
+                        },
+                        "name": {"type": "string", "maxLength": MAX_NAME},
+                        "contact_id": {"type": "string", "maxLength": MAX_NAME},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def recognition_params(settings: Settings) -> RecognitionParams:
+    try:
+        section = registry.step_config(settings, "recognition")
+    except ModelUnavailable:
+        section = {}
+    return RecognitionParams.from_params(section)
+
+
+def voice_service(settings: Settings) -> VoiceService:
+    """The service over ``settings.voices_dir`` with the process-wide CAM++ embedder."""
+    embedder = registry.loaded_processor(settings, "embedding")
+    if not isinstance(embedder, SpeakerEmbedder):
+        raise ModelUnavailable("the `embedding` step must be a SpeakerEmbedder")
+    return VoiceService(VoiceStore(settings.voices_dir), embedder, recognition_params(settings))
+
+
+def _store(settings: Settings) -> VoiceStore:
+    return VoiceStore(settings.voices_dir)
+
+
+async def _read_samples(
+    request: Request, settings: Settings, *, need_name: bool
+) -> tuple[list[VoiceSample], dict[str, str]]:
+    """Parse the multipart body and turn every ``file`` part into a checked sample."""
+    check_content_type(request)
+    check_content_length(request, settings.api.max_upload_bytes)
+    form = await request.form(max_files=MAX_FILES, max_fields=len(FORM_FIELDS) + MAX_FILES)
+    try:
+        fields: dict[str, str] = {}
+        uploads: list[UploadFile] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != FILE_FIELD:
+                    raise Unprocessable(f"unexpected file field {key!r}; send samples as 'file'")
+                uploads.append(value)
+            elif key in FORM_FIELDS:
+                if len(value) > MAX_NAME:
+                    raise Unprocessable(f"{key} is longer than {MAX_NAME} characters")
+                fields[key] = value.strip()
+            else:
+                raise Unprocessable(
+                    f"unknown form field {key!r}; allowed: file, {', '.join(FORM_FIELDS)}"
+                )
+        if need_name and not fields.get("name"):
+            raise Unprocessable("the form field 'name' is required")
+        if not uploads:
+            raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
+        total = sum(u.size or 0 for u in uploads)
+        if total > settings.api.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the samples are larger than the limit of {settings.api.max_upload_bytes} bytes"
+            )
+        service = await anyio.to_thread.run_sync(voice_service, settings)
+        samples = await anyio.to_thread.run_sync(_samples_from_uploads, service, uploads)
+    finally:
+        await form.close()
+    return samples, fields
+
+
+def _samples_from_uploads(service: VoiceService, uploads: list[UploadFile]) -> list[VoiceSample]:
+    samples: list[VoiceSample] = []
+    with tempfile.TemporaryDirectory(prefix="callannotate-voice-") as tmp:
+        for i, upload in enumerate(uploads):
+            raw = upload.filename or f"sample-{i + 1}"
+            check_filename(raw)
+            name = safe_filename(raw)
+            path = Path(tmp) / f"{i}"
+            upload.file.seek(0)
+            with open(path, "wb") as out:
+                shutil.copyfileobj(upload.file, out, 1 << 20)
+            if path.stat().st_size == 0:
+                raise InvalidAudio(f"sample {name!r} is empty (0 bytes)")
+            try:
+                audio_io.probe(path)
+            except InvalidAudio as exc:
+                raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
+            samples.extend(service.samples_from_files([(path, name)]))
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return samples
+
+
+@router.post(
+    "/voices",
+    status_code=201,
+    response_model=VoiceInfo,
+    summary="Enroll a person's voice from one or more samples",
+    openapi_extra=_SAMPLES_SCHEMA,
+    responses=error_responses(413, 415, 422, 503),
+)
+async def create_voice(
+    request: Request, settings: SettingsDep, principal: CurrentPrincipal
+) -> Response:
+    samples, fields = await _read_samples(request, settings, need_name=True)
+    service = VoiceService(_store(settings), None, recognition_params(settings))
+    voice = await anyio.to_thread.run_sync(
+        lambda: service.enroll(fields["name"], samples, fields.get("contact_id"))
+    )
+    logger.info("voice %s enrolled with %d sample(s)", voice.id, len(samples))
+    return Response(
+        voice.info().model_dump_json(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/voices/{voice.id}"},
+    )
+
+
+@router.post(
+    "/voices/{voice_id}/samples",
+    status_code=201,
+    response_model=VoiceInfo,
+    summary="Add samples to an enrolled voice",
+    openapi_extra=_SAMPLES_SCHEMA,
+    responses=error_responses(413, 415, 422, 503),
+)
+async def add_samples(
+    voice_id: str, request: Request, settings: SettingsDep, principal: CurrentPrincipal
+) -> VoiceInfo:
+    store = _store(settings)
+    await anyio.to_thread.run_sync(store.get, voice_id)  # 404 before the upload is processed
+    samples, fields = await _read_samples(request, settings, need_name=False)
+    if "name" in fields:
+        raise Unprocessable("add samples with 'file' parts only; rename is not supported here")
+    service = VoiceService(store, None, recognition_params(settings))
+    voice = await anyio.to_thread.run_sync(service.add_samples, voice_id, samples)
+    return voice.info()
+
+
+@router.get("/voices", response_model=list[VoiceInfo], summary="List enrolled voices")
+async def list_voices(settings: SettingsDep, principal: CurrentPrincipal) -> list[VoiceInfo]:
+    voices = await anyio.to_thread.run_sync(_store(settings).list)
+    return [v.info() for v in voices]
+
+
+@router.get("/voices/{voice_id}", response_model=VoiceInfo, summary="One enrolled voice")
+async def get_voice(voice_id: str, settings: SettingsDep, principal: CurrentPrincipal) -> VoiceInfo:
+    voice = await anyio.to_thread.run_sync(_store(settings).get, voice_id)
+    return voice.info()
+
+
+@router.delete("/voices/{voice_id}", status_code=204, summary="Delete a voice and its samples")
+async def delete_voice(
+    voice_id: str, settings: SettingsDep, principal: CurrentPrincipal
+) -> Response:
+    await anyio.to_thread.run_sync(_store(settings).delete, voice_id)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/voices/{voice_id}/samples/{sample_id}",
+    response_model=VoiceInfo,
+    summary="Delete one sample of a voice",
+)
+async def delete_sample(
+    voice_id: str, sample_id: str, settings: SettingsDep, principal: CurrentPrincipal
+) -> VoiceInfo:
+    voice = await anyio.to_thread.run_sync(_store(settings).delete_sample, voice_id, sample_id)
+    return voice.info()
+
+
+@router.post(
+    "/jobs/{job_id}/speakers/{label}/enroll",
+    status_code=201,
+    response_model=VoiceInfo,
+    summary="Enroll a speaker of a finished job ('this speaker is Ivan')",
+    responses=error_responses(409, 422, 503),
+)
+async def enroll_job_speaker(
+    job_id: str,
+    label: str,
+    body: Annotated[JobEnrollRequest, Body()],
+    settings: SettingsDep,
+    queue: QueueDep,
+    principal: CurrentPrincipal,
+) -> Response:
+    await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
+    result = await anyio.to_thread.run_sync(queue.read_result, job_id)  # 409 unless completed
+    annotation = Annotation.model_validate_json(result)
+    audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
+    if not audio_path.is_file():
+        raise NotFound(f"the audio of job {job_id} is no longer stored")
+    service = await anyio.to_thread.run_sync(voice_service, settings)
+    voice = await anyio.to_thread.run_sync(
+        lambda: service.enroll_from_job(
+            annotation,
+            audio_path,
+            job_id,
+            label,
+            name=body.name,
+            voice_id=body.voice_id,
+            contact_id=body.contact_id,
+        )
+    )
+    return Response(
+        voice.info().model_dump_json(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/voices/{voice.id}"},
+    )

@@ -1,0 +1,92 @@
+"""Voiceprint records (as stored) and their API views (without the embeddings)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleInfo(_Model):
+    """One enrollment sample as the API shows it."""
+
+    id: str
+    source: str = Field(description="File name, or 'job:<id>/<label>' for job enrollment.")
+    duration: float = Field(ge=0, description="Length of the audio, seconds.")
+    speech_duration: float = Field(ge=0, description="Speech found in it, seconds.")
+    snr_db: float | None = Field(None, description="Estimated speech-to-noise ratio, dB.")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class VoiceSample(SampleInfo):
+    """A stored sample: its info plus the L2-normalised 192-d CAM++ embedding."""
+
+    embedding: list[float]
+
+
+class VoiceInfo(_Model):
+    """A voice as the API shows it."""
+
+    id: str
+    name: str
+    contact_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    samples: list[SampleInfo]
+    speech_duration: float = Field(description="Total enrolled speech, seconds.")
+
+
+class Voice(_Model):
+    """One enrolled person, stored as ``<voices_dir>/<id>.json``."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    name: str = Field(min_length=1, max_length=200)
+    contact_id: str | None = Field(None, max_length=200)
+    embedding_model: str = Field(description="Model the embeddings come from.")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    samples: list[VoiceSample] = Field(default_factory=list)
+
+    def info(self) -> VoiceInfo:
+        return VoiceInfo(
+            id=self.id,
+            name=self.name,
+            contact_id=self.contact_id,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            samples=[SampleInfo(**s.model_dump(exclude={"embedding"})) for s in self.samples],
+            speech_duration=round(sum(s.speech_duration for s in self.samples), 3),
+        )
+
+
+class JobEnrollRequest(_Model):
+    """Body of ``POST /jobs/{id}/speakers/{label}/enroll``: a new voice or an existing one."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    voice_id: str | None = Field(None, description="Add the sample to this voice instead.")
+    contact_id: str | None = Field(None, max_length=200)
+
+
+class Candidate(_Model):
+    voice_id: str
+    name: str
+    score: float
+
+
+class IdentifyResult(_Model):
+    """Best matches for one piece of audio (CLI ``voices identify``)."""
+
+    accepted: bool
+    threshold: float
+    candidates: list[Candidate]

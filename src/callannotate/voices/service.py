@@ -1,0 +1,513 @@
+"""Enrollment and identification of voices (shared by the REST routes, the CLI and jobs).
+
+Sample checks (before anything is embedded): the audio is measured in 20 ms frames; a
+sample whose loudest frame is below ``silence_dbfs`` (-55 dBFS) is *silent*, and one with
+less than ``min_speech_s`` (0.2 s) of speech-like frames (above ``silence_dbfs`` and within
+30 dB of the loudest frame; a steady noise or tone of 1 s or more counts as none) is *too
+short*; both raise ``Unprocessable`` (HTTP 422). 0.2 s is about one short word: the FSDD
+digits (0.2-0.7 s clips, the shortest material the benchmark enrolls from) mostly pass,
+anything shorter gives unreliable embeddings. The speech-to-noise ratio is the mean level
+of the speech frames over the mean level of the rest (``None`` when there is no rest).
+
+Embeddings: CAM++ (:mod:`callannotate.pipeline.embedding`). Clips shorter than
+``pad_to_s`` (1.6 s) are extended by reflection (forward, reversed, forward, ...), which
+raised FSDD top-1 from 87.9 % to 90.2 % and lowered its EER from 13.7 % to 12.0 %; long
+audio is embedded in chunks of at most ``chunk_s`` seconds whose embeddings are averaged.
+
+Scoring (open set): cosine similarity between the speaker's embedding and each voice's
+centroid (the normalised mean of its sample embeddings); the best voice is accepted when
+its score reaches ``threshold``. ``score_norm: tnorm`` instead z-normalises the score
+against a cohort made of the other voices' samples (used only when the store holds at least
+``min_cohort`` such samples, otherwise plain cosine is used); it has its own threshold.
+See ``benchmarks/speaker_id.py`` for the calibration of both thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from callannotate.errors import BadRequest, ModelUnavailable, NotFound, Unprocessable
+from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.embedding import (
+    EMBEDDING_DIM,
+    SAMPLE_RATE,
+    SpeakerEmbedder,
+    l2_normalize,
+)
+from callannotate.pipeline.types import (
+    Annotation,
+    AudioBuffer,
+    Float32Array,
+    ProgressHook,
+    Speaker,
+    Turn,
+    VoiceMatch,
+    null_hook,
+)
+from callannotate.voices.schemas import Candidate, IdentifyResult, Voice, VoiceSample
+from callannotate.voices.store import VoiceStore, new_id
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_MODEL = "campplus_cn_en_common"
+STATIONARY_SPREAD_DB = 6.0
+
+
+@dataclass(frozen=True)
+class RecognitionParams:
+    """The ``recognition:`` section of ``config/models.yaml``."""
+
+    threshold: float = 0.46
+    score_norm: str = "none"  # none | tnorm
+    tnorm_threshold: float = 2.5
+    min_cohort: int = 10
+    min_speech_s: float = 0.2
+    silence_dbfs: float = -55.0
+    pad_to_s: float = 1.6
+    chunk_s: float = 30.0
+    max_speaker_speech_s: float = 120.0
+    min_turn_s: float = 0.3
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> RecognitionParams:
+        fields = cls.__dataclass_fields__
+        values: dict[str, Any] = {}
+        for key in fields:
+            if params.get(key) is not None:
+                values[key] = str(params[key]) if key == "score_norm" else float(params[key])
+        out = cls(**values)
+        if out.score_norm not in ("none", "tnorm"):
+            raise BadRequest("recognition.score_norm must be 'none' or 'tnorm'")
+        return out
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+@dataclass(frozen=True)
+class SampleQuality:
+    duration: float
+    speech_duration: float
+    snr_db: float | None
+    peak_dbfs: float
+
+
+def measure_sample(
+    wave: npt.NDArray[np.floating[Any]],
+    sample_rate: int = SAMPLE_RATE,
+    silence_dbfs: float = -55.0,
+) -> SampleQuality:
+    """Duration, speech duration and SNR of a mono sample (energy-based, no model).
+
+    Speech frames are the 20 ms frames louder than ``silence_dbfs`` and within 30 dB of the
+    loudest one; a recording of a second or more whose frame levels vary by less than
+    6 dB (5th to 95th percentile) is a steady noise or tone and holds no speech.
+    """
+    x = np.asarray(wave, dtype=np.float64).reshape(-1)
+    duration = x.size / sample_rate
+    hop = max(1, int(0.010 * sample_rate))
+    win = 2 * hop
+    if x.size < win:
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        return SampleQuality(duration, 0.0, None, 20 * np.log10(peak + 1e-10))
+    n = 1 + (x.size - win) // hop
+    idx = np.arange(win)[None, :] + hop * np.arange(n)[:, None]
+    frames = x[idx]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    loudest = float(level.max())
+    active = level > max(silence_dbfs, loudest - 30.0)
+    spread = float(np.percentile(level, 95) - np.percentile(level, 5))
+    if duration >= 1.0 and spread < STATIONARY_SPREAD_DB:
+        active[:] = False  # a steady noise or tone, not speech
+    speech_s = float(active.sum()) * hop / sample_rate
+    snr = (
+        float(level[active].mean() - level[~active].mean())
+        if active.any() and (~active).any()
+        else None
+    )
+    return SampleQuality(duration, speech_s, snr, loudest)
+
+
+def check_sample(quality: SampleQuality, params: RecognitionParams, what: str) -> None:
+    """Raise ``Unprocessable`` (422) for silent or too-short samples."""
+    if quality.peak_dbfs < params.silence_dbfs:
+        raise Unprocessable(
+            f"{what} is silent (loudest 20 ms frame {quality.peak_dbfs:.0f} dBFS, "
+            f"below {params.silence_dbfs:.0f} dBFS)"
+        )
+    if quality.speech_duration < params.min_speech_s:
+        raise Unprocessable(
+            f"{what} has too little speech: {quality.speech_duration:.2f} s found, "
+            f"at least {params.min_speech_s:.2f} s needed"
+        )
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def reflect_pad(wave: Float32Array, min_samples: int) -> Float32Array:
+    """Extend ``wave`` to ``min_samples`` with alternately reversed and forward copies."""
+    if wave.size == 0 or wave.size >= min_samples:
+        return wave
+    parts = [wave]
+    total = wave.size
+    forward = False
+    while total < min_samples:
+        parts.append(wave if forward else wave[::-1])
+        total += wave.size
+        forward = not forward
+    return np.ascontiguousarray(np.concatenate(parts)[:min_samples], dtype=np.float32)
+
+
+def voice_embedding(
+    embedder: SpeakerEmbedder, wave: npt.NDArray[np.floating[Any]], params: RecognitionParams
+) -> Float32Array:
+    """One normalised embedding of 16 kHz mono audio (padded when short, chunked when long)."""
+    x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
+    chunk = max(1, int(params.chunk_s * SAMPLE_RATE))
+    if x.size <= chunk:
+        pieces = [reflect_pad(x, int(params.pad_to_s * SAMPLE_RATE))]
+    else:
+        count = int(np.ceil(x.size / chunk))
+        size = int(np.ceil(x.size / count))
+        pieces = [x[i : i + size] for i in range(0, x.size, size)]
+        pieces = [reflect_pad(p, int(params.pad_to_s * SAMPLE_RATE)) for p in pieces]
+    embs = embedder.embed_batch(pieces)
+    weights = np.array([p.size for p in pieces], dtype=np.float32)
+    out: Float32Array = l2_normalize((embs * weights[:, None]).sum(axis=0))
+    return out
+
+
+def speaker_audio(
+    buffer: AudioBuffer,
+    turns: Sequence[Turn],
+    label: str,
+    channel: int | None,
+    params: RecognitionParams,
+) -> Float32Array:
+    """The speaker's exclusive speech concatenated (longest turns first, capped)."""
+    if buffer.sample_rate != SAMPLE_RATE:
+        raise BadRequest(f"speaker audio must be {SAMPLE_RATE} Hz, got {buffer.sample_rate}")
+    signal = (
+        buffer.channel(channel)
+        if channel is not None and 0 <= channel < buffer.channels and buffer.channels > 1
+        else buffer.mono()
+    )
+    mine = [t for t in turns if t.speaker == label and t.end - t.start >= params.min_turn_s]
+    if not mine:  # only short turns: use them all rather than nothing
+        mine = [t for t in turns if t.speaker == label]
+    mine.sort(key=lambda t: t.end - t.start, reverse=True)
+    budget = int(params.max_speaker_speech_s * SAMPLE_RATE)
+    pieces: list[Float32Array] = []
+    used = 0
+    for t in mine:
+        a = max(0, int(t.start * SAMPLE_RATE))
+        b = min(signal.size, int(t.end * SAMPLE_RATE))
+        if b <= a:
+            continue
+        piece = signal[a : min(b, a + budget - used)]
+        pieces.append(piece)
+        used += piece.size
+        if used >= budget:
+            break
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class _Gallery:
+    voices: list[Voice]
+    centroids: Float32Array  # (voices, dim)
+    cohort: Float32Array  # (samples, dim), all samples
+    owner: npt.NDArray[np.int64]  # voice index of each cohort row
+
+
+def build_gallery(voices: Sequence[Voice]) -> _Gallery:
+    usable = [v for v in voices if v.samples and v.embedding_model == EMBEDDING_MODEL]
+    if not usable:
+        empty = np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return _Gallery([], empty, empty, np.zeros(0, dtype=np.int64))
+    rows: list[list[float]] = []
+    owner: list[int] = []
+    cents = []
+    for i, v in enumerate(usable):
+        emb = np.asarray([s.embedding for s in v.samples], dtype=np.float32)
+        cents.append(l2_normalize(l2_normalize(emb).mean(axis=0)))
+        rows.extend(s.embedding for s in v.samples)
+        owner.extend([i] * len(v.samples))
+    return _Gallery(
+        usable,
+        np.stack(cents).astype(np.float32),
+        l2_normalize(np.asarray(rows, dtype=np.float32)),
+        np.asarray(owner, dtype=np.int64),
+    )
+
+
+def score_voices(
+    embedding: Float32Array, gallery: _Gallery, params: RecognitionParams
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Scores of ``embedding`` against every voice of the gallery, and the threshold to use."""
+    if not gallery.voices:
+        return np.zeros(0), params.threshold
+    e = l2_normalize(embedding)
+    raw = (gallery.centroids @ e).astype(np.float64)
+    if params.score_norm != "tnorm":
+        return raw, params.threshold
+    cohort_scores = (gallery.cohort @ e).astype(np.float64)
+    out = raw.copy()
+    for j in range(len(gallery.voices)):
+        others = cohort_scores[gallery.owner != j]
+        if others.size < params.min_cohort:
+            return raw, params.threshold  # cohort too small: plain cosine for all
+        out[j] = (raw[j] - others.mean()) / max(float(others.std()), 1e-6)
+    return out, params.tnorm_threshold
+
+
+def match_of(embedding: Float32Array, gallery: _Gallery, params: RecognitionParams) -> VoiceMatch:
+    scores, threshold = score_voices(embedding, gallery, params)
+    if scores.size == 0:
+        return VoiceMatch(score=0.0, threshold=threshold, accepted=False)
+    best = int(np.argmax(scores))
+    score = float(scores[best])
+    if score < threshold:
+        return VoiceMatch(score=round(score, 4), threshold=threshold, accepted=False)
+    voice = gallery.voices[best]
+    return VoiceMatch(
+        voice_id=voice.id,
+        name=voice.name,
+        contact_id=voice.contact_id,
+        score=round(score, 4),
+        threshold=threshold,
+        accepted=True,
+    )
+
+
+# ----------------------------------------------------------------------------- service
+
+
+class VoiceService:
+    """Enrollment and identification against one :class:`VoiceStore`."""
+
+    def __init__(
+        self,
+        store: VoiceStore,
+        embedder: SpeakerEmbedder | None = None,
+        params: RecognitionParams | None = None,
+    ) -> None:
+        self.store = store
+        self._embedder = embedder
+        self.params = params or RecognitionParams()
+
+    @property
+    def embedder(self) -> SpeakerEmbedder:
+        if self._embedder is None:
+            raise ModelUnavailable("this voice service was created without an embedder")
+        return self._embedder
+
+    def make_sample(self, wave: npt.NDArray[np.floating[Any]], source: str) -> VoiceSample:
+        """Check and embed one 16 kHz mono sample (``Unprocessable`` when unusable)."""
+        x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
+        quality = measure_sample(x, silence_dbfs=self.params.silence_dbfs)
+        check_sample(quality, self.params, f"sample {source!r}")
+        emb = voice_embedding(self.embedder, x, self.params)
+        return VoiceSample(
+            id=new_id(),
+            source=source[:200],
+            duration=round(quality.duration, 3),
+            speech_duration=round(quality.speech_duration, 3),
+            snr_db=None if quality.snr_db is None else round(quality.snr_db, 1),
+            embedding=[round(float(v), 6) for v in emb],
+        )
+
+    def samples_from_files(self, files: Sequence[tuple[Path, str]]) -> list[VoiceSample]:
+        """Decode (16 kHz mono) and embed ``(path, display name)`` pairs."""
+        from callannotate.pipeline import audio as audio_io
+
+        if not files:
+            raise Unprocessable("send at least one audio sample")
+        samples = []
+        for path, name in files:
+            buffer = audio_io.decode(path, sample_rate=SAMPLE_RATE)
+            samples.append(self.make_sample(buffer.mono(), name))
+        return samples
+
+    def enroll(
+        self, name: str, samples: Sequence[VoiceSample], contact_id: str | None = None
+    ) -> Voice:
+        name = name.strip()
+        if not name:
+            raise Unprocessable("the voice needs a name")
+        if not samples:
+            raise Unprocessable("send at least one audio sample")
+        voice = Voice(
+            id=new_id(),
+            name=name,
+            contact_id=(contact_id or "").strip() or None,
+            embedding_model=EMBEDDING_MODEL,
+            samples=list(samples),
+        )
+        return self.store.create(voice)
+
+    def add_samples(self, voice_id: str, samples: Sequence[VoiceSample]) -> Voice:
+        if not samples:
+            raise Unprocessable("send at least one audio sample")
+        return self.store.update(
+            voice_id, lambda v: v.model_copy(update={"samples": [*v.samples, *samples]})
+        )
+
+    def enroll_from_job(
+        self,
+        annotation: Annotation,
+        audio_path: Path,
+        job_id: str,
+        label: str,
+        *,
+        name: str | None = None,
+        voice_id: str | None = None,
+        contact_id: str | None = None,
+    ) -> Voice:
+        """Enroll ``label``'s exclusive speech in a finished job (new voice or ``voice_id``)."""
+        from callannotate.pipeline import audio as audio_io
+
+        if (name is None) == (voice_id is None):
+            raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
+        speaker = next((s for s in annotation.speakers if s.label == label), None)
+        if speaker is None:
+            raise NotFound(f"speaker {label} not found in job {job_id}")
+        turns = annotation.exclusive_turns or annotation.turns
+        if not any(t.speaker == label for t in turns):
+            raise Unprocessable(f"speaker {label} has no speech turns in job {job_id}")
+        buffer = audio_io.decode(audio_path, sample_rate=SAMPLE_RATE)
+        per_channel = annotation.recording.channel_mode == "per-channel"
+        wave = speaker_audio(
+            buffer, turns, label, speaker.channel if per_channel else None, self.params
+        )
+        sample = self.make_sample(wave, f"job:{job_id}/{label}")
+        if voice_id is not None:
+            return self.add_samples(voice_id, [sample])
+        assert name is not None
+        return self.enroll(name, [sample], contact_id)
+
+    def identify(self, embeddings: Mapping[str, Float32Array]) -> dict[str, VoiceMatch]:
+        """Best enrolled voice (or unknown) for each speaker's embedding."""
+        gallery = build_gallery(self.store.list())
+        return {label: match_of(emb, gallery, self.params) for label, emb in embeddings.items()}
+
+    def identify_wave(self, wave: npt.NDArray[np.floating[Any]], top: int = 3) -> IdentifyResult:
+        """Ranked candidates for one 16 kHz mono recording (CLI ``voices identify``)."""
+        gallery = build_gallery(self.store.list())
+        emb = voice_embedding(self.embedder, wave, self.params)
+        scores, threshold = score_voices(emb, gallery, self.params)
+        order = np.argsort(-scores)[:top]
+        candidates = [
+            Candidate(
+                voice_id=gallery.voices[i].id,
+                name=gallery.voices[i].name,
+                score=round(float(scores[i]), 4),
+            )
+            for i in order
+        ]
+        accepted = bool(candidates) and candidates[0].score >= threshold
+        return IdentifyResult(accepted=accepted, threshold=threshold, candidates=candidates)
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]]):
+    """The pipeline's ``recognition`` step: diarized speakers -> enrolled voices.
+
+    The store folder and the CAM++ embedder are given with :meth:`use_voices_dir` and
+    :meth:`use_embedder` (the pipeline shares the process-wide embedder); without them the
+    ``voices_dir`` parameter (or ``Settings().voices_dir``) and a private embedder are used.
+    """
+
+    name = "recognition"
+
+    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
+        super().__init__(params, cache_dir, threads)
+        self.rparams = RecognitionParams.from_params(params)
+        self._embedder: SpeakerEmbedder | None = None
+        self._voices_dir: Path | None = (
+            Path(str(params["voices_dir"])) if params.get("voices_dir") else None
+        )
+
+    def use_embedder(self, embedder: SpeakerEmbedder) -> None:
+        self._embedder = embedder
+
+    def use_voices_dir(self, path: Path) -> None:
+        self._voices_dir = path
+
+    def load_model(self) -> None:
+        """Nothing to load up front: the embedder is shared (or created on first use)."""
+
+    def _get_embedder(self) -> SpeakerEmbedder:
+        if self._embedder is None:
+            self._embedder = SpeakerEmbedder(
+                dict(self.params.get("embedding") or {}), self.cache_dir, self.threads
+            )
+        self._embedder.ensure_loaded()
+        return self._embedder
+
+    def describe(self) -> str:
+        norm = "" if self.rparams.score_norm == "none" else f", {self.rparams.score_norm}"
+        return f"CAM++ voiceprints (cosine{norm})"
+
+    def store(self) -> VoiceStore:
+        if self._voices_dir is None:
+            from callannotate.config import Settings
+
+            self._voices_dir = Settings().voices_dir
+        return VoiceStore(self._voices_dir)
+
+    @property
+    def service(self) -> VoiceService:
+        return VoiceService(self.store(), self._get_embedder(), self.rparams)
+
+    def process(
+        self, data: Mapping[str, Float32Array], hook: ProgressHook = null_hook
+    ) -> dict[str, VoiceMatch]:
+        return self.identify(data)
+
+    def identify(self, embeddings: Mapping[str, Float32Array]) -> dict[str, VoiceMatch]:
+        return self.service.identify(embeddings)
+
+    def identify_speakers(
+        self,
+        buffer: AudioBuffer,
+        exclusive: Sequence[Turn],
+        speakers: Sequence[Speaker],
+        hook: ProgressHook = null_hook,
+    ) -> dict[str, VoiceMatch]:
+        """Embed each speaker's exclusive speech and match it against the store.
+
+        Speakers with no usable speech (silent or too short) are left out of the result.
+        """
+        if not self.store().list():
+            return {}  # nothing enrolled: no need to embed anything
+        service = self.service
+        embeddings: dict[str, Float32Array] = {}
+        for i, speaker in enumerate(speakers):
+            hook(self.name, completed=i, total=len(speakers))
+            wave = speaker_audio(buffer, exclusive, speaker.label, speaker.channel, self.rparams)
+            quality = measure_sample(wave, silence_dbfs=self.rparams.silence_dbfs)
+            try:
+                check_sample(quality, self.rparams, f"speaker {speaker.label}")
+            except Unprocessable as exc:
+                logger.info("not identifying: %s", exc.detail)
+                continue
+            embeddings[speaker.label] = voice_embedding(service.embedder, wave, self.rparams)
+        hook(self.name, completed=len(speakers), total=len(speakers))
+        return service.identify(embeddings)

@@ -1,0 +1,116 @@
+"""The voiceprint store: one JSON file per voice under ``settings.voices_dir``.
+
+Each voice (name, contact id, every sample's embedding and quality) lives in
+``<root>/<voice id>.json``, written atomically (temporary file, fsync, rename), so readers
+see the old or the new version, never a mix, and one file holds the whole voice, so there
+is nothing to keep consistent between files. Read-modify-write updates hold an exclusive
+``flock`` on ``<root>/.lock`` so concurrent API and worker processes don't lose updates.
+No audio is stored, only embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from callannotate.errors import NotFound
+from callannotate.jobs.fsutil import atomic_write, blocking_lock, fsync_dir
+from callannotate.voices.schemas import Voice, utcnow
+
+logger = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+LOCK_FILE = ".lock"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+class VoiceStore:
+    """CRUD over the voice files in ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, voice_id: str) -> Path:
+        if not valid_id(voice_id):
+            raise NotFound(f"voice {voice_id} not found")
+        return self.root / f"{voice_id}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with blocking_lock(self.root / LOCK_FILE):
+            yield
+
+    def _write(self, voice: Voice) -> None:
+        atomic_write(self._path(voice.id), voice.model_dump_json().encode("utf-8"))
+
+    def _read(self, path: Path) -> Voice:
+        return Voice.model_validate_json(path.read_bytes())
+
+    def get(self, voice_id: str) -> Voice:
+        path = self._path(voice_id)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            raise NotFound(f"voice {voice_id} not found") from None
+
+    def list(self) -> list[Voice]:
+        """All voices, by name. Unreadable files are logged and skipped."""
+        voices: list[Voice] = []
+        if not self.root.is_dir():
+            return voices
+        for path in sorted(self.root.glob("*.json")):
+            if not valid_id(path.stem):
+                continue
+            try:
+                voices.append(self._read(path))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            except (ValidationError, ValueError) as exc:
+                logger.warning("skipping unreadable voice file %s: %s", path.name, exc)
+        voices.sort(key=lambda v: (v.name.casefold(), v.created_at))
+        return voices
+
+    def create(self, voice: Voice) -> Voice:
+        with self._locked():
+            self._write(voice)
+        return voice
+
+    def update(self, voice_id: str, change: Callable[[Voice], Voice]) -> Voice:
+        """Apply ``change`` to the stored voice under the lock and save the result."""
+        with self._locked():
+            voice = change(self.get(voice_id))
+            voice = voice.model_copy(update={"updated_at": utcnow()})
+            self._write(voice)
+        return voice
+
+    def delete(self, voice_id: str) -> None:
+        path = self._path(voice_id)
+        with self._locked():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                raise NotFound(f"voice {voice_id} not found") from None
+            fsync_dir(self.root)
+
+    def delete_sample(self, voice_id: str, sample_id: str) -> Voice:
+        def drop(voice: Voice) -> Voice:
+            kept = [s for s in voice.samples if s.id != sample_id]
+            if len(kept) == len(voice.samples):
+                raise NotFound(f"sample {sample_id} of voice {voice_id} not found")
+            return voice.model_copy(update={"samples": kept})
+
+        return self.update(voice_id, drop)

@@ -1,0 +1,25 @@
+"""Fixtures for the queue tests: a queue in a tmp folder and a job factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from queue_testing import MakeJob, new_job
+
+from callannotate.config import QueueSettings
+from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.models import Job
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> FileQueue:
+    return FileQueue(tmp_path / "queue", QueueSettings(max_attempts=3, retention_hours=1.0))
+
+
+@pytest.fixture
+def make_job(queue: FileQueue) -> MakeJob:
+    def factory(**kwargs: object) -> Job:
+        return new_job(queue, **kwargs)  # type: ignore[arg-type]
+
+    return factory

@@ -1,0 +1,235 @@
+"""The ``callannotate`` CLI: annotate locally, talk to a real server, extension modules."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+from callannotate import cli
+from callannotate.api.app import create_app
+from callannotate.config import ApiSettings, Settings
+from callannotate.jobs.filequeue import FileQueue
+from callannotate.pipeline.types import Annotation
+
+
+def write_wav(path: Path, seconds: float = 1.0, rate: int = 16000, channels: int = 1) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    frames = np.repeat(tone[:, None], channels, axis=1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames.tobytes())
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+
+
+# ------------------------------------------------------------------------------ annotate
+
+
+def test_annotate_writes_stem_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    call = write_wav(tmp_path / "call.wav", seconds=1.5, channels=2)
+    out = tmp_path / "out"
+    code = cli.main(
+        ["annotate", str(call), "--out", str(out), "--steps", "preprocess", "--format", "json"]
+    )
+    assert code == 0
+    target = out / "call.json"
+    assert capsys.readouterr().out.strip() == str(target)
+    annotation = Annotation.model_validate_json(target.read_text())
+    assert annotation.recording.filename == "call.wav"
+    assert annotation.recording.channels == 2
+    assert annotation.recording.duration == pytest.approx(1.5)
+    assert [p.name for p in out.iterdir()] == ["call.json"]  # no temp files left
+
+
+def test_annotate_several_files_and_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_wav(tmp_path / "a.wav")
+    bad = tmp_path / "b.wav"
+    bad.write_text("not audio")
+    out = tmp_path / "out"
+    code = cli.main(
+        ["annotate", str(good), str(bad), "--out", str(out), "--steps", "preprocess", "-q"]
+    )
+    assert code == 1
+    assert "b.wav: invalid_audio" in capsys.readouterr().err
+    # The default formats are json + rttm (the contract other tooling relies on).
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.rttm"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "json,bogus"], "bogus"),
+        (["--speakers", "0"], "num_speakers"),
+        (["--min-speakers", "3", "--max-speakers", "2"], "min_speakers"),
+        (["--language", "english"], "language"),
+        (["--steps", "dance"], "steps"),
+    ],
+)
+def test_annotate_refuses_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    call = write_wav(tmp_path / "call.wav")
+    code = cli.main(["annotate", str(call), "--out", str(tmp_path / "out"), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "call.json").exists()
+
+
+def test_annotate_refuses_missing_and_duplicate_stems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["annotate", str(tmp_path / "nope.wav"), "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "x").mkdir()
+    a = write_wav(tmp_path / "call.wav")
+    b = write_wav(tmp_path / "x" / "call.wav")
+    assert cli.main(["annotate", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    assert "rename one" in capsys.readouterr().err
+
+
+def test_annotate_writes_every_requested_format(tmp_path: Path) -> None:
+    usable, why = cli.available_formats()
+    if why is not None:
+        pytest.skip(f"exporters not installed: {why}")
+    call = write_wav(tmp_path / "call.wav")
+    out = tmp_path / "out"
+    formats = [f for f in ("json", "rttm", "srt", "vtt", "csv") if f in usable]
+    code = cli.main(
+        ["annotate", str(call), "--out", str(out), "-f", ",".join(formats), "--steps", "vad", "-q"]
+    )
+    assert code == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"call.{cli.format_extension(f)}" for f in formats)
+    assert "call.json" in written and "call.rttm" in written
+
+
+def test_other_formats_need_the_exporters(tmp_path: Path) -> None:
+    usable, why = cli.available_formats()
+    assert "json" in usable
+    if why is None:
+        assert {"rttm", "srt", "vtt"} <= set(usable)
+    else:
+        assert usable == ("json",)
+        assert "exporters" in why
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "worker", "annotate", "jobs"):
+        assert command in out
+
+
+def test_extension_module_adds_a_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ca_test_ext.py").write_text(
+        "def add_parser(subparsers):\n"
+        "    p = subparsers.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('name')\n"
+        "    p.set_defaults(func=lambda args: print(f'hello {args.name}') or 0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("ca_test_ext",))
+    assert cli.main(["hello", "world"]) == 0
+    assert capsys.readouterr().out.strip() == "hello world"
+    sys.modules.pop("ca_test_ext", None)
+
+
+def test_serve_settings_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLANNOTATE_API__MAX_UPLOAD_BYTES", "1234")
+    settings = cli.load_settings(
+        api__port=9999, workers__concurrency=3, api__embedded_workers=False, api__host=None
+    )
+    assert settings.api.port == 9999
+    assert settings.api.host == "127.0.0.1"
+    assert settings.api.max_upload_bytes == 1234  # the environment still applies
+    assert settings.workers.concurrency == 3
+    assert settings.api.embedded_workers is False
+
+
+# ------------------------------------------------------------------------------ jobs (HTTP)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, FileQueue]]:
+    """A real uvicorn server (API only) in a thread."""
+    settings = Settings(data_dir=tmp_path / "srv", api=ApiSettings(embedded_workers=False))
+    app = create_app(settings)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.queue
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_jobs_list_show_cancel(
+    server: tuple[str, FileQueue], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    url, _queue = server
+    wav = write_wav(tmp_path / "call.wav")
+    with open(wav, "rb") as fh:
+        job = httpx.post(f"{url}/jobs", files={"file": ("call.wav", fh, "audio/wav")}).json()
+
+    assert cli.main(["jobs", "--url", url, "list"]) == 0
+    out = capsys.readouterr().out
+    assert job["id"] in out and "queued" in out and "call.wav" in out
+    assert "1 of 1 job(s)" in out
+
+    assert cli.main(["jobs", "--url", url, "list", "--status", "completed", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 0
+
+    assert cli.main(["jobs", "--url", url, "show", job["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == job["id"]
+
+    assert cli.main(["jobs", "--url", url, "cancel", job["id"]]) == 0
+    assert job["id"] in capsys.readouterr().out
+    assert cli.main(["jobs", "--url", url, "show", job["id"]]) == 2
+    assert "404 not_found" in capsys.readouterr().err
+
+
+def test_jobs_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert cli.main(["jobs", "--url", url, "--timeout", "2", "list"]) == 2
+    assert "cannot reach" in capsys.readouterr().err

@@ -1,0 +1,200 @@
+"""The /voices REST routes and job-speaker enrollment against the real app and CAM++."""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi import FastAPI
+from voices_testing import FSDD, needs_fsdd
+
+from callannotate.api.app import create_app
+from callannotate.config import ApiSettings, Settings
+from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.models import AudioMeta, Job
+from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, Turn
+from callannotate.voices.service import VoiceService
+from callannotate.voices.store import VoiceStore
+
+pytestmark = [pytest.mark.models, needs_fsdd]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, model_cache: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        model_cache_dir=model_cache,
+        api=ApiSettings(embedded_workers=False, max_upload_bytes=2 * 1024 * 1024),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+def files_of(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("file", (p.name, p.read_bytes(), "audio/wav")) for p in paths]
+
+
+def silent_wav(seconds: float = 1.0) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return buf.getvalue()
+
+
+JACKSON = [FSDD / f"{d}_jackson_0.wav" for d in range(5)]
+GEORGE = [FSDD / f"{d}_george_0.wav" for d in range(5)]
+
+
+async def test_voice_crud(client: httpx.AsyncClient, settings: Settings) -> None:
+    r = await client.post(
+        "/voices", data={"name": "Jackson", "contact_id": "c-42"}, files=files_of(*JACKSON[:3])
+    )
+    assert r.status_code == 201, r.text
+    voice = r.json()
+    assert r.headers["location"] == f"/voices/{voice['id']}"
+    assert voice["name"] == "Jackson" and voice["contact_id"] == "c-42"
+    assert len(voice["samples"]) == 3 and "embedding" not in voice["samples"][0]
+    assert voice["samples"][0]["source"] == JACKSON[0].name
+    assert voice["samples"][0]["speech_duration"] > 0.2
+
+    r = await client.post(f"/voices/{voice['id']}/samples", files=files_of(JACKSON[3]))
+    assert r.status_code == 201 and len(r.json()["samples"]) == 4
+
+    r = await client.get("/voices")
+    assert [v["id"] for v in r.json()] == [voice["id"]]
+    r = await client.get(f"/voices/{voice['id']}")
+    assert r.status_code == 200 and len(r.json()["samples"]) == 4
+
+    sample_id = voice["samples"][0]["id"]
+    r = await client.delete(f"/voices/{voice['id']}/samples/{sample_id}")
+    assert r.status_code == 200 and sample_id not in {s["id"] for s in r.json()["samples"]}
+    r = await client.delete(f"/voices/{voice['id']}/samples/{sample_id}")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+    assert (await client.delete(f"/voices/{voice['id']}")).status_code == 204
+    assert (await client.get(f"/voices/{voice['id']}")).status_code == 404
+    assert list(settings.voices_dir.glob("*.json")) == []
+
+
+async def test_bad_samples_are_refused(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/voices", data={"name": "X"}, files=[("file", ("s.wav", silent_wav(), "audio/wav"))]
+    )
+    assert r.status_code == 422 and "silent" in r.json()["detail"]
+    short = FSDD / "0_jackson_0.wav"
+    x, sr = sf.read(short, dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, x[: int(0.12 * sr)], sr, format="WAV")
+    r = await client.post(
+        "/voices", data={"name": "X"}, files=[("file", ("c.wav", buf.getvalue(), "audio/wav"))]
+    )
+    assert r.status_code == 422 and "too little speech" in r.json()["detail"]
+    r = await client.post(
+        "/voices", data={"name": "X"}, files=[("file", ("t.wav", b"not audio" * 50, "audio/wav"))]
+    )
+    assert r.status_code == 422 and r.json()["error"] == "invalid_audio"
+    r = await client.post("/voices", files=files_of(JACKSON[0]))
+    assert r.status_code == 422 and "name" in r.json()["detail"]
+    r = await client.post("/voices", data={"name": "X"})
+    assert r.status_code in (415, 422)
+    r = await client.post("/voices", json={"name": "X"})
+    assert r.status_code == 415
+    r = await client.post(f"/voices/{'0' * 32}/samples", files=files_of(JACKSON[0]))
+    assert r.status_code == 404
+    assert (await client.get("/voices")).json() == []
+
+
+def _completed_job(queue: FileQueue, audio: Path, annotation: Annotation) -> str:
+    job_id = queue.new_job_id()
+    staged = queue.staging_dir() / f"upload-{job_id}"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(audio.read_bytes())
+    info = sf.info(audio)
+    job = Job(
+        id=job_id,
+        owner="local",
+        audio=AudioMeta(
+            filename=audio.name,
+            stored_as="audio.wav",
+            size_bytes=audio.stat().st_size,
+            format="wav",
+            codec="pcm_s16le",
+            sample_rate=int(info.samplerate),
+            channels=1,
+            duration=float(info.duration),
+        ),
+    )
+    queue.submit(job, staged)
+    claimed = queue.claim("test-worker")
+    assert claimed is not None and claimed.id == job_id
+    queue.complete(job_id, annotation.model_dump_json().encode())
+    return job_id
+
+
+async def test_enroll_speaker_of_a_job(
+    client: httpx.AsyncClient, app: FastAPI, settings: Settings, tmp_path: Path
+) -> None:
+    # A "call": five Jackson takes, then five George takes, at 8 kHz like the originals.
+    pieces = [sf.read(p, dtype="float32")[0] for p in [*JACKSON, *GEORGE]]
+    bounds = np.cumsum([0, *[len(p) for p in pieces]]) / 8000
+    call = tmp_path / "call.wav"
+    sf.write(call, np.concatenate(pieces), 8000, subtype="PCM_16")
+    turns = [
+        Turn(start=float(bounds[i]), end=float(bounds[i + 1]), speaker="S0" if i < 5 else "S1")
+        for i in range(10)
+    ]
+    annotation = Annotation(
+        recording=RecordingInfo(duration=float(bounds[-1]), sample_rate=8000, channels=1),
+        speakers=[Speaker(label="S0"), Speaker(label="S1")],
+        turns=turns,
+        exclusive_turns=turns,
+    )
+    queue: FileQueue = app.state.queue
+    job_id = _completed_job(queue, call, annotation)
+
+    r = await client.post(f"/jobs/{job_id}/speakers/S0/enroll", json={"name": "Jackson"})
+    assert r.status_code == 201, r.text
+    voice = r.json()
+    assert voice["samples"][0]["source"] == f"job:{job_id}/S0"
+    assert voice["samples"][0]["speech_duration"] > 1.0
+    r = await client.post(f"/jobs/{job_id}/speakers/S1/enroll", json={"name": "George"})
+    assert r.status_code == 201
+
+    r = await client.post(f"/jobs/{job_id}/speakers/S9/enroll", json={"name": "X"})
+    assert r.status_code == 404
+    r = await client.post(f"/jobs/{job_id}/speakers/S0/enroll", json={})
+    assert r.status_code == 422
+    r = await client.post(f"/jobs/{job_id}/speakers/S0/enroll", json={"voice_id": voice["id"]})
+    assert r.status_code == 201 and len(r.json()["samples"]) == 2
+    r = await client.post(f"/jobs/{'f' * 32}/speakers/S0/enroll", json={"name": "X"})
+    assert r.status_code == 404
+
+    # The store the API wrote is the one identification reads.
+    from callannotate.pipeline import registry
+    from callannotate.pipeline.audio import decode
+
+    service = VoiceService(
+        VoiceStore(settings.voices_dir), registry.loaded_processor(settings, "embedding")
+    )
+    takes = [decode(FSDD / f"{d}_jackson_20.wav").mono() for d in range(5, 10)]
+    result = service.identify_wave(np.concatenate(takes))
+    assert result.candidates[0].name == "Jackson"
