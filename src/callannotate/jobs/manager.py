@@ -59,6 +59,7 @@ async def sleep_until_set(event: asyncio.Event, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await event.wait()
 
+
 PROGRESS_WRITE_INTERVAL_S = 0.5
 CANCEL_CHECK_INTERVAL_S = 0.5
 ARCHIVE_INTERVAL_S = 300.0
@@ -194,7 +195,9 @@ class QueueManager:
         if self._tasks:
             _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
             for task in stuck:
-                log.error("queue manager task ignored cancellation", extra={"task": task.get_name()})
+                log.error(
+                    "queue manager task ignored cancellation", extra={"task": task.get_name()}
+                )
         self._tasks = []
         for slot in self._slots:
             await self._shutdown_worker(slot)
