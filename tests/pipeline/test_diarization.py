@@ -251,3 +251,34 @@ def test_spectral_clustering_finds_known_number() -> None:
     assert _same_partition(labels, y)
     fixed = ClusteringParams(method="spectral", neighbours=8, num_speakers=2)
     assert cluster_embeddings(x, fixed).max() + 1 == 2
+
+
+# ----------------------------------------------------------------------------- crosstalk
+
+
+def test_frame_levels_follow_the_signal() -> None:
+    from callannotate.pipeline.diarization.diarizer import frame_levels
+
+    signal = np.zeros(16_000 * 2, dtype=np.float32)
+    signal[16_000:] = 0.1  # second half at -20 dB
+    levels = frame_levels(signal, 100)
+    assert levels.shape == (100,)
+    assert levels[10] < -90
+    assert abs(levels[80] - (-20.0)) < 0.1
+
+
+def test_crosstalk_mask_drops_the_far_party_leak() -> None:
+    from callannotate.pipeline.diarization.diarizer import crosstalk_mask
+
+    frames = 40
+    # Channel 0: own speech at -10 dB in frames 0-19, then the other party's echo at -40 dB.
+    # Channel 1 (a quieter line): silence, then own speech at -25 dB in frames 20-39, with
+    # a genuine double-talk frame range 15-19 at its own level.
+    level0 = np.r_[np.full(20, -10.0), np.full(20, -40.0)].astype(np.float32)
+    level1 = np.r_[np.full(15, -80.0), np.full(25, -25.0)].astype(np.float32)
+    both_on = np.ones((frames, 1), dtype=np.float32)
+    ch1_on = np.r_[np.zeros(15), np.ones(25)].astype(np.float32)[:, None]
+    keep = crosstalk_mask(np.stack([level0, level1]), [both_on, ch1_on], frames, 15.0)
+    assert keep.shape == (frames, 2)
+    assert keep[:20, 0].all() and not keep[20:, 0].any()  # echo on channel 0 removed
+    assert keep[15:, 1].all()  # the quieter line keeps its speech, double talk included

@@ -3,7 +3,9 @@
 ``Diarizer.process(DiarizationInput(audio, ...))`` returns a :class:`DiarizationResult`.
 Mono (or mixed) audio goes through the full pipeline; with ``per_channel`` each channel of
 a stereo call is one party: its speech activity comes from the segmentation model and
-its speakers are clustered within the channel only when ``per_channel_max_speakers`` > 1.
+its speakers are clustered within the channel only when ``per_channel_max_speakers`` > 1,
+and a channel's frames that only carry the far party's echo (more than ``crosstalk_db``
+below the other channel, each relative to its own speech level) are dropped.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         self.refine_piece_s = _as_float(params, "refine_piece_s", 2.0)
         self.refine_min_s = _as_float(params, "refine_min_s", 1.0)
         self.refine_margin = _as_float(params, "refine_margin", 0.0)
+        self.crosstalk_db = _as_float(params, "crosstalk_db", 15.0)
         self.per_channel_max_speakers = int(params.get("per_channel_max_speakers", 1))
         self._segmentation: SegmentationModel | None = None
         self._embedder: Any = None
@@ -184,6 +187,12 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             frames = min(b.shape[0] for b in binaries)
             binary = np.concatenate([b[:frames] for b in binaries], axis=1)
             score = np.concatenate([s[:frames] for s in scores], axis=1)
+            if self.crosstalk_db > 0:
+                levels = np.stack(
+                    [frame_levels(audio.channel(c), frames) for c in range(audio.channels)]
+                )
+                keep = crosstalk_mask(levels, binaries, frames, self.crosstalk_db)
+                binary = binary * keep[:, np.asarray(channels)]
             result = self._result(binary, score, labels, channels, duration)
         else:
             part = self._diarize_signal(audio.mono(), params, hook, 0.0, 1.0)
@@ -446,6 +455,40 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             exclusive_turns=[_relabel(t, rename) for t in excl if t.speaker in rename],
             speakers=speakers,
         )
+
+
+def frame_levels(signal: FloatArray, frames: int, half_s: float = 0.05) -> FloatArray:
+    """Level (dB) of ``signal`` around each output frame's centre (+- ``half_s`` seconds)."""
+    half = round(half_s * SAMPLE_RATE)
+    power = np.concatenate([[0.0], np.cumsum(np.asarray(signal, dtype=np.float64) ** 2)])
+    centres = np.arange(frames) * FRAME_SAMPLES + FRAME_CENTRE
+    lo = np.clip(centres - half, 0, len(signal))
+    hi = np.clip(centres + half, 0, len(signal))
+    mean = (power[hi] - power[lo]) / np.maximum(hi - lo, 1)
+    out: FloatArray = (10 * np.log10(mean + 1e-10)).astype(np.float32)
+    return out
+
+
+def crosstalk_mask(
+    levels: FloatArray, binaries: list[FloatArray], frames: int, crosstalk_db: float
+) -> FloatArray:
+    """``(frames, channels)``: 0 where a channel only carries the other party's leak.
+
+    Each channel's level is taken relative to its own speech level (the 90th percentile
+    of its level over the frames where it was found active, so channel gains do not
+    matter); a channel is switched off in a frame where that relative level is more than
+    ``crosstalk_db`` below another channel's. Echo and crosstalk of the far party are
+    heard 20-40 dB down; both parties talking at once keep comparable relative levels.
+    """
+    channels = levels.shape[0]
+    relative = np.zeros((frames, channels), dtype=np.float32)
+    for c in range(channels):
+        active = binaries[c][:frames].max(axis=1, initial=0) > 0.5
+        speech = levels[c][active] if active.any() else levels[c]
+        relative[:, c] = levels[c] - np.percentile(speech, 90)
+    best = relative.max(axis=1, keepdims=True)
+    out: FloatArray = (relative >= best - crosstalk_db).astype(np.float32)
+    return out
 
 
 def _relabel(turn: Turn, rename: dict[str, str]) -> Turn:
