@@ -16,8 +16,10 @@ trials (every test take against every enrolled voice), the thresholds reaching g
 false-accept rates, open-set false-accept / false-reject at the chosen threshold (FA over
 impostor trials, and "unknown speaker" FA: the true speaker left out of the gallery, any
 acceptance is an error), and embedding speed (ms per second of audio; on a shared machine,
-so noisy). The same code paths as the product are used: 16 kHz decode (PyAV), reflection
-padding of short clips, CAM++ on onnxruntime, voice centroids and the configured scoring.
+so noisy). The same code paths as the product are used: 16 kHz decode (PyAV),
+``embed_waves`` (CAM++ with reflection padding of short clips, plus GE2E unless disabled),
+``gallery_of`` (normalisation fitted on the enrolled voices) and ``score_voices`` with the
+configured thresholds.
 
 ``--ami``: cross-recording check on the AMI clips whose speakers appear in two clips: each
 speaker's non-overlapped speech (from ``reference.rttm``) in one clip is enrolled and the
@@ -42,14 +44,16 @@ from callannotate.pipeline.audio import decode
 from callannotate.pipeline.embedding import SAMPLE_RATE, SpeakerEmbedder
 from callannotate.pipeline.registry import load_models_config
 from callannotate.pipeline.types import Float32Array
+from callannotate.voices.ge2e import GE2EEmbedder
 from callannotate.voices.schemas import Voice, VoiceSample
+from callannotate.voices.scoring import Embeddings
 from callannotate.voices.service import (
     EMBEDDING_MODEL,
     RecognitionParams,
-    build_gallery,
-    reflect_pad,
+    embed_waves,
+    gallery_of,
     score_voices,
-    voice_embedding,
+    shared_ge2e,
 )
 
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".amr", ".webm"}
@@ -95,28 +99,24 @@ def split(takes: list[Take], k: int, test_min_index: int) -> tuple[list[Take], l
     return enroll, test
 
 
-def embed_all(
-    embedder: SpeakerEmbedder, waves: list[Float32Array], params: RecognitionParams
-) -> Float32Array:
-    """Product embeddings (``voice_embedding``), batched for the short clips."""
-    pad = int(params.pad_to_s * SAMPLE_RATE)
-    chunk = int(params.chunk_s * SAMPLE_RATE)
-    out = np.zeros((len(waves), 192), dtype=np.float32)
-    short = [i for i, w in enumerate(waves) if w.size <= chunk]
-    if short:
-        out[short] = embedder.embed_batch([reflect_pad(waves[i], pad) for i in short])
-    for i, w in enumerate(waves):
-        if w.size > chunk:
-            out[i] = voice_embedding(embedder, w, params)
-    return out
+@dataclass(frozen=True)
+class Models:
+    campp: SpeakerEmbedder
+    ge2e: GE2EEmbedder | None
+    params: RecognitionParams
 
 
-def gallery_of(names: list[str], embs: dict[str, list[Float32Array]]) -> list[Voice]:
+def voices_of(names: list[str], embs: dict[str, list[Embeddings]]) -> list[Voice]:
     voices = []
     for name in names:
         samples = [
             VoiceSample(
-                id=f"{name}-{j}", source="", duration=0, speech_duration=0, embedding=e.tolist()
+                id=f"{name}-{j}",
+                source="",
+                duration=0,
+                speech_duration=0,
+                embedding=e.campp.tolist(),
+                ge2e_embedding=None if e.ge2e is None else e.ge2e.tolist(),
             )
             for j, e in enumerate(embs[name])
         ]
@@ -137,9 +137,9 @@ def eer(target: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
 
 
 def score_matrix(
-    probes: Float32Array, voices: list[Voice], params: RecognitionParams
+    probes: list[Embeddings], voices: list[Voice], params: RecognitionParams
 ) -> tuple[np.ndarray, float]:
-    gallery = build_gallery(voices)
+    gallery = gallery_of(voices, params)
     rows = []
     threshold = params.threshold
     for e in probes:
@@ -148,33 +148,32 @@ def score_matrix(
     return np.asarray(rows), threshold
 
 
-def run_fsdd(
-    args: argparse.Namespace, embedder: SpeakerEmbedder, params: RecognitionParams
-) -> None:
+def run_fsdd(args: argparse.Namespace, models: Models) -> None:
+    params = models.params
     takes = find_takes(args.data)
     enroll, test = split(takes, args.enroll, args.test_min_index)
     speakers = sorted({t.speaker for t in enroll})
     print(f"data: {args.data} ({len(takes)} files, {len(speakers)} speakers)")
     print(
         f"protocol: enroll {args.enroll} take(s) per speaker ({len(enroll)} files), "
-        f"identify {len(test)} files; scoring: {params.score_norm}, "
-        f"pad_to_s={params.pad_to_s}"
+        f"identify {len(test)} files; embeddings: CAM++{' + GE2E' if models.ge2e else ''}; "
+        f"score_norm: {params.score_norm}; pad_to_s={params.pad_to_s}"
     )
     t0 = time.perf_counter()
     all_takes = enroll + test
     waves = [decode(t.path, sample_rate=SAMPLE_RATE).mono() for t in all_takes]
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    embs = embed_all(embedder, waves, params)
+    embs = embed_waves(models.campp, models.ge2e, waves, params)
     t_embed = time.perf_counter() - t0
     seconds = sum(w.size for w in waves) / SAMPLE_RATE
     padded = sum(max(w.size, int(params.pad_to_s * SAMPLE_RATE)) for w in waves) / SAMPLE_RATE
-    enroll_embs: dict[str, list[Float32Array]] = defaultdict(list)
+    enroll_embs: dict[str, list[Embeddings]] = defaultdict(list)
     for t, e in zip(enroll, embs[: len(enroll)], strict=True):
         enroll_embs[t.speaker].append(e)
     probes = embs[len(enroll) :]
     truth = np.array([speakers.index(t.speaker) for t in test])
-    voices = gallery_of(speakers, enroll_embs)
+    voices = voices_of(speakers, enroll_embs)
     scores, threshold = score_matrix(probes, voices, params)
     top1 = float(np.mean(scores.argmax(axis=1) == truth))
     target_mask = np.zeros_like(scores, dtype=bool)
@@ -206,7 +205,7 @@ def run_fsdd(
         mask = truth == j
         if not mask.any() or not rest:
             continue
-        s, th = score_matrix(probes[mask], rest, params)
+        s, th = score_matrix([p for p, m in zip(probes, mask, strict=True) if m], rest, params)
         unknown_fa.append(s.max(axis=1) >= th)
     if unknown_fa:
         print(
@@ -217,7 +216,7 @@ def run_fsdd(
         f"speed: decode {1000 * t_decode / seconds:.1f} ms/s; embedding "
         f"{1000 * t_embed / seconds:.1f} ms per second of original audio "
         f"({1000 * t_embed / padded:.1f} ms per second after padding), "
-        f"{embedder.threads} threads (shared machine: noisy)"
+        f"{models.campp.threads} threads (shared machine: noisy)"
     )
 
 
@@ -245,7 +244,8 @@ def exclusive_speech(
     return wave[: keep.size][keep]
 
 
-def run_ami(args: argparse.Namespace, embedder: SpeakerEmbedder, params: RecognitionParams) -> None:
+def run_ami(args: argparse.Namespace, models: Models) -> None:
+    params = models.params
     root: Path = args.ami
     turns = read_rttm(root / "reference.rttm")
     speech: dict[str, dict[str, Float32Array]] = {}
@@ -277,11 +277,13 @@ def run_ami(args: argparse.Namespace, embedder: SpeakerEmbedder, params: Recogni
     for a, b, shared in pairs:
         for src, dst in ((a, b), (b, a)):
             names = [s for s, w in speech[src].items() if w.size >= min_s * SAMPLE_RATE]
-            embs = {s: [voice_embedding(embedder, speech[src][s], params)] for s in names}
-            voices = gallery_of(names, embs)
+            enrolled = embed_waves(
+                models.campp, models.ge2e, [speech[src][s] for s in names], params
+            )
+            voices = voices_of(names, {s: [e] for s, e in zip(names, enrolled, strict=True)})
             for s in shared:
-                probe = voice_embedding(embedder, speech[dst][s], params)
-                scores, _ = score_matrix(probe[None, :], voices, params)
+                probe = embed_waves(models.campp, models.ge2e, [speech[dst][s]], params)
+                scores, _ = score_matrix(probe, voices, params)
                 row = scores[0]
                 best = names[int(np.argmax(row))]
                 ok = best == s
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=REPO / "config" / "models.yaml")
     parser.add_argument("--cache", type=Path, default=Settings().model_cache)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--score-norm", choices=["none", "tnorm"], help="override models.yaml")
+    parser.add_argument("--score-norm", choices=["none", "center"], help="override models.yaml")
+    parser.add_argument("--no-ge2e", action="store_true", help="CAM++ alone")
     parser.add_argument("--pad-to", type=float, help="override pad_to_s (0 disables)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -324,11 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         params = replace(params, score_norm=args.score_norm)
     if args.pad_to is not None:
         params = replace(params, pad_to_s=args.pad_to)
+    if args.no_ge2e:
+        params = replace(params, ge2e={**params.ge2e, "enabled": False})
     embedder = SpeakerEmbedder(dict(config.get("embedding", {})), args.cache, args.threads)
     embedder.ensure_loaded()
-    run_fsdd(args, embedder, params)
+    ge2e = shared_ge2e(params, args.cache, args.threads)
+    if ge2e is not None:
+        ge2e.ensure_loaded()
+    models = Models(embedder, ge2e, params)
+    run_fsdd(args, models)
     if args.ami:
-        run_ami(args, embedder, params)
+        run_ami(args, models)
     return 0
 
 

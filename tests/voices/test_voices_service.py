@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from voices_testing import FakeEmbedder
 
-from callannotate.errors import NotFound, Unprocessable
+from callannotate.errors import BadRequest, NotFound, Unprocessable
 from callannotate.pipeline.types import (
     Annotation,
     AudioBuffer,
@@ -20,8 +20,8 @@ from callannotate.voices.service import (
     Identifier,
     RecognitionParams,
     VoiceService,
-    build_gallery,
     check_sample,
+    gallery_of,
     match_of,
     measure_sample,
     reflect_pad,
@@ -99,23 +99,40 @@ def test_enroll_refuses_bad_input(service: VoiceService) -> None:
         service.add_samples("0" * 32, [service.make_sample(speechlike(1.0, 0.3), "x.wav")])
 
 
-def test_tnorm_falls_back_to_cosine_with_a_small_cohort(service: VoiceService) -> None:
+def test_centring_falls_back_to_cosine_with_few_voices(service: VoiceService) -> None:
     service.enroll("Ivan", [service.make_sample(speechlike(1.0, 0.3), "i.wav")])
-    gallery = build_gallery(service.store.list())
-    params = RecognitionParams(score_norm="tnorm", min_cohort=10)
+    params = RecognitionParams(score_norm="center", min_voices=3)
+    gallery = gallery_of(service.store.list(), params)
+    assert not gallery.centred
     match = match_of(FakeEmbedder.direction(3), gallery, params)
     assert match.threshold == params.threshold and match.accepted
+    assert match.score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_tnorm_with_a_cohort(service: VoiceService) -> None:
+def test_centred_scoring_with_enough_voices(service: VoiceService) -> None:
     for i in range(1, 8):
         samples = [service.make_sample(speechlike(1.0, i / 10, s), f"{i}.wav") for s in range(2)]
         service.enroll(f"voice {i}", samples)
-    gallery = build_gallery(service.store.list())
-    params = RecognitionParams(score_norm="tnorm", min_cohort=10)
+    params = RecognitionParams(score_norm="center", min_voices=3)
+    gallery = gallery_of(service.store.list(), params)
+    assert gallery.centred and gallery.models == ("campp",)
     match = match_of(FakeEmbedder.direction(4), gallery, params)
-    assert match.threshold == params.tnorm_threshold
-    assert match.accepted and match.name == "voice 4" and match.score > 3
+    assert match.threshold == params.center_threshold
+    assert match.accepted and match.name == "voice 4" and match.score > 0.9
+    plain = RecognitionParams(score_norm="none")
+    assert match_of(FakeEmbedder.direction(4), gallery_of(service.store.list(), plain), plain)
+
+
+def test_params_from_config() -> None:
+    params = RecognitionParams.from_params(
+        {"score_norm": "center", "min_voices": 4, "ge2e": {"enabled": False}, "threshold": 0.4}
+    )
+    assert params.min_voices == 4 and isinstance(params.min_voices, int)
+    assert not params.use_ge2e and params.threshold == 0.4
+    assert params.threshold_for(True, True) == params.fused_center_threshold
+    assert params.threshold_for(False, False) == params.threshold
+    with pytest.raises(BadRequest):
+        RecognitionParams.from_params({"score_norm": "tnorm"})
 
 
 def test_speaker_audio_takes_the_speakers_turns() -> None:

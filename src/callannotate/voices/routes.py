@@ -41,7 +41,7 @@ from callannotate.pipeline import registry
 from callannotate.pipeline.embedding import SpeakerEmbedder
 from callannotate.pipeline.types import Annotation
 from callannotate.voices.schemas import JobEnrollRequest, VoiceInfo, VoiceSample
-from callannotate.voices.service import RecognitionParams, VoiceService
+from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e
 from callannotate.voices.store import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,14 @@ def recognition_params(settings: Settings) -> RecognitionParams:
 
 
 def voice_service(settings: Settings) -> VoiceService:
-    """The service over ``settings.voices_dir`` with the process-wide CAM++ embedder."""
+    """The service over ``settings.voices_dir`` with the process-wide CAM++ and GE2E
+    embedders."""
     embedder = registry.loaded_processor(settings, "embedding")
     if not isinstance(embedder, SpeakerEmbedder):
         raise ModelUnavailable("the `embedding` step must be a SpeakerEmbedder")
-    return VoiceService(VoiceStore(settings.voices_dir), embedder, recognition_params(settings))
+    params = recognition_params(settings)
+    ge2e = shared_ge2e(params, settings.model_cache, embedder.threads)
+    return VoiceService(VoiceStore(settings.voices_dir), embedder, params, ge2e)
 
 
 def _store(settings: Settings) -> VoiceStore:

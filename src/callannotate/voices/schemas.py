@@ -29,9 +29,14 @@ class SampleInfo(_Model):
 
 
 class VoiceSample(SampleInfo):
-    """A stored sample: its info plus the L2-normalised 192-d CAM++ embedding."""
+    """A stored sample: its info plus its L2-normalised embeddings.
+
+    ``embedding`` is the 192-d CAM++ one; ``ge2e_embedding`` the 256-d GE2E one (absent in
+    samples enrolled while GE2E was disabled: such a store is scored with CAM++ alone).
+    """
 
     embedding: list[float]
+    ge2e_embedding: list[float] | None = None
 
 
 class VoiceInfo(_Model):
@@ -65,7 +70,10 @@ class Voice(_Model):
             contact_id=self.contact_id,
             created_at=self.created_at,
             updated_at=self.updated_at,
-            samples=[SampleInfo(**s.model_dump(exclude={"embedding"})) for s in self.samples],
+            samples=[
+                SampleInfo(**s.model_dump(exclude={"embedding", "ge2e_embedding"}))
+                for s in self.samples
+            ],
             speech_duration=round(sum(s.speech_duration for s in self.samples), 3),
         )
 

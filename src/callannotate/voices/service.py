@@ -9,24 +9,26 @@ digits (0.2-0.7 s clips, the shortest material the benchmark enrolls from) mostl
 anything shorter gives unreliable embeddings. The speech-to-noise ratio is the mean level
 of the speech frames over the mean level of the rest (``None`` when there is no rest).
 
-Embeddings: CAM++ (:mod:`callannotate.pipeline.embedding`). Clips shorter than
-``pad_to_s`` (1.6 s) are extended by reflection (forward, reversed, forward, ...), which
-raised FSDD top-1 from 87.9 % to 90.2 % and lowered its EER from 13.7 % to 12.0 %; long
-audio is embedded in chunks of at most ``chunk_s`` seconds whose embeddings are averaged.
+Embeddings: CAM++ (:mod:`callannotate.pipeline.embedding`) and, unless disabled with
+``ge2e: {enabled: false}``, Resemblyzer's GE2E encoder (:mod:`.ge2e`); each sample stores
+both. CAM++ clips shorter than ``pad_to_s`` (1.6 s) are extended by reflection (forward,
+reversed, forward, ...), which raised FSDD top-1 from 87.9 % to 90.2 % (tiling or no padding
+scored lower); long audio is embedded in chunks of at most ``chunk_s`` seconds whose
+embeddings are averaged. GE2E takes the audio level-normalised and unpadded.
 
-Scoring (open set): cosine similarity between the speaker's embedding and each voice's
-centroid (the normalised mean of its sample embeddings); the best voice is accepted when
-its score reaches ``threshold``. ``score_norm: tnorm`` instead z-normalises the score
-against a cohort made of the other voices' samples (used only when the store holds at least
-``min_cohort`` such samples, otherwise plain cosine is used); it has its own threshold.
-See ``benchmarks/speaker_id.py`` for the calibration of both thresholds.
+Scoring (open set, :mod:`.scoring`): per model, the cosine to each voice's centroid after a
+normalisation fitted on the enrolled voices (``score_norm: center``: centring and WCCN, used
+from ``min_voices`` voices on); the two models' scores are averaged. The best voice is
+accepted when its score reaches the threshold of the scoring mode in use (plain or centred,
+CAM++ alone or fused), each calibrated on FSDD with ``benchmarks/speaker_id.py``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,9 @@ from callannotate.pipeline.types import (
     VoiceMatch,
     null_hook,
 )
+from callannotate.voices.ge2e import GE2EEmbedder
 from callannotate.voices.schemas import Candidate, IdentifyResult, Voice, VoiceSample
+from callannotate.voices.scoring import Embeddings, Gallery, build_gallery, score
 from callannotate.voices.store import VoiceStore, new_id
 
 logger = logging.getLogger(__name__)
@@ -64,27 +68,50 @@ STATIONARY_SPREAD_DB = 6.0
 class RecognitionParams:
     """The ``recognition:`` section of ``config/models.yaml``."""
 
-    threshold: float = 0.46
-    score_norm: str = "none"  # none | tnorm
-    tnorm_threshold: float = 2.5
-    min_cohort: int = 10
+    threshold: float = 0.46  # CAM++ alone, plain cosine
+    fused_threshold: float = 0.65  # CAM++ + GE2E, plain cosine
+    center_threshold: float = 0.28  # CAM++ alone, centred + WCCN
+    fused_center_threshold: float = 0.27  # CAM++ + GE2E, centred + WCCN
+    score_norm: str = "center"  # none | center
+    min_voices: int = 3
+    wccn_shrink: float = 0.5
     min_speech_s: float = 0.2
     silence_dbfs: float = -55.0
     pad_to_s: float = 1.6
     chunk_s: float = 30.0
     max_speaker_speech_s: float = 120.0
     min_turn_s: float = 0.3
+    ge2e: Mapping[str, Any] = field(default_factory=lambda: {"enabled": True})
+
+    @property
+    def use_ge2e(self) -> bool:
+        return bool(self.ge2e.get("enabled", True))
+
+    def threshold_for(self, fused: bool, centred: bool) -> float:
+        if centred:
+            return self.fused_center_threshold if fused else self.center_threshold
+        return self.fused_threshold if fused else self.threshold
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RecognitionParams:
-        fields = cls.__dataclass_fields__
         values: dict[str, Any] = {}
-        for key in fields:
-            if params.get(key) is not None:
-                values[key] = str(params[key]) if key == "score_norm" else float(params[key])
+        for key, spec in cls.__dataclass_fields__.items():
+            value = params.get(key)
+            if value is None:
+                continue
+            if key == "score_norm":
+                values[key] = str(value)
+            elif key == "ge2e":
+                if not isinstance(value, Mapping):
+                    raise BadRequest("recognition.ge2e must be a mapping")
+                values[key] = dict(value)
+            elif spec.type in ("int", int):
+                values[key] = int(value)
+            else:
+                values[key] = float(value)
         out = cls(**values)
-        if out.score_norm not in ("none", "tnorm"):
-            raise BadRequest("recognition.score_norm must be 'none' or 'tnorm'")
+        if out.score_norm not in ("none", "center"):
+            raise BadRequest("recognition.score_norm must be 'none' or 'center'")
         return out
 
 
@@ -170,20 +197,74 @@ def reflect_pad(wave: Float32Array, min_samples: int) -> Float32Array:
 def voice_embedding(
     embedder: SpeakerEmbedder, wave: npt.NDArray[np.floating[Any]], params: RecognitionParams
 ) -> Float32Array:
-    """One normalised embedding of 16 kHz mono audio (padded when short, chunked when long)."""
+    """One normalised CAM++ embedding of 16 kHz mono audio (padded when short, chunked when
+    long)."""
+    out: Float32Array = campp_embeddings(embedder, [wave], params)[0]
+    return out
+
+
+def _campp_pieces(
+    wave: npt.NDArray[np.floating[Any]], params: RecognitionParams
+) -> list[Float32Array]:
     x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
     chunk = max(1, int(params.chunk_s * SAMPLE_RATE))
+    pad = int(params.pad_to_s * SAMPLE_RATE)
     if x.size <= chunk:
-        pieces = [reflect_pad(x, int(params.pad_to_s * SAMPLE_RATE))]
-    else:
-        count = int(np.ceil(x.size / chunk))
-        size = int(np.ceil(x.size / count))
-        pieces = [x[i : i + size] for i in range(0, x.size, size)]
-        pieces = [reflect_pad(p, int(params.pad_to_s * SAMPLE_RATE)) for p in pieces]
+        return [reflect_pad(x, pad)]
+    count = int(np.ceil(x.size / chunk))
+    size = int(np.ceil(x.size / count))
+    return [reflect_pad(x[i : i + size], pad) for i in range(0, x.size, size)]
+
+
+def campp_embeddings(
+    embedder: SpeakerEmbedder,
+    waves: Sequence[npt.NDArray[np.floating[Any]]],
+    params: RecognitionParams,
+) -> Float32Array:
+    """CAM++ embeddings ``(n, 192)`` of several waves, all pieces run in shared batches."""
+    pieces: list[Float32Array] = []
+    owner: list[int] = []
+    for i, wave in enumerate(waves):
+        for piece in _campp_pieces(wave, params):
+            pieces.append(piece)
+            owner.append(i)
+    out = np.zeros((len(waves), EMBEDDING_DIM), dtype=np.float32)
+    if not pieces:
+        return out
     embs = embedder.embed_batch(pieces)
-    weights = np.array([p.size for p in pieces], dtype=np.float32)
-    out: Float32Array = l2_normalize((embs * weights[:, None]).sum(axis=0))
-    return out
+    for i, piece, emb in zip(owner, pieces, embs, strict=True):
+        out[i] += emb * piece.size  # chunks weighted by length
+    return l2_normalize(out)
+
+
+def embed_waves(
+    embedder: SpeakerEmbedder,
+    ge2e: GE2EEmbedder | None,
+    waves: Sequence[npt.NDArray[np.floating[Any]]],
+    params: RecognitionParams,
+) -> list[Embeddings]:
+    """The embeddings voice recognition uses (CAM++, plus GE2E when given) of each wave."""
+    campp = campp_embeddings(embedder, waves, params)
+    if ge2e is None or not waves:
+        return [Embeddings(c) for c in campp]
+    other = ge2e.embed_batch(waves)
+    return [Embeddings(c, g) for c, g in zip(campp, other, strict=True)]
+
+
+_GE2E: dict[tuple[str, str, int], GE2EEmbedder] = {}
+_GE2E_LOCK = threading.Lock()
+
+
+def shared_ge2e(params: RecognitionParams, cache_dir: Path, threads: int) -> GE2EEmbedder | None:
+    """The process-wide GE2E embedder for these settings (None when GE2E is disabled)."""
+    if not params.use_ge2e:
+        return None
+    model = {k: v for k, v in params.ge2e.items() if k != "enabled"}
+    key = (repr(sorted(model.items())), str(cache_dir), threads)
+    with _GE2E_LOCK:
+        if key not in _GE2E:
+            _GE2E[key] = GE2EEmbedder(model, cache_dir, threads)
+        return _GE2E[key]
 
 
 def speaker_audio(
@@ -226,69 +307,47 @@ def speaker_audio(
 # ----------------------------------------------------------------------------- scoring
 
 
-@dataclass(frozen=True)
-class _Gallery:
-    voices: list[Voice]
-    centroids: Float32Array  # (voices, dim)
-    cohort: Float32Array  # (samples, dim), all samples
-    owner: npt.NDArray[np.int64]  # voice index of each cohort row
-
-
-def build_gallery(voices: Sequence[Voice]) -> _Gallery:
-    usable = [v for v in voices if v.samples and v.embedding_model == EMBEDDING_MODEL]
-    if not usable:
-        empty = np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return _Gallery([], empty, empty, np.zeros(0, dtype=np.int64))
-    rows: list[list[float]] = []
-    owner: list[int] = []
-    cents = []
-    for i, v in enumerate(usable):
-        emb = np.asarray([s.embedding for s in v.samples], dtype=np.float32)
-        cents.append(l2_normalize(l2_normalize(emb).mean(axis=0)))
-        rows.extend(s.embedding for s in v.samples)
-        owner.extend([i] * len(v.samples))
-    return _Gallery(
-        usable,
-        np.stack(cents).astype(np.float32),
-        l2_normalize(np.asarray(rows, dtype=np.float32)),
-        np.asarray(owner, dtype=np.int64),
+def gallery_of(voices: Sequence[Voice], params: RecognitionParams) -> Gallery:
+    """The enrolled voices prepared for scoring with ``params``."""
+    return build_gallery(
+        voices,
+        embedding_model=EMBEDDING_MODEL,
+        use_ge2e=params.use_ge2e,
+        center=params.score_norm == "center",
+        min_voices=params.min_voices,
+        wccn_shrink=params.wccn_shrink,
     )
 
 
+def as_embeddings(probe: Embeddings | Float32Array) -> Embeddings:
+    return probe if isinstance(probe, Embeddings) else Embeddings(np.asarray(probe))
+
+
 def score_voices(
-    embedding: Float32Array, gallery: _Gallery, params: RecognitionParams
+    probe: Embeddings | Float32Array, gallery: Gallery, params: RecognitionParams
 ) -> tuple[npt.NDArray[np.float64], float]:
-    """Scores of ``embedding`` against every voice of the gallery, and the threshold to use."""
-    if not gallery.voices:
-        return np.zeros(0), params.threshold
-    e = l2_normalize(embedding)
-    raw = (gallery.centroids @ e).astype(np.float64)
-    if params.score_norm != "tnorm":
-        return raw, params.threshold
-    cohort_scores = (gallery.cohort @ e).astype(np.float64)
-    out = raw.copy()
-    for j in range(len(gallery.voices)):
-        others = cohort_scores[gallery.owner != j]
-        if others.size < params.min_cohort:
-            return raw, params.threshold  # cohort too small: plain cosine for all
-        out[j] = (raw[j] - others.mean()) / max(float(others.std()), 1e-6)
-    return out, params.tnorm_threshold
+    """Scores of ``probe`` against every voice of the gallery, and the threshold to use."""
+    emb = as_embeddings(probe)
+    fused = len(gallery.mode(emb)) > 1
+    return score(emb, gallery), params.threshold_for(fused, gallery.centred)
 
 
-def match_of(embedding: Float32Array, gallery: _Gallery, params: RecognitionParams) -> VoiceMatch:
-    scores, threshold = score_voices(embedding, gallery, params)
+def match_of(
+    probe: Embeddings | Float32Array, gallery: Gallery, params: RecognitionParams
+) -> VoiceMatch:
+    scores, threshold = score_voices(probe, gallery, params)
     if scores.size == 0:
         return VoiceMatch(score=0.0, threshold=threshold, accepted=False)
     best = int(np.argmax(scores))
-    score = float(scores[best])
-    if score < threshold:
-        return VoiceMatch(score=round(score, 4), threshold=threshold, accepted=False)
+    value = float(scores[best])
+    if value < threshold:
+        return VoiceMatch(score=round(value, 4), threshold=threshold, accepted=False)
     voice = gallery.voices[best]
     return VoiceMatch(
         voice_id=voice.id,
         name=voice.name,
         contact_id=voice.contact_id,
-        score=round(score, 4),
+        score=round(value, 4),
         threshold=threshold,
         accepted=True,
     )
@@ -298,17 +357,27 @@ def match_of(embedding: Float32Array, gallery: _Gallery, params: RecognitionPara
 
 
 class VoiceService:
-    """Enrollment and identification against one :class:`VoiceStore`."""
+    """Enrollment and identification against one :class:`VoiceStore`.
+
+    ``ge2e`` is the second embedder (see :func:`shared_ge2e`); without it samples get only
+    a CAM++ embedding and probes are scored with CAM++ alone.
+    """
 
     def __init__(
         self,
         store: VoiceStore,
         embedder: SpeakerEmbedder | None = None,
         params: RecognitionParams | None = None,
+        ge2e: GE2EEmbedder | None = None,
     ) -> None:
         self.store = store
         self._embedder = embedder
         self.params = params or RecognitionParams()
+        self.ge2e = ge2e if self.params.use_ge2e else None
+
+    def embed(self, waves: Sequence[npt.NDArray[np.floating[Any]]]) -> list[Embeddings]:
+        """Recognition embeddings of 16 kHz mono waves (CAM++, and GE2E when available)."""
+        return embed_waves(self.embedder, self.ge2e, waves, self.params)
 
     @property
     def embedder(self) -> SpeakerEmbedder:
@@ -321,14 +390,15 @@ class VoiceService:
         x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
         quality = measure_sample(x, silence_dbfs=self.params.silence_dbfs)
         check_sample(quality, self.params, f"sample {source!r}")
-        emb = voice_embedding(self.embedder, x, self.params)
+        emb = self.embed([x])[0]
         return VoiceSample(
             id=new_id(),
             source=source[:200],
             duration=round(quality.duration, 3),
             speech_duration=round(quality.speech_duration, 3),
             snr_db=None if quality.snr_db is None else round(quality.snr_db, 1),
-            embedding=[round(float(v), 6) for v in emb],
+            embedding=[round(float(v), 6) for v in emb.campp],
+            ge2e_embedding=None if emb.ge2e is None else [round(float(v), 6) for v in emb.ge2e],
         )
 
     def samples_from_files(self, files: Sequence[tuple[Path, str]]) -> list[VoiceSample]:
@@ -400,15 +470,18 @@ class VoiceService:
         assert name is not None
         return self.enroll(name, [sample], contact_id)
 
-    def identify(self, embeddings: Mapping[str, Float32Array]) -> dict[str, VoiceMatch]:
-        """Best enrolled voice (or unknown) for each speaker's embedding."""
-        gallery = build_gallery(self.store.list())
+    def identify(
+        self, embeddings: Mapping[str, Embeddings | Float32Array]
+    ) -> dict[str, VoiceMatch]:
+        """Best enrolled voice (or unknown) for each speaker's embeddings (a bare array is a
+        CAM++ embedding)."""
+        gallery = gallery_of(self.store.list(), self.params)
         return {label: match_of(emb, gallery, self.params) for label, emb in embeddings.items()}
 
     def identify_wave(self, wave: npt.NDArray[np.floating[Any]], top: int = 3) -> IdentifyResult:
         """Ranked candidates for one 16 kHz mono recording (CLI ``voices identify``)."""
-        gallery = build_gallery(self.store.list())
-        emb = voice_embedding(self.embedder, wave, self.params)
+        gallery = gallery_of(self.store.list(), self.params)
+        emb = self.embed([wave])[0]
         scores, threshold = score_voices(emb, gallery, self.params)
         order = np.argsort(-scores)[:top]
         candidates = [
@@ -426,12 +499,14 @@ class VoiceService:
 # ----------------------------------------------------------------------------- processor
 
 
-class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]]):
+class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, VoiceMatch]]):
     """The pipeline's ``recognition`` step: diarized speakers -> enrolled voices.
 
     The store folder and the CAM++ embedder are given with :meth:`use_voices_dir` and
     :meth:`use_embedder` (the pipeline shares the process-wide embedder); without them the
     ``voices_dir`` parameter (or ``Settings().voices_dir``) and a private embedder are used.
+    The GE2E embedder (unless ``ge2e.enabled`` is false) is the process-wide one of
+    :func:`shared_ge2e`.
     """
 
     name = "recognition"
@@ -463,7 +538,8 @@ class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]])
 
     def describe(self) -> str:
         norm = "" if self.rparams.score_norm == "none" else f", {self.rparams.score_norm}"
-        return f"CAM++ voiceprints (cosine{norm})"
+        models = "CAM++ + GE2E" if self.rparams.use_ge2e else "CAM++"
+        return f"{models} voiceprints (cosine{norm})"
 
     def store(self) -> VoiceStore:
         if self._voices_dir is None:
@@ -474,14 +550,17 @@ class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]])
 
     @property
     def service(self) -> VoiceService:
-        return VoiceService(self.store(), self._get_embedder(), self.rparams)
+        ge2e = shared_ge2e(self.rparams, self.cache_dir, self.threads)
+        return VoiceService(self.store(), self._get_embedder(), self.rparams, ge2e)
 
     def process(
-        self, data: Mapping[str, Float32Array], hook: ProgressHook = null_hook
+        self, data: Mapping[str, Embeddings | Float32Array], hook: ProgressHook = null_hook
     ) -> dict[str, VoiceMatch]:
         return self.identify(data)
 
-    def identify(self, embeddings: Mapping[str, Float32Array]) -> dict[str, VoiceMatch]:
+    def identify(
+        self, embeddings: Mapping[str, Embeddings | Float32Array]
+    ) -> dict[str, VoiceMatch]:
         return self.service.identify(embeddings)
 
     def identify_speakers(
@@ -498,7 +577,7 @@ class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]])
         if not self.store().list():
             return {}  # nothing enrolled: no need to embed anything
         service = self.service
-        embeddings: dict[str, Float32Array] = {}
+        embeddings: dict[str, Embeddings] = {}
         for i, speaker in enumerate(speakers):
             hook(self.name, completed=i, total=len(speakers))
             wave = speaker_audio(buffer, exclusive, speaker.label, speaker.channel, self.rparams)
@@ -508,6 +587,6 @@ class Identifier(MLProcessor[Mapping[str, Float32Array], dict[str, VoiceMatch]])
             except Unprocessable as exc:
                 logger.info("not identifying: %s", exc.detail)
                 continue
-            embeddings[speaker.label] = voice_embedding(service.embedder, wave, self.rparams)
+            embeddings[speaker.label] = service.embed([wave])[0]
         hook(self.name, completed=len(speakers), total=len(speakers))
         return service.identify(embeddings)
