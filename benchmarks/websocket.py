@@ -7,31 +7,50 @@ subscribed to one job (round robin), and reports:
 * connections held (client side, and ESTABLISHED sockets of the server process),
 * server memory per idle connection (RSS delta / N, after subscribing),
 * fan-out latency publish -> receive (p50/p90/p99/max) while the server publishes
-  ``job.progress`` events at ``--rate`` per second, each reaching N / jobs clients.
+  ``job.progress`` events at ``--rate`` per second, each reaching N / jobs clients,
+* CPU seconds per delivered frame, server and clients: unlike latency, this figure hardly
+  moves when other processes load the machine, so it is the one to compare between runs.
 
 Latency is measured with the wall clock of one host: the server stamps each event just before
 ``bus.publish``; a client subtracts it from its receive time. The clients share this process
-(one event loop), so their own scheduling delay is part of the figure.
+(one event loop), so their own scheduling delay is part of the figure. By default they are
+minimal RFC 6455 clients (``--client light``) that stamp frames when the socket is read, so
+the figure is mostly the server's; ``--client websockets`` uses the websockets library's
+client, which costs about as much CPU per frame as the server and adds its own queueing.
+Server and clients run on the event loop ``callannotate serve`` uses (uvicorn's ``auto``:
+uvloop when installed); ``--loop asyncio`` selects the pure-Python loop.
 
     .venv/bin/python benchmarks/websocket.py --clients 1000 --jobs 10 --events 400 --rate 40
+    .venv/bin/python benchmarks/websocket.py --clients 1000 --jobs 1 --events 400 --rate 40
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
 import statistics
+import struct
 import sys
 import tempfile
 import time
 import wave
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop uvicorn would run on with ``loop=name`` (``uvicorn.run`` picks it the same way)."""
+    import uvicorn
+
+    return uvicorn.Config("unused:app", loop=name).get_loop_factory()
 
 
 def _raise_fd_limit() -> None:
@@ -88,7 +107,7 @@ async def _serve(args: argparse.Namespace) -> None:
         log_level="warning",
         access_log=False,
         backlog=4096,
-        ws_per_message_deflate=not args.no_deflate,
+        ws_per_message_deflate=args.deflate,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -113,7 +132,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 )
                 delay = start + (i + 1) * interval - time.perf_counter()
                 await asyncio.sleep(max(0.0, delay))
-            print(json.dumps({"published": command["count"]}), flush=True)
+            elapsed = time.perf_counter() - start
+            print(json.dumps({"published": command["count"], "seconds": elapsed}), flush=True)
         elif command["op"] == "stop":
             break
     server.should_exit = True
@@ -177,6 +197,194 @@ async def _receive(ws: Any, client: Client, subscribed: asyncio.Event) -> None:
         client.closed_code = exc.rcvd.code if exc.rcvd else 1006
 
 
+class _LightClient(asyncio.Protocol):
+    """A minimal RFC 6455 client: handshake, frame parsing, permessage-deflate decoding.
+
+    The ``websockets`` client costs about as much CPU per message as the server spends
+    sending it, and all clients share this process, so on 2 cores the client side dominated
+    the measured latency. This one parses frames in ``data_received`` and stamps every frame
+    of a read with the time the read happened: the figure is the server's fan-out (plus the
+    kernel), not the harness's queueing. Server pings (frames and ``{"type":"ping"}``) are
+    answered so long runs stay connected.
+    """
+
+    def __init__(
+        self, path: str, job: str, client: Client, subscribed: asyncio.Event, deflate: bool
+    ) -> None:
+        self._path = path
+        self._job = job
+        self._client = client
+        self._subscribed = subscribed
+        self._deflate = deflate
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._handshaken = False
+        self._inflater: Any = None
+        self._reset_inflater = False
+        self._fragments: list[bytes] = []
+        self._compressed = False
+        self._closing = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {self._path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self._deflate:
+            lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+        self._transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.connected = False
+        if self._client.closed_code is None and not self._closing:
+            self._client.closed_code = 1006
+        self._subscribed.set()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        assert self._transport is not None
+        mask = os.urandom(4)
+        size = len(payload)
+        header = bytes([0x80 | opcode])
+        if size < 126:
+            header += bytes([0x80 | size])
+        elif size < 65536:
+            header += bytes([0x80 | 126]) + struct.pack("!H", size)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self._transport.write(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self._send_frame(0x1, text.encode())
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._send_frame(0x8, struct.pack("!H", 1000))
+            self._transport.close()
+
+    def _handshake(self) -> bool:
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        del self._buffer[: end + 4]
+        if not head[0].startswith("HTTP/1.1 101"):
+            self._client.closed_code = -1
+            assert self._transport is not None
+            self._transport.close()
+            return False
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-extensions" and "permessage-deflate" in value:
+                self._inflater = zlib.decompressobj(wbits=-15)
+                self._reset_inflater = "server_no_context_takeover" in value
+        self._handshaken = True
+        self._client.connected = True
+        self.send_text(json.dumps({"type": "subscribe", "jobs": [self._job]}))
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()  # every frame of this read arrived now
+        self._buffer += data
+        if not self._handshaken and not self._handshake():
+            return
+        buf = self._buffer
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            size = b1 & 0x7F
+            start = pos + 2
+            if size == 126:
+                if len(buf) - pos < 4:
+                    break
+                size = struct.unpack_from("!H", buf, pos + 2)[0]
+                start = pos + 4
+            elif size == 127:
+                if len(buf) - pos < 10:
+                    break
+                size = struct.unpack_from("!Q", buf, pos + 2)[0]
+                start = pos + 10
+            if len(buf) - start < size:
+                break
+            payload = bytes(buf[start : start + size])
+            pos = start + size
+            self._frame(b0, payload, now)
+        del buf[:pos]
+
+    def _frame(self, b0: int, payload: bytes, now: float) -> None:
+        opcode = b0 & 0x0F
+        if opcode == 0x9:  # ping: answer with a pong carrying the same data
+            self._send_frame(0xA, payload)
+            return
+        if opcode == 0x8:
+            self._client.closed_code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+            self.close()
+            return
+        if opcode in (0x1, 0x2):
+            self._fragments = [payload]
+            self._compressed = bool(b0 & 0x40)
+        elif opcode == 0x0:
+            self._fragments.append(payload)
+        else:
+            return  # pong
+        if not b0 & 0x80:
+            return
+        message = b"".join(self._fragments)
+        self._fragments = []
+        if self._compressed:
+            message = self._inflater.decompress(message + b"\x00\x00\xff\xff")
+            if self._reset_inflater:
+                self._inflater = zlib.decompressobj(wbits=-15)
+        frame = json.loads(message)
+        kind = frame["type"]
+        if kind == "job.progress":
+            self._client.latencies.append(now - frame["data"]["t"])
+        elif kind == "subscribed":
+            self._subscribed.set()
+        elif kind == "ping":
+            self.send_text('{"type":"pong"}')
+
+
+async def _light_client(
+    port: int,
+    path: str,
+    job: str,
+    client: Client,
+    subscribed: asyncio.Event,
+    stop: asyncio.Event,
+    deflate: bool,
+) -> None:
+    loop = asyncio.get_running_loop()
+    protocol: _LightClient | None = None
+    try:
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: _LightClient(path, job, client, subscribed, deflate), "127.0.0.1", port
+            ),
+            120,
+        )
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopper, protocol.done}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    except (OSError, TimeoutError):
+        client.closed_code = -1
+    finally:
+        if protocol is not None:
+            protocol.close()
+        client.connected = False
+        subscribed.set()
+
+
 def _established(pid: int, port: int) -> int:
     try:
         conns = psutil.Process(pid).net_connections(kind="tcp")
@@ -200,9 +408,9 @@ async def _run(args: argparse.Namespace) -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         command = [sys.executable, __file__, "--serve", "--port", str(port), "--data-dir", tmp]
-        command += ["--jobs", str(args.jobs), "--backend", args.backend]
-        if args.no_deflate:
-            command.append("--no-deflate")
+        command += ["--jobs", str(args.jobs), "--backend", args.backend, "--loop", args.loop]
+        if args.deflate:
+            command.append("--deflate")
         server = await asyncio.create_subprocess_exec(
             *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -216,9 +424,18 @@ async def _run(args: argparse.Namespace) -> None:
         warm_stop = asyncio.Event()
         warm = Client()
         warm_sub = asyncio.Event()
-        warm_task = asyncio.create_task(
-            _client(f"{url}/warmup", jobs[0], warm, warm_sub, warm_stop, not args.no_deflate)
-        )
+
+        def connect(
+            name: str, job: str, client: Client, sub: asyncio.Event, stop: asyncio.Event
+        ) -> asyncio.Task[None]:
+            deflate = args.deflate
+            if args.client == "light":
+                coro = _light_client(port, f"/ws/{name}", job, client, sub, stop, deflate)
+            else:
+                coro = _client(f"{url}/{name}", job, client, sub, stop, deflate)
+            return asyncio.create_task(coro)
+
+        warm_task = connect("warmup", jobs[0], warm, warm_sub, warm_stop)
         await warm_sub.wait()
         warm_stop.set()
         await warm_task
@@ -231,18 +448,7 @@ async def _run(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         tasks: list[asyncio.Task[None]] = []
         for i, client in enumerate(clients):
-            tasks.append(
-                asyncio.create_task(
-                    _client(
-                        f"{url}/bench-{i}",
-                        jobs[i % len(jobs)],
-                        client,
-                        subscribed[i],
-                        stop,
-                        not args.no_deflate,
-                    )
-                )
-            )
+            tasks.append(connect(f"bench-{i}", jobs[i % len(jobs)], client, subscribed[i], stop))
             if i % args.connect_batch == args.connect_batch - 1:
                 await asyncio.gather(*(e.wait() for e in subscribed[: i + 1]))
         await asyncio.gather(*(e.wait() for e in subscribed))
@@ -258,7 +464,12 @@ async def _run(args: argparse.Namespace) -> None:
             (json.dumps({"op": "publish", "count": args.events, "rate": args.rate}) + "\n").encode()
         )
         await server.stdin.drain()
-        await asyncio.wait_for(server.stdout.readline(), args.events / args.rate + 120)
+        done = json.loads(
+            await asyncio.wait_for(server.stdout.readline(), args.events / args.rate + 120)
+        )
+        # The publisher runs on the server's loop: a saturated server publishes late (and
+        # its backlog then does not show in the latency), so report the rate it achieved.
+        achieved_rate = done["published"] / done["seconds"]
         expected = sum(
             (args.events // len(jobs) + (1 if j < args.events % len(jobs) else 0))
             * sum(1 for i in range(args.clients) if i % len(jobs) == j)
@@ -269,8 +480,10 @@ async def _run(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.1)
         rss_after = proc.memory_info().rss
         publish_s = time.perf_counter() - publish_t0
-        cpu_server = (sum(proc.cpu_times()[:2]) - cpu_server0) / publish_s
-        cpu_client = (sum(os.times()[:2]) - cpu_client0) / publish_s
+        cpu_server_s = sum(proc.cpu_times()[:2]) - cpu_server0
+        cpu_client_s = sum(os.times()[:2]) - cpu_client0
+        cpu_server = cpu_server_s / publish_s
+        cpu_client = cpu_client_s / publish_s
         held_after = sum(c.connected for c in clients)
         latencies = [x * 1000 for c in clients for x in c.latencies]
 
@@ -288,8 +501,12 @@ async def _run(args: argparse.Namespace) -> None:
         if c.closed_code is not None:
             closes[c.closed_code] = closes.get(c.closed_code, 0) + 1
     n = args.clients
-    deflate = "off" if args.no_deflate else "on (permessage-deflate)"
-    print(f"backend                : {args.backend}; compression {deflate}")
+    deflate = "on (permessage-deflate)" if args.deflate else "off"
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(
+        f"backend                : {args.backend}; compression {deflate}; event loop {loop}; "
+        f"{args.client} clients"
+    )
     print(f"clients                : {n} over {len(jobs)} jobs ({n // len(jobs)} per job)")
     print(f"connect + subscribe    : {connect_s:.2f} s ({n / connect_s:.0f} clients/s)")
     print(f"held while idle        : {held_idle}/{n} (server ESTABLISHED: {server_established})")
@@ -300,14 +517,20 @@ async def _run(args: argparse.Namespace) -> None:
     )
     print(f"memory per idle conn   : {(rss_idle - rss_before) / n / 1024:.1f} KiB")
     print(
-        f"events                 : {args.events} published at {args.rate:g}/s; "
-        f"deliveries {len(latencies)}/{expected}"
+        f"events                 : {args.events} published at {args.rate:g}/s "
+        f"(achieved {achieved_rate:.1f}/s); deliveries {len(latencies)}/{expected}"
     )
     print(
         f"CPU while publishing   : server {cpu_server:.0%} of a core, "
         f"clients {cpu_client:.0%} "
         f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
+    if latencies:
+        # CPU per delivered frame hardly depends on what else runs on the machine.
+        print(
+            f"CPU per delivery       : server {cpu_server_s / len(latencies) * 1e6:.1f} us, "
+            f"clients {cpu_client_s / len(latencies) * 1e6:.1f} us"
+        )
     if len(latencies) < expected:
         short = [i for i, c in enumerate(clients) if len(c.latencies) < args.events // len(jobs)]
         print(
@@ -331,16 +554,32 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle time before measuring")
     parser.add_argument("--connect-batch", type=int, default=100)
     parser.add_argument("--backend", choices=["memory", "redis"], default="memory")
-    parser.add_argument("--no-deflate", action="store_true", help="disable permessage-deflate")
+    parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="offer permessage-deflate (off by default, like api.ws_compression)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["light", "websockets"],
+        default="light",
+        help="'light': a minimal client that stamps frames as they are read (measures the "
+        "server); 'websockets': the websockets library's client (its own cost is included)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop of server and clients; 'auto' (uvloop when installed) is what "
+        "`callannotate serve` runs on",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _raise_fd_limit()
-    if args.serve:
-        asyncio.run(_serve(args))
-    else:
-        asyncio.run(_run(args))
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        runner.run(_serve(args) if args.serve else _run(args))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=int(args.grace),
+        ws_per_message_deflate=settings.api.ws_compression,
     )
     return 0
 

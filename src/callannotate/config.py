@@ -28,6 +28,13 @@ class ApiSettings(BaseModel):
     embedded_workers: bool = Field(
         True, description="Run the QueueManager and its worker processes inside `serve`."
     )
+    ws_compression: bool = Field(
+        False,
+        description=(
+            "Offer permessage-deflate on WebSockets. Off: event frames are ~150 bytes, and "
+            "compressing each one per client doubled the fan-out CPU (benchmarks/websocket.py)."
+        ),
+    )
 
 
 class QueueSettings(BaseModel):

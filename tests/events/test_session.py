@@ -31,6 +31,7 @@ class FakeSocket:
         self.closed: tuple[int, str | None] | None = None
         self.unblocked = asyncio.Event()
         self.unblocked.set()
+        self.fail_sends = False  # the next sends raise, as for a client that went away
         self._changed = asyncio.Event()
 
     # Transport protocol
@@ -38,6 +39,8 @@ class FakeSocket:
         return await self.inbox.get()
 
     async def send_text(self, data: str) -> None:
+        if self.fail_sends:
+            raise ConnectionResetError("client went away")
         await self.unblocked.wait()
         self.frames.append(json.loads(data))
         self._changed.set()
@@ -361,3 +364,81 @@ async def test_all_with_last_event_id_resumes_the_named_jobs(env: Any) -> None:
     assert [(e["job_id"], e["seq"]) for e in sock.events()] == [
         ("job-a", 3), ("job-a", 4), ("job-b", 2)
     ]  # fmt: skip
+
+
+# -- fast path: live events written by the publisher to idle connections ----------------------
+async def _subscribed_and_idle(sock: FakeSocket, jobs: list[str]) -> None:
+    sock.send({"type": "subscribe", "jobs": jobs})
+    await sock.next_of("subscribed")
+    await asyncio.sleep(0.05)  # the writer sends the (empty) replays and waits for more
+
+
+async def test_an_idle_connection_gets_a_live_event_within_the_publish_call(env: Any) -> None:
+    bus, _, open_session = env
+    sock, _, _ = await open_session()
+    await _subscribed_and_idle(sock, ["job-a"])
+    publish(bus, "job-a", "job.queued")
+    publish(bus, "job-a", percent=5)
+    # No await in between: both frames were written by publish itself, in order.
+    assert [(e["type"], e["seq"]) for e in sock.events()] == [
+        ("job.queued", 1), ("job.progress", 2)
+    ]  # fmt: skip
+
+
+async def test_a_send_that_must_wait_keeps_the_order_with_later_frames(env: Any) -> None:
+    bus, _, open_session = env
+    sock, session, task = await open_session()
+    await _subscribed_and_idle(sock, ["job-a"])
+    sock.unblocked.clear()  # the socket cannot take more for now
+    publish(bus, "job-a", "job.queued")  # starts sending at once, then has to wait
+    await asyncio.sleep(0.01)
+    for percent in range(3):  # queued behind it
+        publish(bus, "job-a", percent=percent)
+    sock.send({"type": "ping", "id": "p"})
+    await asyncio.sleep(0.05)
+    assert sock.events() == [] and len(session.queue) >= 3
+    sock.unblocked.set()
+    pong = await sock.next_of("pong")
+    await sock.wait(lambda: len(sock.events()) == 4)
+    assert [e["seq"] for e in sock.events()] == [1, 2, 3, 4]
+    assert sock.frames.index(pong) > max(sock.frames.index(e) for e in sock.events())
+    publish(bus, "job-a", "job.completed")  # idle again: straight through
+    assert sock.events()[-1]["seq"] == 5
+    assert not task.done()
+
+
+async def test_a_send_blocked_past_the_slow_client_timeout_closes_with_1013(env: Any) -> None:
+    bus, _, open_session = env
+    sock, _, task = await open_session(slow_client_timeout_s=0.2)
+    await _subscribed_and_idle(sock, ["job-a"])
+    sock.unblocked.clear()
+    publish(bus, "job-a", "job.queued")
+    await asyncio.wait_for(task, 3)
+    assert sock.closed is not None and sock.closed[0] == CloseCode.TRY_AGAIN_LATER
+    assert sock.events() == []
+
+
+async def test_a_failing_send_on_the_fast_path_closes_with_1011(env: Any) -> None:
+    bus, _, open_session = env
+    sock, _, task = await open_session()
+    await _subscribed_and_idle(sock, ["job-a"])
+    sock.fail_sends = True
+    publish(bus, "job-a", "job.queued")
+    await asyncio.wait_for(task, 3)
+    assert sock.closed is not None and sock.closed[0] == 1011
+    assert "resume" in (sock.closed[1] or "")
+
+
+async def test_a_client_leaving_while_a_send_waits_ends_the_session_cleanly(env: Any) -> None:
+    bus, _, open_session = env
+    sock, session, task = await open_session()
+    await _subscribed_and_idle(sock, ["job-a"])
+    sock.unblocked.clear()
+    publish(bus, "job-a", "job.queued")
+    await asyncio.sleep(0.01)
+    sock.inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
+    await asyncio.wait_for(task, 3)
+    assert session.close_code == 1001
+    assert sock.events() == []
+    pending = [t for t in asyncio.all_tasks() if t.get_name().startswith("ws-send-")]
+    assert pending == []

@@ -3,6 +3,14 @@
 The connection's own coroutine reads client messages; one writer task sends everything (the
 send queue, replays, heartbeat pings) so frames never interleave. See
 ``docs/api-specification.md`` for the protocol as a client sees it.
+
+Fast path: a live event that reaches an idle connection (nothing queued, nothing being sent)
+is written by the publisher right away instead of waking the connection's writer task. With a
+thousand connections watching one job, waking a thousand tasks per event was about a quarter
+of the fan-out cost. The send is started inline and, when the socket can take it (the usual
+case), completes without suspending; a send that has to wait for the socket (a slow reader) is
+finished by a task of its own and the writer waits for it before sending anything else, so the
+order of frames and the backpressure rules are the same as on the queued path.
 """
 
 from __future__ import annotations
@@ -10,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from enum import IntEnum
 from typing import Annotated, Any, Literal, Protocol
 
@@ -130,6 +139,8 @@ class Session:
         self._sending_since: float | None = None  # loop time a blocked send started
         self._abort_send = False
         self._writer: asyncio.Task[None] | None = None
+        self._writer_idle = False  # the writer waits for the queue (which was empty)
+        self._inflight: asyncio.Task[None] | None = None  # a fast-path send that had to wait
         self.close_code: int | None = None  # what the session closed with, for logs/tests
 
     @property
@@ -140,6 +151,15 @@ class Session:
     # -- hub callbacks ------------------------------------------------------------------------
     def deliver(self, event: BusEvent) -> None:
         if self._close is not None:
+            return
+        if self._writer_idle and self._inflight is None and not self._ping_due and not self.queue:
+            # Idle connection: send now (see the module docstring). Nothing is queued or being
+            # sent, so this frame cannot overtake another. (``_claim`` inlined: hot path.)
+            job_id = event.job_id
+            if (job_id in self.jobs or self.all_jobs) and event.seq > self._sent.get(job_id, 0):
+                self._sent[job_id] = event.seq
+                self._send_now(event.wire)
+                self._after_event(job_id, event.wire)
             return
         item = Outgoing(event.wire, event.job_id, event.seq, event.coalescible)
         if not self.queue.offer(item):
@@ -173,9 +193,12 @@ class Session:
                 CloseCode.TRY_AGAIN_LATER,
                 "client too slow: a send stayed blocked; reconnect and resume with last_event_id",
             )
-            if self._writer is not None and not self._abort_send:
+            if not self._abort_send:
                 self._abort_send = True
-                self._writer.cancel()
+                if self._inflight is not None:
+                    self._inflight.cancel()
+                if self._writer is not None:
+                    self._writer.cancel()
             return
         if self._close is not None:
             return
@@ -227,6 +250,10 @@ class Session:
                 if not done:
                     writer.cancel()
                     await asyncio.gather(writer, return_exceptions=True)
+            inflight = self._inflight
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
+                await asyncio.gather(inflight, return_exceptions=True)
 
     async def _read_loop(self) -> None:
         while True:
@@ -368,19 +395,59 @@ class Session:
         finally:
             self._sending_since = None
 
+    def _send_now(self, text: str) -> None:
+        """Start sending ``text`` from a plain callback; a send that must wait becomes a task.
+
+        Only called when nothing else is being sent or queued (see :meth:`deliver`).
+        """
+        coro = self.transport.send_text(text)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return  # sent without waiting: the usual case
+        except Exception as exc:  # usually the client went away
+            log.debug("ws %s: send failed: %s", self.client_id, exc)
+            self.request_close(1011, "server error while sending; reconnect and resume")
+            return
+        # The socket cannot take it now (a slow reader): finish in a task; the writer waits for
+        # it before sending anything else, and the ticker aborts it if it stays blocked.
+        loop = asyncio.get_running_loop()
+        self._sending_since = loop.time()
+        task = loop.create_task(_finish(coro, waiting), name=f"ws-send-{self.client_id}")
+        self._inflight = task
+        task.add_done_callback(self._inflight_done)
+        self.queue.wake()
+
+    def _inflight_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+            self._sending_since = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("ws %s: send failed: %s", self.client_id, exc)
+            self.request_close(1011, "server error while sending; reconnect and resume")
+        self.queue.wake()
+
     def _wanted(self, job_id: str) -> bool:
         return job_id in self.jobs or self.all_jobs
+
+    def _claim(self, job_id: str, seq: int) -> bool:
+        """Whether event ``seq`` of ``job_id`` is to be sent; if so, record it as sent."""
+        if not self._wanted(job_id) or seq <= self._sent.get(job_id, 0):
+            return False
+        self._sent[job_id] = seq
+        return True
+
+    def _after_event(self, job_id: str, wire: str) -> None:
+        if job_id not in self.jobs and _is_terminal(wire):
+            # Seen through "all": forget it so the map does not grow with every job ever run.
+            self._sent.pop(job_id, None)
 
     async def _send_event(self, item: Outgoing) -> None:
         job_id = item.job_id
         assert job_id is not None
-        if not self._wanted(job_id) or item.seq <= self._sent.get(job_id, 0):
-            return
-        self._sent[job_id] = item.seq
-        await self._send(item.text)
-        if job_id not in self.jobs and _is_terminal(item.text):
-            # Seen through "all": forget it so the map does not grow with every job ever run.
-            self._sent.pop(job_id, None)
+        if self._claim(job_id, item.seq):
+            await self._send(item.text)
+            self._after_event(job_id, item.text)
 
     async def _fetch_replay(self, job_id: str, after: int) -> Replay | None:
         try:
@@ -422,13 +489,20 @@ class Session:
     async def _write_loop(self) -> None:
         try:
             while self._close is None:
+                if self._inflight is not None:  # a fast-path send is still going: after it
+                    await asyncio.wait((self._inflight,))
+                    continue
                 if self._ping_due:
                     self._ping_due = False
                     await self._send(_dump({"type": "ping", "ts": iso_ts()}))
                     continue
                 item = self.queue.pop()
                 if item is None:
-                    await self.queue.wait()
+                    self._writer_idle = True
+                    try:
+                        await self.queue.wait()
+                    finally:
+                        self._writer_idle = False
                 elif item.replay:
                     assert item.job_id is not None
                     await self._send_replay(item.job_id)
@@ -445,6 +519,11 @@ class Session:
             log.debug("ws %s: writer stopped: %s", self.client_id, exc)
             if self._close is None:
                 self._close = (1011, "server error while sending; reconnect and resume")
+        inflight = self._inflight
+        if inflight is not None and not self._abort_send:
+            # A fast-path send is still waiting for the socket: the close frame goes after it
+            # (the ticker aborts it if it stays blocked).
+            await asyncio.wait((inflight,))
         code, reason = self._close or (CloseCode.NORMAL, "")
         self.close_code = code
         self.queue.clear()
@@ -454,6 +533,25 @@ class Session:
             await self.transport.close(code, reason)
         except Exception as exc:
             log.debug("ws %s: close failed: %s", self.client_id, exc)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """Continue ``coro``, started outside a task and suspended on ``waiting`` (what it yielded).
+
+    The running task first waits for ``waiting`` (as if ``coro`` had yielded it to the task),
+    then ``coro`` is resumed and driven to its end by ``yield from``.
+    """
+    try:
+        yield waiting
+    except BaseException:
+        coro.close()  # cancelled while the send waited for the socket
+        raise
+    yield from coro
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _resume(coro, waiting)
 
 
 def _is_terminal(wire: str) -> bool:
