@@ -108,3 +108,59 @@ def test_fusion_needs_ge2e_on_both_sides() -> None:
     other = Voice(id="x", name="x", embedding_model="other", samples=voice("x", c[:1]).samples)
     assert build_gallery([other], embedding_model=MODEL).voices == []
     assert score(Embeddings(c[0]), build_gallery([], embedding_model=MODEL)).size == 0
+
+
+def test_views_feed_the_within_class_estimate_only() -> None:
+    _, takes = speakers(4, 6, 16, seed=4)
+    emb = np.asarray([ts[0] for ts in takes], dtype=np.float32)
+    owner = np.arange(4)
+    views = np.asarray([t for ts in takes for t in ts[1:]], dtype=np.float32)
+    view_owner = np.repeat(np.arange(4), 5)
+    # One sample per voice: no WCCN without views, WCCN from the views with them.
+    assert fit_normaliser(emb, owner, shrink=0.5).transform is None
+    with_views = fit_normaliser(emb, owner, 0.5, views, view_owner)
+    assert with_views.transform is not None
+    # The centring mean is that of the samples, whatever the views.
+    plain = fit_normaliser(emb, owner, shrink=0.5)
+    assert plain.mean is not None and with_views.mean is not None
+    assert np.allclose(with_views.mean, plain.mean)
+    # Views of a voice that is not in the gallery are ignored.
+    stray = fit_normaliser(
+        emb, owner, 0.5, np.concatenate([views, views[:2]]), np.r_[view_owner, 9, 9]
+    )
+    assert stray.transform is not None
+    assert np.allclose(stray.transform, with_views.transform)
+
+
+def test_gallery_uses_stored_views_and_old_samples_without_them() -> None:
+    _, takes = speakers(5, 8, 24, seed=5)
+    old = [voice(f"v{i}", ts[:3]) for i, ts in enumerate(takes)]
+    new = [
+        v.model_copy(
+            update={
+                "samples": [
+                    s.model_copy(update={"views": [t.tolist() for t in takes[i][3:7]]})
+                    for s in v.samples
+                ]
+            }
+        )
+        for i, v in enumerate(old)
+    ]
+    g_old = build_gallery(old, embedding_model=MODEL, center=True)
+    g_new = build_gallery(new, embedding_model=MODEL, center=True)
+    assert g_old.centred and g_new.centred
+    t_old = g_old.normalisers[CAMPP].transform
+    t_new = g_new.normalisers[CAMPP].transform
+    assert t_old is not None and t_new is not None and not np.allclose(t_old, t_new)
+    probe = Embeddings(takes[2][7])
+    assert int(np.argmax(score(probe, g_new))) == 2
+    # Views of the wrong size (another model) are skipped, not an error.
+    bad = [
+        v.model_copy(
+            update={"samples": [s.model_copy(update={"views": [[0.1, 0.2]]}) for s in v.samples]}
+        )
+        for v in old
+    ]
+    g_bad = build_gallery(bad, embedding_model=MODEL, center=True)
+    t_bad = g_bad.normalisers[CAMPP].transform
+    assert t_bad is not None and np.allclose(t_bad, t_old)

@@ -26,6 +26,7 @@ from callannotate.voices.service import (
     measure_sample,
     reflect_pad,
     speaker_audio,
+    view_windows,
 )
 from callannotate.voices.store import VoiceStore
 
@@ -181,3 +182,36 @@ def test_enroll_from_job_errors(service: VoiceService, tmp_path: Path) -> None:
         service.enroll_from_job(ann, audio, "j", "S9", name="X")
     with pytest.raises(Unprocessable, match="no speech turns"):
         service.enroll_from_job(ann, audio, "j", "S1", name="X")
+
+
+def test_view_windows() -> None:
+    params = RecognitionParams()
+    short = view_windows(int(0.4 * SR), params)  # 0.3 of it is below view_min_s
+    assert len(short) == 5 * 4
+    assert sorted({b - a for a, b in short}) == [
+        int(f * int(0.4 * SR)) for f in (0.4, 0.5, 0.6, 0.7, 0.8)
+    ]
+    assert all(0 <= a < b <= int(0.4 * SR) for a, b in short)
+    long = view_windows(60 * SR, params)  # every fraction reaches the cap: 24 spread windows
+    assert len(long) == 24 and {b - a for a, b in long} == {3 * SR}
+    assert long[0][0] == 0 and long[-1][1] == 60 * SR
+    assert len({a for a, _ in long}) == 24
+    assert view_windows(int(0.1 * SR), params) == []
+    assert view_windows(10 * SR, RecognitionParams(view_max_s=0)) == []
+
+
+def test_samples_store_their_views(service: VoiceService, fake_embedder: FakeEmbedder) -> None:
+    wave = speechlike(1.0, 0.3)
+    sample = service.make_sample(wave, "i.wav")
+    windows = view_windows(wave.size, service.params)
+    assert len(sample.views) == len(windows) > 0
+    assert all(len(v) == len(sample.embedding) for v in sample.views)
+    assert sample.ge2e_views == []  # no GE2E embedder in this service
+    voice = service.enroll("Ivan", [sample])
+    assert "views" not in voice.info().samples[0].model_dump()
+    stored = service.store.get(voice.id)
+    assert len(stored.samples[0].views) == len(windows)
+    no_views = VoiceService(
+        service.store, fake_embedder, RecognitionParams(view_max_s=0)
+    ).make_sample(wave, "j.wav")
+    assert no_views.views == []

@@ -33,10 +33,15 @@ class VoiceSample(SampleInfo):
 
     ``embedding`` is the 192-d CAM++ one; ``ge2e_embedding`` the 256-d GE2E one (absent in
     samples enrolled while GE2E was disabled: such a store is scored with CAM++ alone).
+    ``views`` and ``ge2e_views`` are the embeddings of sub-windows of the sample, used only
+    to estimate how a voice varies (WCCN, see :mod:`callannotate.voices.scoring`); samples
+    stored before views existed have none and still work.
     """
 
     embedding: list[float]
     ge2e_embedding: list[float] | None = None
+    views: list[list[float]] = Field(default_factory=list)
+    ge2e_views: list[list[float]] = Field(default_factory=list)
 
 
 class VoiceInfo(_Model):
@@ -71,7 +76,9 @@ class Voice(_Model):
             created_at=self.created_at,
             updated_at=self.updated_at,
             samples=[
-                SampleInfo(**s.model_dump(exclude={"embedding", "ge2e_embedding"}))
+                SampleInfo(
+                    **s.model_dump(exclude={"embedding", "ge2e_embedding", "views", "ge2e_views"})
+                )
                 for s in self.samples
             ],
             speech_duration=round(sum(s.speech_duration for s in self.samples), 3),

@@ -8,9 +8,15 @@ enrolled sample), the embeddings of its samples. Scoring, per model:
    subtracted (it carries what all enrolled recordings share: channel, band, language), then
    within-class covariance normalisation (WCCN) whitens the directions along which a voice's
    own samples vary, with the within-class covariance shrunk towards a scaled identity by
-   ``wccn_shrink`` (skipped when no voice has two samples). Only enrollment data is used, so
-   this is ordinary few-shot practice; with a single voice (or fewer than ``min_voices``)
-   there is nothing to contrast and the plain cosine is used.
+   ``wccn_shrink`` (skipped when no voice has two samples). The within-class covariance is
+   estimated from the samples **and their views** (embeddings of sub-windows of each
+   enrollment sample, stored with it, see :func:`callannotate.voices.service.view_windows`):
+   a few samples per voice give a poor estimate in 192/256 dimensions, and the views add
+   within-speaker variation (other sounds, other lengths) for free. On FSDD this raised
+   top-1 from 96.0 % to 97.4 % and cut EER from 3.59 % to 2.52 %. The centring mean and the
+   centroids come from the whole samples only (using the views there too scored worse).
+   Only enrollment data is used, so this is ordinary few-shot practice; with a single voice
+   (or fewer than ``min_voices``) there is nothing to contrast and the plain cosine is used.
 2. The cosine between the probe and the voice's centroid (the normalised mean of its
    normalised sample embeddings); per-sample scoring (mean or max of per-sample cosines)
    was tried and is worse on FSDD.
@@ -65,13 +71,26 @@ class Normaliser:
 
 
 def fit_normaliser(
-    embeddings: Float32Array, owner: npt.NDArray[np.int64], shrink: float
+    embeddings: Float32Array,
+    owner: npt.NDArray[np.int64],
+    shrink: float,
+    views: Float32Array | None = None,
+    view_owner: npt.NDArray[np.int64] | None = None,
 ) -> Normaliser:
-    """Centring on the mean of the voice means, then shrunk WCCN (see the module doc)."""
+    """Centring on the mean of the voice means, then shrunk WCCN (see the module doc).
+
+    ``views`` (rows owned by ``view_owner``, voices numbered as in ``owner``) are extra
+    within-class observations: they enter the WCCN estimate, not the centring mean.
+    """
     x = l2_normalize(embeddings).astype(np.float64)
     voices = np.unique(owner)
     mu = np.stack([x[owner == v].mean(axis=0) for v in voices]).mean(axis=0)
     centred = l2_normalize(x - mu).astype(np.float64)
+    if views is not None and view_owner is not None and len(views):
+        known = np.isin(view_owner, voices)
+        extra = l2_normalize(l2_normalize(views[known]).astype(np.float64) - mu)
+        centred = np.concatenate([centred, extra.astype(np.float64)])
+        owner = np.concatenate([owner, view_owner[known]])
     means = np.stack([centred[owner == v].mean(axis=0) for v in voices])
     dev = centred - means[np.searchsorted(voices, owner)]
     multi = np.isin(owner, voices[np.bincount(owner)[voices] >= 2])
@@ -134,12 +153,33 @@ def build_gallery(
             centroids[model] = np.zeros((0, 1), dtype=np.float32)
             continue
         emb = np.asarray(rows, dtype=np.float32)
-        norm = fit_normaliser(emb, owner, wccn_shrink) if centred else Normaliser()
+        norm = Normaliser()
+        if centred:
+            views, view_owner = _views(usable, model, emb.shape[1])
+            norm = fit_normaliser(emb, owner, wccn_shrink, views, view_owner)
         z = norm(emb)
         cents = [l2_normalize(z[owner == i].mean(axis=0)) for i in range(len(usable))]
         centroids[model] = np.stack(cents).astype(np.float32)
         normalisers[model] = norm
     return Gallery(usable, models, centroids, normalisers, centred)
+
+
+def _views(
+    voices: Sequence[Voice], model: str, dim: int
+) -> tuple[Float32Array, npt.NDArray[np.int64]]:
+    """Every stored view embedding of ``model`` (of the right dimension) and its voice."""
+    rows: list[list[float]] = []
+    owner: list[int] = []
+    for i, v in enumerate(voices):
+        for s in v.samples:
+            for row in s.views if model == CAMPP else s.ge2e_views:
+                if len(row) == dim:
+                    rows.append(row)
+                    owner.append(i)
+    return (
+        np.asarray(rows, dtype=np.float32).reshape(len(rows), dim),
+        np.asarray(owner, dtype=np.int64),
+    )
 
 
 def score(probe: Embeddings, gallery: Gallery) -> npt.NDArray[np.float64]:
