@@ -206,6 +206,7 @@ def main() -> None:
     base = Diarizer(params, cache, threads=args.threads)
     base.ensure_loaded()
     print(f"models loaded in {time.perf_counter() - t0:.1f} s (not counted in RTF)")
+    print(f"speaker embeddings: {base.embeddings}")
     if args.sweep:
         base._segmentation = _MemoSegmentation(base._segmentation)  # type: ignore[assignment]
         base.use_embedder(_MemoEmbedder(base._embedder))
@@ -215,6 +216,7 @@ def main() -> None:
             diarizer = Diarizer({**params, key: value}, cache, threads=args.threads)
             diarizer._segmentation = base._segmentation
             diarizer.use_embedder(base._embedder)
+            diarizer._frame_embedder = base._frame_embedder
             diarizer._loaded = True
             print(f"--- {key}={value}")
         figures = run(diarizer, folder, hints, verbose=not (key or args.quiet), oracle=args.oracle)

@@ -175,3 +175,44 @@ def test_per_channel_stereo_of_two_real_voices(diarizer) -> None:  # type: ignor
         t for t in result.turns if t.speaker == "CH1" and t.start < 17.5 and t.end > 16.5
     ]
     assert both
+
+
+@needs_call
+def test_split_campplus_equals_the_whole_network(diarizer, call_audio: AudioBuffer) -> None:  # type: ignore[no-untyped-def]
+    """Features + pooling with all-ones weights reproduce CAM++ on the same audio."""
+    encoder = diarizer.frame_embedder()
+    wave = call_audio.samples[0][: 5 * 16_000]
+    feats = encoder.features(wave)
+    pooled = encoder.pool(feats, np.ones((1, len(feats)), np.float32))[0]
+    assert float(pooled @ diarizer._embedder.embed(wave)) > 0.9999
+
+
+@needs_call
+def test_masked_pooling_matches_each_speakers_own_embedding(
+    diarizer, call_audio: AudioBuffer
+) -> None:  # type: ignore[no-untyped-def]
+    """Pooling the features of the whole call under one speaker's solo-speech mask gives
+    an embedding close to CAM++ run on that speaker's audio alone, and far from the
+    other speaker's."""
+    from callannotate.pipeline.diarization.frames import chunk_features
+
+    mono = call_audio.samples[0]
+    encoder = diarizer.frame_embedder()
+    feats, times = chunk_features(encoder, mono, diarizer.feature_chunk_s, 1.0)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for line in (CALL / "sample.rttm").read_text().splitlines():
+        p = line.split()
+        spans.setdefault(p[7], []).append((float(p[3]), float(p[3]) + float(p[4])))
+    t = np.arange(len(mono)) / 16_000
+    speaking = {k: np.any([(t >= a) & (t < b) for a, b in v], axis=0) for k, v in spans.items()}
+    labels = sorted(speaking)
+    assert len(labels) == 2
+    pooled, direct = [], []
+    for k in labels:
+        solo = speaking[k] & ~np.any([speaking[o] for o in labels if o != k], axis=0)
+        mask = solo[np.clip(np.rint(times * 16_000).astype(int), 0, len(mono) - 1)]
+        pooled.append(encoder.pool(feats, mask[None].astype(np.float32))[0])
+        direct.append(diarizer._embedder.embed(mono[solo]))
+    for i in range(2):
+        assert float(pooled[i] @ direct[i]) > 0.8
+        assert float(pooled[i] @ direct[i]) > float(pooled[i] @ direct[1 - i]) + 0.3

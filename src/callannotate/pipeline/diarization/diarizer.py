@@ -1,7 +1,9 @@
 """The diarization step: segmentation-3.0 + CAM++ + clustering + reconstruction.
 
 ``Diarizer.process(DiarizationInput(audio, ...))`` returns a :class:`DiarizationResult`.
-Mono (or mixed) audio goes through the full pipeline; with ``per_channel`` each channel of
+Mono (or mixed) audio goes through the full pipeline (speaker embeddings by masked
+pooling of CAM++ features computed once, :mod:`.pooled`, or by running CAM++ on each
+piece's audio); with ``per_channel`` each channel of
 a stereo call is one party: its speech activity comes from the segmentation model and
 its speakers are clustered within the channel only when ``per_channel_max_speakers`` > 1,
 and a channel's frames that only carry the far party's echo (more than ``crosstalk_db``
@@ -27,6 +29,7 @@ from callannotate.pipeline.diarization.clustering import (
     centroids_of,
     cluster_embeddings,
 )
+from callannotate.pipeline.diarization.pooled import PooledParams, pooled_assignment
 from callannotate.pipeline.diarization.reconstruction import (
     ReconstructionParams,
     binary_to_turns,
@@ -109,11 +112,30 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         self.min_speaker_s = _as_float(params, "min_speaker_s", 1.0)
         self.refine_piece_s = _as_float(params, "refine_piece_s", 2.0)
         self.refine_min_s = _as_float(params, "refine_min_s", 1.0)
-        self.refine_margin = _as_float(params, "refine_margin", 0.0)
+        self.refine_margin = _as_float(params, "refine_margin", 0.05)
         self.crosstalk_db = _as_float(params, "crosstalk_db", 15.0)
         self.per_channel_max_speakers = int(params.get("per_channel_max_speakers", 1))
+        # "pooled": CAM++ features once per chunk, masked pooling (see `.pooled`);
+        # "waveform": the network once per speaker piece (the earlier path).
+        self.embeddings = str(params.get("embeddings", "pooled"))
+        if self.embeddings not in ("pooled", "waveform"):
+            raise ValueError(f"diarize.embeddings must be pooled or waveform: {self.embeddings}")
+        self.feature_chunk_s = _as_float(params, "feature_chunk_s", 2.0)
+        self.feature_context_s = _as_float(params, "feature_context_s", 1.0)
+        self.pooled = PooledParams(
+            overlap_weight=_as_float(params, "overlap_weight", 0.0),
+            min_embed_s=self.min_embed_s,
+            min_train_s=self.min_train_s,
+            piece_s=self.refine_piece_s,
+            hop_s=_as_float(params, "refine_hop_s", 0.5),
+            min_piece_s=self.refine_min_s,
+            margin=self.refine_margin,
+            iterations=int(params.get("refine_iterations", 1)),
+            cluster_piece_s=self.piece_s,
+        )
         self._segmentation: SegmentationModel | None = None
         self._embedder: Any = None
+        self._frame_embedder: Any = None
 
     # -- MLProcessor ----------------------------------------------------------------------
 
@@ -129,15 +151,30 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             )
             embedder.ensure_loaded()
             self._embedder = embedder
+        if self.embeddings == "pooled":
+            self.frame_embedder()
         logger.info("diarization models loaded (segmentation %s)", checkpoint.name)
 
     def use_embedder(self, embedder: Any) -> None:
         """Share an already created :class:`SpeakerEmbedder` (e.g. the registry's)."""
         self._embedder = embedder
 
+    def frame_embedder(self) -> Any:
+        """The split CAM++ (:class:`.frames.FrameEmbedder`), created on first use from the
+        embedder's verified weights."""
+        if self._frame_embedder is None:
+            from callannotate.pipeline.diarization.frames import FrameEmbedder
+
+            self._embedder.ensure_loaded()
+            self._frame_embedder = FrameEmbedder(
+                self._embedder.weights_path, self.cache_dir, self.threads
+            )
+        return self._frame_embedder
+
     def cleanup(self) -> None:
         self._segmentation = None
         self._embedder = None
+        self._frame_embedder = None
         super().cleanup()
 
     def describe(self) -> str:
@@ -287,8 +324,13 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         seconds (a segmentation window sometimes merges two similar voices into one local
         speaker; short pieces let the clustering separate them again). A piece is embedded
         from its non-overlapped frames (all its frames when too few are clean); identical
-        pieces seen by overlapping windows are embedded once.
+        pieces seen by overlapping windows are embedded once. With ``embeddings: pooled``
+        the same is done by pooling CAM++ features computed once (see :mod:`.pooled`).
         """
+        if self.embeddings == "pooled":
+            encoder, features, times = self._features(signal)
+            report(0.7)
+            return pooled_assignment(encoder, features, times, seg, active, params, self.pooled)
         windows, frames, local = seg.activity.shape
         offsets = window_offsets(seg.starts)
         piece = max(1, round(self.piece_s / FRAME_STEP))
@@ -363,6 +405,17 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         if self.refine_piece_s > 0 and len(centroids) > 1:
             self._refine(signal, seg, assignment, centroids)
         return assignment, len(centroids)
+
+    def _features(
+        self, signal: FloatArray
+    ) -> tuple[Any, npt.NDArray[np.float16], npt.NDArray[np.float64]]:
+        from callannotate.pipeline.diarization.frames import chunk_features
+
+        encoder = self.frame_embedder()
+        features, times = chunk_features(
+            encoder, signal, self.feature_chunk_s, self.feature_context_s
+        )
+        return encoder, features, times
 
     def _refine(
         self,
