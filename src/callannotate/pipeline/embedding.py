@@ -23,7 +23,6 @@ centre-cropped to the shortest one of their bucket for more speed.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,12 @@ import numpy.typing as npt
 
 from callannotate.errors import Unprocessable
 from callannotate.pipeline.base import MLProcessor
-from callannotate.pipeline.models import cached_onnx_export, model_file, onnx_session
+from callannotate.pipeline.models import (
+    cached_onnx_export,
+    export_torch_onnx,
+    model_file,
+    onnx_session,
+)
 from callannotate.pipeline.types import Float32Array, ProgressHook, null_hook
 
 logger = logging.getLogger(__name__)
@@ -313,21 +317,13 @@ def export_campplus_onnx(weights: Path, target: Path) -> None:
     import torch
 
     model = load_campplus_torch(weights)
-    dummy = torch.randn(2, 300, NUM_MEL_BINS)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the torch.export one, which
-        # needs onnxscript; this one needs only `onnx` and handles the dynamic time axis.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(target),
-            input_names=["feats"],
-            output_names=["embedding"],
-            dynamic_axes={"feats": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_torch_onnx(
+        model,
+        (torch.randn(2, 300, NUM_MEL_BINS),),
+        target,
+        inputs={"feats": {0: "batch", 1: "frames"}},
+        outputs={"embedding": {0: "batch"}},
+    )
 
 
 # ----------------------------------------------------------------------------- processor

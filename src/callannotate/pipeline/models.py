@@ -200,6 +200,38 @@ class _Stub:
         self.state = state
 
 
+def export_torch_onnx(
+    model: Any,
+    example_inputs: tuple[Any, ...],
+    target: Path,
+    *,
+    inputs: Mapping[str, Mapping[int, str]],
+    outputs: Mapping[str, Mapping[int, str]],
+) -> None:
+    """Export a torch module to ONNX (opset 17, TorchScript exporter) at ``target``.
+
+    ``inputs``/``outputs`` map each tensor name, in order, to its dynamic axes. The
+    TorchScript exporter is deprecated in favour of torch.export, which needs onnxscript;
+    this one needs only ``onnx`` and handles dynamic time axes and LSTMs.
+    """
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation and tracer notes
+        torch.onnx.export(
+            model,
+            example_inputs,
+            str(target),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={name: dict(axes) for name, axes in {**inputs, **outputs}.items()},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 def load_torch_checkpoint(path: Path, stub_modules: tuple[str, ...] = ("pyannote",)) -> Any:
     """``torch.load`` a checkpoint whose pickle refers to classes of absent packages.
 

@@ -24,7 +24,6 @@ clips to 1.6 s with zeros or reflections scored worse on FSDD); longer audio is 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,12 @@ import numpy.typing as npt
 from callannotate.errors import Unprocessable
 from callannotate.pipeline.base import MLProcessor
 from callannotate.pipeline.embedding import SAMPLE_RATE, l2_normalize
-from callannotate.pipeline.models import cached_onnx_export, model_file, onnx_session
+from callannotate.pipeline.models import (
+    cached_onnx_export,
+    export_torch_onnx,
+    model_file,
+    onnx_session,
+)
 from callannotate.pipeline.types import Float32Array, ProgressHook, null_hook
 
 logger = logging.getLogger(__name__)
@@ -163,19 +167,13 @@ def export_ge2e_onnx(weights: Path, target: Path) -> None:
     if not isinstance(state, dict):
         raise Unprocessable(f"{weights} is not a Resemblyzer checkpoint")
     model = build_ge2e(state)
-    dummy = torch.rand(2, 50, N_MELS)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation, LSTM batch notes
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(target),
-            input_names=["mels"],
-            output_names=["embedding"],
-            dynamic_axes={"mels": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_torch_onnx(
+        model,
+        (torch.rand(2, 50, N_MELS),),
+        target,
+        inputs={"mels": {0: "batch", 1: "frames"}},
+        outputs={"embedding": {0: "batch"}},
+    )
 
 
 class GE2EEmbedder(MLProcessor[Float32Array, Float32Array]):

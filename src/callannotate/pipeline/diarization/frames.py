@@ -21,7 +21,6 @@ masked embeddings are close to, not equal to, those of the voice's audio alone.
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from callannotate.pipeline.embedding import (
     l2_normalize,
     load_campplus_torch,
 )
-from callannotate.pipeline.models import cached_onnx_export, onnx_session
+from callannotate.pipeline.models import cached_onnx_export, export_torch_onnx, onnx_session
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +78,13 @@ def _export_frames(weights: Path, target: Path) -> None:
             return out.permute(0, 2, 1)  # type: ignore[no-any-return]
 
     model = Frames().eval()
-    dummy = torch.randn(1, 300, NUM_MEL_BINS)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(target),
-            input_names=["feats"],
-            output_names=["frames"],
-            dynamic_axes={"feats": {0: "batch", 1: "time"}, "frames": {0: "batch", 1: "steps"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_torch_onnx(
+        model,
+        (torch.randn(1, 300, NUM_MEL_BINS),),
+        target,
+        inputs={"feats": {0: "batch", 1: "time"}},
+        outputs={"frames": {0: "batch", 1: "steps"}},
+    )
 
 
 def _export_pool(weights: Path, target: Path) -> None:
@@ -120,24 +113,16 @@ def _export_pool(weights: Path, target: Path) -> None:
             return out.reshape(b, k, EMBEDDING_DIM)  # type: ignore[no-any-return]
 
     model = Pool().eval()
-    frames = torch.randn(1, 50, FEATURE_DIM)
-    mask = torch.ones(1, 2, 50)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (frames, mask),
-            str(target),
-            input_names=["frames", "weights"],
-            output_names=["embedding"],
-            dynamic_axes={
-                "frames": {0: "batch", 1: "steps"},
-                "weights": {0: "batch", 1: "masks", 2: "steps"},
-                "embedding": {0: "batch", 1: "masks"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    export_torch_onnx(
+        model,
+        (torch.randn(1, 50, FEATURE_DIM), torch.ones(1, 2, 50)),
+        target,
+        inputs={
+            "frames": {0: "batch", 1: "steps"},
+            "weights": {0: "batch", 1: "masks", 2: "steps"},
+        },
+        outputs={"embedding": {0: "batch", 1: "masks"}},
+    )
 
 
 class FrameEmbedder:

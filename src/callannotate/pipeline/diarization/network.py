@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from callannotate.pipeline.models import export_torch_onnx
+
 SAMPLE_RATE = 16000
 
 
@@ -135,18 +137,10 @@ def load_pyannet(checkpoint: dict[str, Any]) -> PyanNet:
 def export_onnx(model: PyanNet, target: Path, window_samples: int = 10 * SAMPLE_RATE) -> None:
     """Write ``model`` as ONNX: input ``waveforms`` (batch, 1, samples) with dynamic batch
     and length, output ``logprobs`` (batch, frames, 7)."""
-    dummy = torch.zeros(2, 1, window_samples)
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(target),
-            dynamo=False,
-            input_names=["waveforms"],
-            output_names=["logprobs"],
-            dynamic_axes={
-                "waveforms": {0: "batch", 2: "samples"},
-                "logprobs": {0: "batch", 1: "frames"},
-            },
-            opset_version=17,
-        )
+    export_torch_onnx(
+        model,
+        (torch.zeros(2, 1, window_samples),),
+        target,
+        inputs={"waveforms": {0: "batch", 2: "samples"}},
+        outputs={"logprobs": {0: "batch", 1: "frames"}},
+    )
