@@ -154,12 +154,10 @@ class Session:
             return
         if self._writer_idle and self._inflight is None and not self._ping_due and not self.queue:
             # Idle connection: send now (see the module docstring). Nothing is queued or being
-            # sent, so this frame cannot overtake another. (``_claim`` inlined: hot path.)
-            job_id = event.job_id
-            if (job_id in self.jobs or self.all_jobs) and event.seq > self._sent.get(job_id, 0):
-                self._sent[job_id] = event.seq
+            # sent, so this frame cannot overtake another.
+            if self._claim(event.job_id, event.seq):
                 self._send_now(event.wire)
-                self._after_event(job_id, event.wire)
+                self._after_event(event.job_id, event.wire)
             return
         item = Outgoing(event.wire, event.job_id, event.seq, event.coalescible)
         if not self.queue.offer(item):
