@@ -147,6 +147,16 @@ class Client:
         self.connected = False
         self.closed_code: int | None = None
 
+    def on_frame(self, raw: str | bytes, now: float, subscribed: asyncio.Event) -> bool:
+        """Record one server frame received at ``now``; True when it asks for a pong."""
+        frame = json.loads(raw)
+        kind = frame["type"]
+        if kind == "job.progress":
+            self.latencies.append(now - frame["data"]["t"])
+        elif kind == "subscribed":
+            subscribed.set()
+        return bool(kind == "ping")
+
 
 async def _client(
     url: str,
@@ -184,14 +194,7 @@ async def _receive(ws: Any, client: Client, subscribed: asyncio.Event) -> None:
 
     try:
         async for raw in ws:
-            now = time.time()
-            frame = json.loads(raw)
-            kind = frame["type"]
-            if kind == "job.progress":
-                client.latencies.append(now - frame["data"]["t"])
-            elif kind == "subscribed":
-                subscribed.set()
-            elif kind == "ping":
+            if client.on_frame(raw, time.time(), subscribed):
                 await ws.send('{"type":"pong"}')
     except ConnectionClosed as exc:
         client.closed_code = exc.rcvd.code if exc.rcvd else 1006
@@ -345,13 +348,7 @@ class _LightClient(asyncio.Protocol):
             message = self._inflater.decompress(message + b"\x00\x00\xff\xff")
             if self._reset_inflater:
                 self._inflater = zlib.decompressobj(wbits=-15)
-        frame = json.loads(message)
-        kind = frame["type"]
-        if kind == "job.progress":
-            self._client.latencies.append(now - frame["data"]["t"])
-        elif kind == "subscribed":
-            self._subscribed.set()
-        elif kind == "ping":
+        if self._client.on_frame(message, now, self._subscribed):
             self.send_text('{"type":"pong"}')
 
 
