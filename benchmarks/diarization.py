@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from anchors import side_by_side
 from callannotate.config import Settings
 from callannotate.pipeline.audio import decode
 from callannotate.pipeline.diarization import DiarizationInput, DiarizationResult, Diarizer
@@ -163,6 +164,19 @@ def run(
     }
 
 
+def anchor_lines(data_name: str, figures: dict[str, float]) -> list[str]:
+    """Our figures beside the alternatives' (``anchors.py``) on the anchor's own folders."""
+    if data_name == "ami":
+        return [
+            side_by_side("der_ami", figures["der"]),
+            side_by_side("count_ami", figures["right"]),
+            side_by_side("rtf_ami", figures["rtf"]),
+        ]
+    if data_name == "callsample":
+        return [side_by_side("der_call", figures["der"])]
+    return []
+
+
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -227,6 +241,9 @@ def main() -> None:
             f"({args.threads} threads); CPU time per audio second {figures['cpu_rtf']:.3f} "
             f"(all threads; wall-clock RTF is inflated when the machine is shared)"
         )
+        if not key and not args.oracle and not any(hints.values()):
+            for line in anchor_lines(folder.name, figures):
+                print(line)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:.0f} MB (whole process, models included)")
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from anchors import side_by_side
 from callannotate.pipeline.audio import decode
 from callannotate.pipeline.spoken_numbers import spell_numbers
 from callannotate.pipeline.transcription import SpeakerRegion, Transcriber, TranscriptionInput
@@ -186,6 +187,10 @@ def main() -> int:
             f"TOTAL {key:4s}: WER {100 * errors / max(n, 1):.1f} % ({int(errors)}/{int(n)} words), "
             f"RTF {elapsed / dur:.3f} ({dur:.1f} s audio)"
         )
+    for key, (n, errors, _dur, _elapsed) in totals.items():
+        anchor = {"en": "wer_en", "call": "wer_call", "ru": "wer_ru"}.get(key)
+        if anchor and not args.auto_language and not (args.only and key == "en"):
+            print(side_by_side(anchor, 100 * errors / max(n, 1)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB; load average {os.getloadavg()[0]:.1f} (2 cores, shared)")
     return 0
