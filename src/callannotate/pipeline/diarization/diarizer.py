@@ -86,7 +86,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
     def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
         super().__init__(params, cache_dir, threads)
         self.window = _as_float(params, "window", 10.0)
-        self.step = _as_float(params, "step", 1.5)
+        self.step = _as_float(params, "step", 0.5)
         self.batch_size = int(params.get("batch_size", 8))
         self.clustering = ClusteringParams(
             threshold=_as_float(params, "threshold", 0.80),
