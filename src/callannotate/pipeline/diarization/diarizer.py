@@ -101,7 +101,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             edge_s=_as_float(params, "edge_s", 0.0),
             hamming=bool(params.get("hamming", False)),
             count_bias=_as_float(params, "count_bias", 0.0),
-            overlap_bias=_as_float(params, "overlap_bias", 0.05),
+            overlap_bias=_as_float(params, "overlap_bias", 0.1),
             time_shift=_as_float(params, "time_shift", 0.02),
         )
         self.min_embed_s = _as_float(params, "min_embed_s", 0.4)
@@ -109,7 +109,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         self.soft_scores = bool(params.get("soft_scores", True))
         self.soft_count = bool(params.get("soft_count", True))
         self.piece_s = _as_float(params, "piece_s", 0.0)
-        self.min_speaker_s = _as_float(params, "min_speaker_s", 1.0)
+        self.min_speaker_s = _as_float(params, "min_speaker_s", 0.5)
         self.refine_piece_s = _as_float(params, "refine_piece_s", 2.0)
         self.refine_min_s = _as_float(params, "refine_min_s", 1.0)
         self.refine_margin = _as_float(params, "refine_margin", 0.05)
