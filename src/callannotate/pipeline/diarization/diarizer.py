@@ -100,8 +100,8 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             edge_weight=_as_float(params, "edge_weight", 1.0),
             edge_s=_as_float(params, "edge_s", 0.0),
             hamming=bool(params.get("hamming", False)),
-            count_bias=_as_float(params, "count_bias", 0.0),
-            overlap_bias=_as_float(params, "overlap_bias", 0.1),
+            count_bias=_as_float(params, "count_bias", -0.05),
+            overlap_bias=_as_float(params, "overlap_bias", 0.15),
             time_shift=_as_float(params, "time_shift", 0.02),
         )
         self.min_embed_s = _as_float(params, "min_embed_s", 0.4)
