@@ -283,6 +283,7 @@ def main() -> None:
         if key:
             diarizer = Diarizer({**params, key: value}, cache, threads=args.threads)
             diarizer._segmentation = base._segmentation
+            diarizer._counter = base._counter if diarizer.count_weight < 1.0 else None
             diarizer.use_embedder(base._embedder)
             diarizer._frame_embedder = base._frame_embedder
             diarizer._loaded = True

@@ -29,15 +29,18 @@ from callannotate.pipeline.diarization.clustering import (
     centroids_of,
     cluster_embeddings,
 )
+from callannotate.pipeline.diarization.counting import COUNT_MODEL_DEFAULTS, CountModel
 from callannotate.pipeline.diarization.pooled import PooledParams, pooled_assignment
 from callannotate.pipeline.diarization.reconstruction import (
     ReconstructionParams,
     binary_to_turns,
     clustered_scores,
     exclusive,
+    fill_count,
     frame_weights,
+    mean_count,
+    round_count,
     select_top,
-    speaker_count,
     total_frames_for,
     window_offsets,
 )
@@ -104,6 +107,19 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             overlap_bias=_as_float(params, "overlap_bias", 0.15),
             time_shift=_as_float(params, "time_shift", 0.02),
         )
+        # Weight of segmentation-3.0's expected speaker count against the second model's
+        # (`.counting`); 1.0 uses 3.0 alone and does not load the second model.
+        self.count_weight = _as_float(params, "count_weight", 0.5)
+        if not 0.0 <= self.count_weight <= 1.0:
+            raise ValueError(f"diarize.count_weight must be in [0, 1]: {self.count_weight}")
+        self.count_window = _as_float(params, "count_window", 5.0)
+        self.count_step = _as_float(params, "count_step", 0.5)
+        # Windows per onnxruntime call: its first convolution holds 80 channels x 80,000
+        # samples per 5 s window in float32 (26 MB), so large batches cost memory, not speed.
+        self.count_batch = int(params.get("count_batch", 4))
+        # Frames short of speakers take the best other speaker within this many seconds.
+        self.fill_s = _as_float(params, "fill_s", 1.0)
+        self.fill_min_s = _as_float(params, "fill_min_s", 0.1)
         self.min_embed_s = _as_float(params, "min_embed_s", 0.4)
         self.min_train_s = _as_float(params, "min_train_s", 0.5)
         self.soft_scores = bool(params.get("soft_scores", True))
@@ -134,6 +150,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             cluster_piece_s=self.piece_s,
         )
         self._segmentation: SegmentationModel | None = None
+        self._counter: CountModel | None = None
         self._embedder: Any = None
         self._frame_embedder: Any = None
 
@@ -145,6 +162,9 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         seg_params = {**SEGMENTATION_DEFAULTS, **dict(self.params.get("segmentation") or {})}
         checkpoint = model_file(seg_params)
         self._segmentation = SegmentationModel(checkpoint, self.cache_dir, self.threads)
+        if self.count_weight < 1.0:
+            count_params = {**COUNT_MODEL_DEFAULTS, **dict(self.params.get("count_model") or {})}
+            self._counter = CountModel(model_file(count_params), self.threads)
         if self._embedder is None:
             embedder = SpeakerEmbedder(
                 dict(self.params.get("embedding") or {}), self.cache_dir, self.threads
@@ -173,6 +193,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
 
     def cleanup(self) -> None:
         self._segmentation = None
+        self._counter = None
         self._embedder = None
         self._frame_embedder = None
         super().cleanup()
@@ -276,14 +297,15 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         total_frames = total_frames_for(duration)
         offsets = window_offsets(seg.starts)
         weights = frame_weights(seg.frames_per_window, self.reconstruction)
-        count = speaker_count(
-            seg.soft if self.soft_count else seg.activity,
-            offsets,
-            total_frames,
-            weights,
-            self.reconstruction.count_bias,
-            self.reconstruction.overlap_bias,
+        mean = mean_count(
+            seg.soft if self.soft_count else seg.activity, offsets, total_frames, weights
         )
+        if self._counter is not None and self.count_weight < 1.0:
+            second = self._counter.mean_count(
+                signal, total_frames, self.count_window, self.count_step, self.count_batch
+            )
+            mean = self.count_weight * mean + (1.0 - self.count_weight) * second
+        count = round_count(mean, self.reconstruction.count_bias, self.reconstruction.overlap_bias)
         active = seg.activity.sum(axis=1) > 0  # (windows, local)
 
         single = params.max_speakers == 1 or params.num_speakers == 1
@@ -296,7 +318,9 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         report(0.95)
         local_scores = seg.soft * seg.activity if self.soft_scores else seg.activity
         scores = clustered_scores(local_scores, assignment, num, offsets, total_frames, weights)
-        binary = select_top(scores, count)
+        reach = round(self.fill_s / FRAME_STEP)
+        least = max(1, round(self.fill_min_s / FRAME_STEP))
+        binary = fill_count(select_top(scores, count), scores, count, reach, least)
         talk = binary.sum(axis=0) * FRAME_STEP
         tiny = talk < self.min_speaker_s
         if (
@@ -307,7 +331,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             # Speakers heard for less than `min_speaker_s` are spurious clusters: their
             # frames go to the remaining speakers.
             scores = scores[:, ~tiny]
-            binary = select_top(scores, count)
+            binary = fill_count(select_top(scores, count), scores, count, reach, least)
         return ChannelActivity(binary=binary, scores=scores)
 
     def _cluster(

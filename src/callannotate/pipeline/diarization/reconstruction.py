@@ -2,9 +2,12 @@
 
 1. Every output frame of every window is placed on one global frame grid (16.875 ms).
 2. The number of speakers active in each global frame is the (rounded) mean over the
-   windows covering it of the number of active local speakers.
+   windows covering it of the number of active local speakers (the diarizer may average
+   it with a second model's count first, see :mod:`.counting`).
 3. Each global speaker's score is the mean over covering windows of the activity of the
-   local speaker assigned to it; in each frame the ``count`` best-scoring speakers speak.
+   local speaker assigned to it; in each frame the ``count`` best-scoring speakers speak
+   (a speaker with no score in the frame can still be picked from its score nearby,
+   :func:`fill_count`).
 4. Runs of active frames become turns; gaps shorter than ``min_duration_off`` are filled
    and turns shorter than ``min_duration_on`` dropped. The "exclusive" version keeps at
    most one speaker per frame (the best-scoring one), for aligning words.
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy.ndimage import maximum_filter1d
 
 from callannotate.pipeline.diarization.segmentation import FRAME_DURATION, FRAME_STEP
 from callannotate.pipeline.types import Turn
@@ -72,6 +76,27 @@ def aggregate(
     return (acc / np.maximum(norm, 1e-9)).astype(np.float32)
 
 
+def mean_count(
+    activity: FloatArray, offsets: IntArray, total_frames: int, weights: FloatArray
+) -> FloatArray:
+    """Mean over the covering windows of the number of active local speakers, per global
+    frame. ``activity`` may be hard (0/1) or soft (marginal probabilities: expected
+    counts)."""
+    counts = activity.sum(axis=2, keepdims=True).astype(np.float32)
+    mean: FloatArray = aggregate(counts, offsets, total_frames, weights)[:, 0]
+    return mean
+
+
+def round_count(mean: FloatArray, bias: float = 0.0, overlap_bias: float = 0.0) -> IntArray:
+    """Number of speakers per frame: ``mean`` plus ``bias``, rounded; where that gives
+    one speaker, ``overlap_bias`` more may round it up to two (overlap is under-detected)."""
+    rounded: IntArray = np.floor(mean + 0.5 + bias).astype(np.int64).clip(0)
+    if overlap_bias != 0.0:
+        overlapped = np.floor(mean + 0.5 + bias + overlap_bias).astype(np.int64)
+        rounded = np.where((rounded >= 1) & (overlapped >= 2), overlapped, rounded)
+    return rounded
+
+
 def speaker_count(
     activity: FloatArray,
     offsets: IntArray,
@@ -80,16 +105,9 @@ def speaker_count(
     bias: float = 0.0,
     overlap_bias: float = 0.0,
 ) -> IntArray:
-    """Number of speakers per global frame: rounded mean of local counts (plus ``bias``).
-
-    ``activity`` may be hard (0/1) or soft (marginal probabilities: expected counts)."""
-    counts = activity.sum(axis=2, keepdims=True).astype(np.float32)
-    mean = aggregate(counts, offsets, total_frames, weights)[:, 0]
-    rounded: IntArray = np.floor(mean + 0.5 + bias).astype(np.int64).clip(0)
-    if overlap_bias != 0.0:
-        overlapped = np.floor(mean + 0.5 + bias + overlap_bias).astype(np.int64)
-        rounded = np.where((rounded >= 1) & (overlapped >= 2), overlapped, rounded)
-    return rounded
+    """Number of speakers per global frame: rounded mean of local counts (plus ``bias``)."""
+    mean = mean_count(activity, offsets, total_frames, weights)
+    return round_count(mean, bias, overlap_bias)
 
 
 def clustered_scores(
@@ -135,6 +153,38 @@ def select_top(scores: FloatArray, count: IntArray, max_per_frame: int | None = 
         cols = order[rows, rank]
         keep = scores[rows, cols] > 0
         out[rows[keep], cols[keep]] = 1.0
+    return out
+
+
+def fill_count(
+    binary: FloatArray, scores: FloatArray, count: IntArray, reach: int, min_run: int = 1
+) -> FloatArray:
+    """``binary`` with frames that have fewer active speakers than ``count`` topped up.
+
+    :func:`select_top` only picks speakers with a positive score, so where the count says
+    two voices but every window gave both local voices to one global speaker (or heard
+    the second voice only nearby), a speaker is missing. Each such frame gets the
+    not-yet-active speaker with the highest score within ``reach`` frames either side,
+    if any scored there."""
+    out = binary.copy()
+    _frames, speakers = scores.shape
+    if speakers < 2 or reach <= 0:
+        return out
+    lacking = count > out.sum(axis=1)
+    if min_run > 1:
+        keep = np.zeros_like(lacking)
+        for first, last in _runs(lacking):
+            if last - first >= min_run:
+                keep[first:last] = True
+        lacking = keep
+    short = np.flatnonzero(lacking)
+    if len(short) == 0:
+        return out
+    near = maximum_filter1d(scores, size=2 * reach + 1, axis=0)
+    near = np.where(out > 0, -np.inf, near)
+    best = near[short].argmax(axis=1)
+    found = near[short, best] > 0
+    out[short[found], best[found]] = 1.0
     return out
 
 
