@@ -25,7 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from callannotate.pipeline.diarization.reconstruction import aggregate, window_offsets
-from callannotate.pipeline.diarization.segmentation import SAMPLE_RATE, window_starts
+from callannotate.pipeline.diarization.segmentation import (
+    SAMPLE_RATE,
+    window_batches,
+    window_starts,
+)
 from callannotate.pipeline.models import onnx_session
 
 FloatArray = npt.NDArray[np.float32]
@@ -64,13 +68,13 @@ class CountModel:
         window = round(window_s * SAMPLE_RATE)
         step = max(1, round(step_s * SAMPLE_RATE))
         starts = window_starts(len(signal), window, step)
-        padded = signal if len(signal) >= window else np.pad(signal, (0, window - len(signal)))
-        sums: list[FloatArray] = []
-        for first in range(0, len(starts), batch_size):
-            chunk = starts[first : first + batch_size]
-            batch = np.stack([padded[s : s + window] for s in chunk]).astype(np.float32)
-            sums.append(self.activity(batch).sum(axis=2, keepdims=True))
-        counts = np.concatenate(sums, axis=0)
+        counts = np.concatenate(
+            [
+                self.activity(batch).sum(axis=2, keepdims=True)
+                for batch in window_batches(signal, window, starts, batch_size)
+            ],
+            axis=0,
+        )
         offsets = window_offsets(np.asarray(starts, dtype=np.float64) / SAMPLE_RATE)
         weights = np.ones(counts.shape[1], dtype=np.float32)
         mean: FloatArray = aggregate(counts, offsets, total_frames, weights)[:, 0]

@@ -300,7 +300,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         mean = mean_count(
             seg.soft if self.soft_count else seg.activity, offsets, total_frames, weights
         )
-        if self._counter is not None and self.count_weight < 1.0:
+        if self._counter is not None:  # loaded only when count_weight < 1
             second = self._counter.mean_count(
                 signal, total_frames, self.count_window, self.count_step, self.count_batch
             )

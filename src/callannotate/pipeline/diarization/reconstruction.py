@@ -161,11 +161,12 @@ def fill_count(
 ) -> FloatArray:
     """``binary`` with frames that have fewer active speakers than ``count`` topped up.
 
-    :func:`select_top` only picks speakers with a positive score, so where the count says
-    two voices but every window gave both local voices to one global speaker (or heard
-    the second voice only nearby), a speaker is missing. Each such frame gets the
-    not-yet-active speaker with the highest score within ``reach`` frames either side,
-    if any scored there."""
+    :func:`select_top` only picks speakers with a positive score, so a speaker is missing
+    where the count says two voices but every window gave both local voices to one
+    global speaker, or where the count hears speech (the second count model, say) that
+    no clustered local speaker covers. In runs of at least ``min_run`` such frames, each
+    frame gets the not-yet-active speaker with the highest score within ``reach`` frames
+    either side, if any scored there."""
     out = binary.copy()
     _frames, speakers = scores.shape
     if speakers < 2 or reach <= 0:

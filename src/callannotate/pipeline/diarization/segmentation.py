@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,17 @@ def window_starts(num_samples: int, window: int, step: int) -> list[int]:
     return starts
 
 
+def window_batches(
+    signal: FloatArray, window: int, starts: list[int], batch_size: int
+) -> Iterator[FloatArray]:
+    """Float32 waveform batches ``(<= batch_size, window)`` of ``signal`` cut at ``starts``
+    (the signal is zero-padded when it is shorter than one window)."""
+    padded = signal if len(signal) >= window else np.pad(signal, (0, window - len(signal)))
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first : first + batch_size]
+        yield np.stack([padded[s : s + window] for s in chunk]).astype(np.float32)
+
+
 def frames_in(num_samples: int) -> int:
     """Output frames for ``num_samples`` input samples (SincNet conv + pooling arithmetic)."""
     n = (num_samples - 251) // 10 + 1
@@ -150,16 +161,11 @@ class SegmentationModel:
         window = round(window_s * SAMPLE_RATE)
         step = max(1, round(step_s * SAMPLE_RATE))
         starts = window_starts(len(signal), window, step)
-        padded = signal
-        if len(signal) < window:
-            padded = np.pad(signal, (0, window - len(signal)))
         outputs: list[FloatArray] = []
-        for first in range(0, len(starts), batch_size):
-            chunk = starts[first : first + batch_size]
-            batch = np.stack([padded[s : s + window] for s in chunk]).astype(np.float32)
+        for index, batch in enumerate(window_batches(signal, window, starts, batch_size)):
             outputs.append(self.infer(batch))
             if progress is not None:
-                progress(min(first + batch_size, len(starts)), len(starts))
+                progress(min((index + 1) * batch_size, len(starts)), len(starts))
         logprobs = np.concatenate(outputs, axis=0)
         return WindowSegmentation(
             starts=np.asarray(starts, dtype=np.float64) / SAMPLE_RATE,
