@@ -32,7 +32,7 @@ import numpy as np
 
 from anchors import side_by_side
 from callannotate.config import Settings
-from callannotate.pipeline.audio import decode
+from callannotate.pipeline.audio.decode import decode
 from callannotate.pipeline.diarization import DiarizationInput, DiarizationResult, Diarizer
 from callannotate.pipeline.registry import step_config
 from callannotate.pipeline.types import AudioBuffer

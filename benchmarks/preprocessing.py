@@ -33,10 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import vad as vad_bench
-from callannotate.pipeline import audio as audio_io
-from callannotate.pipeline.preprocessing import Preprocessor
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.audio.preprocess import Preprocessor
+from callannotate.pipeline.audio.vad import VoiceActivityDetector
 from callannotate.pipeline.types import AudioBuffer
-from callannotate.pipeline.vad import VoiceActivityDetector
 
 SR = 16_000
 CONDITIONS: dict[str, dict[str, Any]] = {
@@ -259,8 +259,8 @@ def load_transcriber() -> Callable[[AudioBuffer, str], str] | None:
     """A function audio -> text from the ``transcription`` step, or None when it is missing."""
     try:
         from callannotate.config import Settings
+        from callannotate.pipeline.asr.transcription import TranscriptionInput
         from callannotate.pipeline.registry import get_processor
-        from callannotate.pipeline.transcription import TranscriptionInput
     except ImportError as exc:
         print(f"\nWER skipped: {exc}")
         return None

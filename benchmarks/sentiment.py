@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from callannotate.pipeline.sentiment import SentimentAnalyzer
+from callannotate.pipeline.analysis.sentiment import SentimentAnalyzer
 
 LABELS = ("positive", "neutral", "negative")
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "sentiment_labelled.tsv"

@@ -44,9 +44,9 @@ import numpy as np
 
 from anchors import side_by_side
 from callannotate.config import Settings
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.embedding import SAMPLE_RATE, SpeakerEmbedder
+from callannotate.pipeline.audio.decode import decode
 from callannotate.pipeline.registry import load_models_config
+from callannotate.pipeline.speakers.embedding import SAMPLE_RATE, SpeakerEmbedder
 from callannotate.pipeline.types import Float32Array
 from callannotate.voices.ge2e import GE2EEmbedder
 from callannotate.voices.schemas import Voice, VoiceSample

@@ -6,7 +6,7 @@ Usage::
         [--language en|ru|auto] [--streams 1 2 3] [--websocket] [--fast]
 
 Recordings are replayed at real time (0.5 s chunks) through the streaming engine
-(``callannotate.pipeline.streaming``), N streams at once in threads; with ``--websocket``
+(``callannotate.pipeline.asr.streaming``), N streams at once in threads; with ``--websocket``
 the same is done through ``WS /stream`` of the real app (in-process ASGI test client).
 Latency of a word = time its commit message arrives - time the word's end was "spoken"
 (stream clock starts with the first chunk). A stream keeps up when its latency does not
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from callannotate.config import ApiSettings, Settings
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.streaming import open_stream, replay
+from callannotate.pipeline.asr.streaming import open_stream, replay
+from callannotate.pipeline.audio.decode import decode
 from callannotate.pipeline.types import Float32Array
 
 SR = 16000

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anchors import side_by_side
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.spoken_numbers import spell_numbers
-from callannotate.pipeline.transcription import SpeakerRegion, Transcriber, TranscriptionInput
+from callannotate.pipeline.asr.spoken_numbers import spell_numbers
+from callannotate.pipeline.asr.transcription import SpeakerRegion, Transcriber, TranscriptionInput
+from callannotate.pipeline.audio.decode import decode
 
 _ABBREV_EN = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
 

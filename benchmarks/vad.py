@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from callannotate.pipeline import audio as audio_io
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.audio.vad import SpeechRegion, VoiceActivityDetector
 from callannotate.pipeline.types import AudioBuffer
-from callannotate.pipeline.vad import SpeechRegion, VoiceActivityDetector
 
 RES = 0.01  # scoring resolution, seconds
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"}

@@ -205,7 +205,7 @@ def _annotate_options(args: argparse.Namespace) -> Any:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from callannotate.errors import CallAnnotateError
     from callannotate.observability.logging import configure_logging
-    from callannotate.pipeline.pipeline import annotate
+    from callannotate.pipeline.run import annotate
 
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     if not formats:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from callannotate.jobs.filequeue import FileQueue
-from callannotate.pipeline.audio import decode
+from callannotate.pipeline.audio.decode import decode
 
 
 def _shared_data() -> Path:

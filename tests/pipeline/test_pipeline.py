@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from callannotate.config import Settings
-from callannotate.pipeline.pipeline import annotate
+from callannotate.pipeline.run import annotate
 from callannotate.pipeline.types import AnnotateOptions, Step, Word
 
 pytestmark = pytest.mark.models

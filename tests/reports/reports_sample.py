@@ -15,9 +15,9 @@ from pathlib import Path
 
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import AudioMeta, Job
-from callannotate.pipeline import audio as audio_io
-from callannotate.pipeline.alignment import build_annotation_parts, exclusive_from_turns
-from callannotate.pipeline.sentiment import SentimentAnalyzer
+from callannotate.pipeline.analysis.alignment import build_annotation_parts, exclusive_from_turns
+from callannotate.pipeline.analysis.sentiment import SentimentAnalyzer
+from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import (
     Annotation,
     RecordingInfo,

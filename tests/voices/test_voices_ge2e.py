@@ -65,7 +65,7 @@ needs_resemblyzer = pytest.mark.skipif(
 @needs_resemblyzer
 @needs_fsdd
 def test_real_encoder_tells_fsdd_speakers_apart(model_cache: Path) -> None:
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     enc = GE2EEmbedder({}, model_cache, threads=1)
     waves = [decode(FSDD / f"{d}_{s}_1.wav").mono() for s in ("jackson", "theo") for d in range(4)]

@@ -10,8 +10,8 @@ import pytest
 from voices_testing import FSDD, needs_fsdd
 
 from callannotate.config import Settings
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.embedding import SpeakerEmbedder
+from callannotate.pipeline.audio.decode import decode
+from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 from callannotate.voices import cli
 from callannotate.voices.service import RecognitionParams, VoiceService, voice_embedding
 from callannotate.voices.store import VoiceStore

@@ -190,7 +190,7 @@ async def test_enroll_speaker_of_a_job(
 
     # The store the API wrote is the one identification reads.
     from callannotate.pipeline import registry
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     service = VoiceService(
         VoiceStore(settings.voices_dir), registry.loaded_processor(settings, "embedding")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from callannotate.pipeline.embedding import l2_normalize
+from callannotate.pipeline.speakers.embedding import l2_normalize
 from callannotate.voices.schemas import Voice, VoiceSample
 from callannotate.voices.scoring import (
     CAMPP,

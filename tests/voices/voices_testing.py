@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callannotate.pipeline.embedding import EMBEDDING_DIM, SpeakerEmbedder, l2_normalize
+from callannotate.pipeline.speakers.embedding import EMBEDDING_DIM, SpeakerEmbedder, l2_normalize
 
 
 def shared_data() -> Path:

@@ -108,7 +108,7 @@ def _preload(settings: Settings) -> str | None:
 
 
 def _run_job(conn: Connection, settings: Settings, msg: dict[str, Any]) -> dict[str, Any]:
-    from callannotate.pipeline.pipeline import annotate
+    from callannotate.pipeline.run import annotate
     from callannotate.pipeline.types import AnnotateOptions, Step
 
     job_id = str(msg["job_id"])

@@ -80,7 +80,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from callannotate.pipeline import audio as audio_io
+    from callannotate.pipeline.audio import decode as audio_io
 
     settings = _settings(args)
     path = Path(args.file)

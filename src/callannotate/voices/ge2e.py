@@ -33,13 +33,13 @@ import numpy.typing as npt
 
 from callannotate.errors import Unprocessable
 from callannotate.pipeline.base import MLProcessor
-from callannotate.pipeline.embedding import SAMPLE_RATE, l2_normalize
 from callannotate.pipeline.models import (
     cached_onnx_export,
     export_torch_onnx,
     model_file,
     onnx_session,
 )
+from callannotate.pipeline.speakers.embedding import SAMPLE_RATE, l2_normalize
 from callannotate.pipeline.types import Float32Array, ProgressHook, null_hook
 
 logger = logging.getLogger(__name__)

@@ -36,9 +36,9 @@ from callannotate.errors import (
     PayloadTooLarge,
     Unprocessable,
 )
-from callannotate.pipeline import audio as audio_io
 from callannotate.pipeline import registry
-from callannotate.pipeline.embedding import SpeakerEmbedder
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 from callannotate.pipeline.types import Annotation
 from callannotate.voices.schemas import JobEnrollRequest, VoiceInfo, VoiceSample
 from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callannotate.pipeline.embedding import l2_normalize
+from callannotate.pipeline.speakers.embedding import l2_normalize
 from callannotate.pipeline.types import Float32Array
 from callannotate.voices.schemas import Voice
 

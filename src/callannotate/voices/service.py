@@ -9,7 +9,7 @@ digits (0.2-0.7 s clips, the shortest material the benchmark enrolls from) mostl
 anything shorter gives unreliable embeddings. The speech-to-noise ratio is the mean level
 of the speech frames over the mean level of the rest (``None`` when there is no rest).
 
-Embeddings: CAM++ (:mod:`callannotate.pipeline.embedding`) and, unless disabled with
+Embeddings: CAM++ (:mod:`callannotate.pipeline.speakers.embedding`) and, unless disabled with
 ``ge2e: {enabled: false}``, Resemblyzer's GE2E encoder (:mod:`.ge2e`); each sample stores
 both. CAM++ clips shorter than ``pad_to_s`` (1.6 s) are extended by reflection (forward,
 reversed, forward, ...), which raised FSDD top-1 from 87.9 % to 90.2 % (tiling or no padding
@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from callannotate.errors import BadRequest, ModelUnavailable, NotFound, Unprocessable
 from callannotate.pipeline.base import MLProcessor
-from callannotate.pipeline.embedding import (
+from callannotate.pipeline.speakers.embedding import (
     EMBEDDING_DIM,
     SAMPLE_RATE,
     SpeakerEmbedder,
@@ -482,7 +482,7 @@ class VoiceService:
 
     def samples_from_files(self, files: Sequence[tuple[Path, str]]) -> list[VoiceSample]:
         """Decode (16 kHz mono) and embed ``(path, display name)`` pairs."""
-        from callannotate.pipeline import audio as audio_io
+        from callannotate.pipeline.audio import decode as audio_io
 
         if not files:
             raise Unprocessable("send at least one audio sample")
@@ -528,7 +528,7 @@ class VoiceService:
         contact_id: str | None = None,
     ) -> Voice:
         """Enroll ``label``'s exclusive speech in a finished job (new voice or ``voice_id``)."""
-        from callannotate.pipeline import audio as audio_io
+        from callannotate.pipeline.audio import decode as audio_io
 
         if (name is None) == (voice_id is None):
             raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")

@@ -18,7 +18,7 @@ from callannotate.api.ws import publish_job_queued
 from callannotate.errors import InvalidAudio, Unprocessable
 from callannotate.jobs.models import AudioMeta, Job, JobState
 from callannotate.observability.logging import job_context
-from callannotate.pipeline import audio as audio_io
+from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import AnnotateOptions
 
 logger = logging.getLogger(__name__)

@@ -42,9 +42,9 @@ from callannotate.config import Settings
 from callannotate.errors import BadRequest, CallAnnotateError
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import AudioMeta, Job
-from callannotate.pipeline import audio as audio_io
-from callannotate.pipeline.stream_audio import StreamDecoder, make_decoder
-from callannotate.pipeline.streaming import StreamEvent, StreamingTranscriber, open_stream
+from callannotate.pipeline.asr.streaming import StreamEvent, StreamingTranscriber, open_stream
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.audio.stream_decode import StreamDecoder, make_decoder
 from callannotate.pipeline.types import AnnotateOptions, Float32Array
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ SLOTS = _Slots()
 
 
 def _max_streams(settings: Settings) -> int:
-    from callannotate.pipeline.streaming import streaming_config
+    from callannotate.pipeline.asr.streaming import streaming_config
 
     try:
         _, stream = streaming_config(settings)

@@ -157,7 +157,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
     # -- MLProcessor ----------------------------------------------------------------------
 
     def load_model(self) -> None:
-        from callannotate.pipeline.embedding import SpeakerEmbedder
+        from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 
         seg_params = {**SEGMENTATION_DEFAULTS, **dict(self.params.get("segmentation") or {})}
         checkpoint = model_file(seg_params)

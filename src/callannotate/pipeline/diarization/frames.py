@@ -28,7 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from callannotate.errors import Unprocessable
-from callannotate.pipeline.embedding import (
+from callannotate.pipeline.models import cached_onnx_export, export_torch_onnx, onnx_session
+from callannotate.pipeline.speakers.embedding import (
     EMBEDDING_DIM,
     FRAME_LENGTH_S,
     FRAME_SHIFT_S,
@@ -38,7 +39,6 @@ from callannotate.pipeline.embedding import (
     l2_normalize,
     load_campplus_torch,
 )
-from callannotate.pipeline.models import cached_onnx_export, export_torch_onnx, onnx_session
 
 logger = logging.getLogger(__name__)
 

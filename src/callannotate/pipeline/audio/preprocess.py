@@ -3,7 +3,7 @@
 Every step is switched on or off in the ``preprocess:`` section of ``config/models.yaml``::
 
     preprocess:
-      class: callannotate.pipeline.preprocessing:Preprocessor
+      class: callannotate.pipeline.audio.preprocess:Preprocessor
       dc_removal: true          # subtract each channel's mean
       highpass_hz: null         # optional zero-phase Butterworth high-pass (e.g. 60 for hum)
       denoise: false            # spectral gating
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from callannotate.errors import BadRequest
-from callannotate.pipeline.audio import measure_quality
+from callannotate.pipeline.audio.decode import measure_quality
 from callannotate.pipeline.base import MLProcessor
 from callannotate.pipeline.types import (
     AudioBuffer,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.transcription import SpeakerRegion, Transcriber, TranscriptionInput
+from callannotate.pipeline.asr.transcription import SpeakerRegion, Transcriber, TranscriptionInput
+from callannotate.pipeline.audio.decode import decode
 from callannotate.pipeline.types import Word
 
 pytestmark = pytest.mark.models
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.models
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 JFK = _shared_data() / "asr" / "en" / "jfk" / "jfk.flac"

@@ -48,15 +48,15 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from callannotate.config import Settings
-from callannotate.pipeline.spoken_numbers import spell_numbers_in_words
-from callannotate.pipeline.transcription import (
+from callannotate.pipeline.asr.spoken_numbers import spell_numbers_in_words
+from callannotate.pipeline.asr.transcription import (
     SAMPLE_RATE,
     DecodeOptions,
     WhisperEngine,
     check_language,
 )
+from callannotate.pipeline.asr.whisper_models import whisper_model_dir
 from callannotate.pipeline.types import Float32Array, Word
-from callannotate.pipeline.whisper_models import whisper_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -610,8 +610,8 @@ def open_stream(
     record_to: Path | None = None,
 ) -> StreamingTranscriber:
     """A new stream using the configured models (loaded on first use) and Silero VAD."""
+    from callannotate.pipeline.audio.vad import VoiceActivityDetector
     from callannotate.pipeline.registry import loaded_processor
-    from callannotate.pipeline.vad import VoiceActivityDetector
 
     lang = check_language(language)
     _, stream = streaming_config(settings)

@@ -133,7 +133,7 @@ def test_a_wrong_digest_names_the_package(tmp_path: Path) -> None:
     assert model_file(good) == fake
 
 
-AMI = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "diarization" / "ami"
+AMI = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "diarization" / "ami"
 
 
 @pytest.mark.models
@@ -149,7 +149,7 @@ def test_the_packaged_model_counts_real_meeting_speech() -> None:
         path = model_file(COUNT_MODEL_DEFAULTS)
     except ModelUnavailable as exc:  # pragma: no cover - depends on the environment
         pytest.skip(f"count model not installed: {exc.detail}")
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     model = CountModel(path, threads=2)
     turns: dict[str, list[tuple[float, float]]] = {}

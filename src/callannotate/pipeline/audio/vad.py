@@ -378,7 +378,7 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
         target = self.params.get("input_lufs")
         if target is None:
             return samples
-        from callannotate.pipeline.preprocessing import normalize_loudness
+        from callannotate.pipeline.audio.preprocess import normalize_loudness
 
         out, _ = normalize_loudness(
             samples,

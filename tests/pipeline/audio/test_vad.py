@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from callannotate.errors import BadRequest, ModelUnavailable
-from callannotate.pipeline import audio as audio_io
-from callannotate.pipeline.types import AudioBuffer
-from callannotate.pipeline.vad import (
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.audio.vad import (
     FRAME,
     FRAME_SECONDS,
     SileroModel,
@@ -23,6 +22,7 @@ from callannotate.pipeline.vad import (
     merge_regions,
     regions_from_probabilities,
 )
+from callannotate.pipeline.types import AudioBuffer
 
 SR = 16_000
 MODEL_PARAMS: dict[str, Any] = {
@@ -41,7 +41,7 @@ STATEFUL_PARAMS: dict[str, Any] = {
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 JFK = _shared_data() / "asr" / "en" / "jfk" / "jfk.flac"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from callannotate.errors import BadRequest
-from callannotate.pipeline import audio as audio_io
-from callannotate.pipeline.preprocessing import (
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.audio.preprocess import (
     Preprocessor,
     assess_quality,
     estimate_snr_db,
@@ -26,7 +26,7 @@ SR = 16_000
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 DATA = _shared_data()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.models
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 CALL = _shared_data() / "diarization" / "callsample"
@@ -46,7 +46,7 @@ def diarizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 
 @pytest.fixture(scope="module")
 def call_audio() -> AudioBuffer:
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     return decode(CALL / "sample.wav")
 
@@ -138,7 +138,7 @@ def test_per_channel_stereo_of_two_real_voices(diarizer) -> None:  # type: ignor
     from pyannote.core import Annotation, Segment
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
     from callannotate.pipeline.diarization import DiarizationInput
 
     reader = [

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from callannotate.config import Settings
-from callannotate.pipeline import audio as audio_io
 from callannotate.pipeline import registry
+from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import (
     AnnotateOptions,
     Annotation,
@@ -182,7 +182,7 @@ def annotate(
     else:
         run.skip(Step.SENTIMENT.value, "not requested")
 
-    from callannotate.pipeline.alignment import build_annotation_parts
+    from callannotate.pipeline.analysis.alignment import build_annotation_parts
 
     t0 = time.perf_counter()
     parts = build_annotation_parts(
@@ -257,7 +257,7 @@ def _transcribe(
     hook: ProgressHook,
     on_words: PartialHook | None = None,
 ) -> tuple[list[Word], list[str], str | None]:
-    from callannotate.pipeline.transcription import SpeakerRegion, TranscriptionInput
+    from callannotate.pipeline.asr.transcription import SpeakerRegion, TranscriptionInput
 
     if per_channel:
         words: list[Word] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callannotate.pipeline.analytics import (
+from callannotate.pipeline.analysis.analytics import (
     AnalyticsParams,
     compute_statistics,
     intersect,

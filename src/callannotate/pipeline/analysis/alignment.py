@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from callannotate.pipeline.analytics import AnalyticsParams, compute_statistics
+from callannotate.pipeline.analysis.analytics import AnalyticsParams, compute_statistics
 from callannotate.pipeline.types import AudioBuffer, ConversationStats, Turn, Utterance, Word
 
 if TYPE_CHECKING:
-    from callannotate.pipeline.sentiment import SentimentAnalyzer
+    from callannotate.pipeline.analysis.sentiment import SentimentAnalyzer
 
 _SENTENCE_END = re.compile(r"[.!?…？！。]+[\"'»”’)\]]*$")
 _NO_SPACE_BEFORE = re.compile(r"^[.,!?;:…%)\]»”’]")

@@ -45,8 +45,9 @@ from typing import Any, Literal
 import numpy as np
 
 from callannotate.errors import BadRequest, ModelUnavailable
+from callannotate.pipeline.asr.spoken_numbers import spell_numbers_in_words
+from callannotate.pipeline.asr.whisper_models import whisper_model_dir
 from callannotate.pipeline.base import MLProcessor
-from callannotate.pipeline.spoken_numbers import spell_numbers_in_words
 from callannotate.pipeline.types import (
     Float32Array,
     PartialHook,
@@ -55,7 +56,6 @@ from callannotate.pipeline.types import (
     Word,
     null_hook,
 )
-from callannotate.pipeline.whisper_models import whisper_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def _segments_of(
 
 def assign_region_speakers(words: Sequence[Word], regions: Sequence[SpeakerRegion]) -> list[Word]:
     """Each word gets the speaker of the region it overlaps most (nearest when none)."""
-    from callannotate.pipeline.alignment import assign_speakers
+    from callannotate.pipeline.analysis.alignment import assign_speakers
 
     turns = [Turn(start=r.start, end=max(r.start, r.end), speaker=r.speaker) for r in regions]
     return assign_speakers(words, sorted(turns, key=lambda t: t.start))

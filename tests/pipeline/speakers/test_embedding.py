@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from callannotate.errors import ModelUnavailable, Unprocessable
-from callannotate.pipeline.embedding import (
+from callannotate.pipeline.speakers.embedding import (
     EMBEDDING_DIM,
     MIN_SAMPLES,
     NUM_MEL_BINS,
@@ -24,7 +24,7 @@ from callannotate.pipeline.embedding import (
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 FSDD = _shared_data() / "speakers" / "fsdd" / "recordings"
@@ -103,7 +103,7 @@ def test_batch_equals_single(embedder: SpeakerEmbedder) -> None:
 @pytest.mark.models
 @pytest.mark.skipif(not LIBRIVOX.is_dir(), reason=f"{LIBRIVOX} not found")
 def test_same_speaker_scores_higher_on_real_speech(embedder: SpeakerEmbedder) -> None:
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     reader = sorted(LIBRIVOX.glob("*.wav"))[:2]  # one LibriVox reader
     other = sorted((LIBRIVOX / "cards").glob("*.wav"))[:1]  # another speaker
@@ -115,7 +115,7 @@ def test_same_speaker_scores_higher_on_real_speech(embedder: SpeakerEmbedder) ->
 @pytest.mark.models
 @pytest.mark.skipif(not FSDD.is_dir(), reason=f"{FSDD} not found")
 def test_same_speaker_scores_higher_on_fsdd(embedder: SpeakerEmbedder) -> None:
-    from callannotate.pipeline.audio import decode
+    from callannotate.pipeline.audio.decode import decode
 
     def centroid(speaker: str, idx: range) -> np.ndarray:
         waves = [decode(FSDD / f"{d}_{speaker}_{i}.wav").mono() for d in range(3) for i in idx]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from callannotate.pipeline.emotion import (
+from callannotate.pipeline.analysis.emotion import (
     EMOTIONS,
     acoustic_arousal,
     dominant,
@@ -13,7 +13,7 @@ from callannotate.pipeline.emotion import (
     prosody,
     text_emotion_scores,
 )
-from callannotate.pipeline.sentiment import SentimentAnalyzer
+from callannotate.pipeline.analysis.sentiment import SentimentAnalyzer
 from callannotate.pipeline.types import AudioBuffer, Utterance
 
 RATE = 16000

@@ -14,9 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from callannotate.pipeline.audio import decode
-from callannotate.pipeline.stream_audio import ContainerDecoder, PcmDecoder
-from callannotate.pipeline.streaming import (
+from callannotate.pipeline.asr.streaming import (
     StreamingOptions,
     StreamingTranscriber,
     agreed_prefix,
@@ -24,7 +22,9 @@ from callannotate.pipeline.streaming import (
     drop_repeated_head,
     replay,
 )
-from callannotate.pipeline.transcription import Transcriber, WhisperEngine
+from callannotate.pipeline.asr.transcription import Transcriber, WhisperEngine
+from callannotate.pipeline.audio.decode import decode
+from callannotate.pipeline.audio.stream_decode import ContainerDecoder, PcmDecoder
 from callannotate.pipeline.types import Float32Array, Word
 
 SR = 16000
@@ -32,7 +32,7 @@ SR = 16000
 
 def _shared_data() -> Path:
     env = os.environ.get("CALLANNOTATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 JFK = _shared_data() / "asr" / "en" / "jfk" / "jfk.flac"
@@ -268,8 +268,8 @@ def test_garbage_container_reports_error() -> None:
 )
 def test_stream_of_jfk(tmp_path: Path, model: str, short_context: bool) -> None:
     from callannotate.config import Settings
+    from callannotate.pipeline.audio.vad import VoiceActivityDetector
     from callannotate.pipeline.registry import loaded_processor
-    from callannotate.pipeline.vad import VoiceActivityDetector
 
     vad = loaded_processor(Settings(model_cache_dir=tmp_path), "vad")
     assert isinstance(vad, VoiceActivityDetector)

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from callannotate.pipeline.alignment import (
+from callannotate.pipeline.analysis.alignment import (
     AlignmentParams,
     assign_speakers,
     build_annotation_parts,

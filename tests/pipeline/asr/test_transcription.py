@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from callannotate.errors import BadRequest, ModelUnavailable
-from callannotate.pipeline import whisper_models
-from callannotate.pipeline.spoken_numbers import spell_numbers, spell_numbers_in_words
-from callannotate.pipeline.transcription import (
+from callannotate.pipeline.asr import whisper_models
+from callannotate.pipeline.asr.spoken_numbers import spell_numbers, spell_numbers_in_words
+from callannotate.pipeline.asr.transcription import (
     DecodeOptions,
     SpeakerRegion,
     Transcriber,
@@ -22,14 +22,14 @@ from callannotate.pipeline.transcription import (
     check_language,
     speech_clips,
 )
-from callannotate.pipeline.types import Word
-from callannotate.pipeline.whisper_models import (
+from callannotate.pipeline.asr.whisper_models import (
     KNOWN_MODELS,
     PackagedFile,
     PackagedWhisper,
     join_parts,
     whisper_model_dir,
 )
+from callannotate.pipeline.types import Word
 
 
 def _sha(data: bytes) -> str:

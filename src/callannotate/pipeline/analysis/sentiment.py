@@ -5,7 +5,7 @@
 * Russian sentiment: a lexicon over pymorphy3 lemmas (``lexicons/ru_sentiment.json``,
   written for this project, VADER's -4..4 scale) with negation ("не работает"), boosters
   ("очень"), contrast ("но") and VADER's normalisation ``s / sqrt(s^2 + 15)``.
-* Emotion: lexicon categories (see :mod:`callannotate.pipeline.emotion`), valence = the
+* Emotion: lexicon categories (see :mod:`callannotate.pipeline.analysis.emotion`), valence = the
   sentiment polarity, arousal from pitch/energy when audio is given.
 * Per speaker: the duration-weighted mean polarity of their utterances.
 
@@ -26,14 +26,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from callannotate.pipeline.base import MLProcessor
-from callannotate.pipeline.emotion import (
+from callannotate.pipeline.analysis.emotion import (
     EMOTIONS,
     acoustic_arousal,
     dominant,
     load_emotion_lexicon,
     text_emotion_scores,
 )
+from callannotate.pipeline.base import MLProcessor
 from callannotate.pipeline.types import (
     AudioBuffer,
     ConversationStats,
@@ -111,7 +111,7 @@ class RuLexicon:
 
 @lru_cache(maxsize=1)
 def load_ru_lexicon() -> RuLexicon:
-    path = resources.files("callannotate.pipeline").joinpath("lexicons/ru_sentiment.json")
+    path = resources.files("callannotate.pipeline.analysis").joinpath("lexicons/ru_sentiment.json")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return RuLexicon(
         lemmas={k: float(v) for k, v in data["lemmas"].items()},
@@ -351,7 +351,7 @@ class SentimentInput:
 
 
 class SentimentProcessor(MLProcessor[SentimentInput, list[Utterance]]):
-    """Registry wrapper (``config/models.yaml``: ``class: callannotate.pipeline.sentiment:
+    """Registry wrapper (``config/models.yaml``: ``class: callannotate.pipeline.analysis.sentiment:
     SentimentProcessor``, optional ``emotion_lexicon: builtin|nrc``)."""
 
     name = "sentiment"

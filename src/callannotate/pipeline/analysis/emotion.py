@@ -53,7 +53,7 @@ def load_emotion_lexicon(language: str, source: Literal["builtin", "nrc"] = "bui
             for word, cats in raw.items()
             if any(c in EMOTIONS for c in cats)
         }
-    path = resources.files("callannotate.pipeline").joinpath("lexicons/emotion.json")
+    path = resources.files("callannotate.pipeline.analysis").joinpath("lexicons/emotion.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     table: dict[str, set[str]] = {}
     for category, words in data.get(language, {}).items():

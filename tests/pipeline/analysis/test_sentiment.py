@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from callannotate.pipeline.sentiment import (
+from callannotate.pipeline.analysis.sentiment import (
     SentimentAnalyzer,
     SentimentInput,
     SentimentProcessor,

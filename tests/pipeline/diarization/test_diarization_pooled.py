@@ -28,7 +28,7 @@ from callannotate.pipeline.diarization.segmentation import (
     WindowSegmentation,
     frames_in,
 )
-from callannotate.pipeline.embedding import num_frames
+from callannotate.pipeline.speakers.embedding import num_frames
 
 
 class MeanPooler:

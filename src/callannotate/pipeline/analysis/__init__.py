@@ -1,0 +1,1 @@
+"""After the models: words to speakers, conversation statistics, sentiment, emotion."""

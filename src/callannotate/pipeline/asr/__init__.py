@@ -1,0 +1,1 @@
+"""Speech recognition: Whisper (faster-whisper), live streaming, spoken numbers."""

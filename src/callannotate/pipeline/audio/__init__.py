@@ -1,0 +1,1 @@
+"""Audio in: decoding, preprocessing, voice activity detection, stream decoding."""

@@ -1,0 +1,1 @@
+"""Speaker embeddings (CAM++) shared by diarization and voice recognition."""
