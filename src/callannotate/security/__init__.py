@@ -1,1 +1,8 @@
-"""Security: who is calling (principals), and later authentication and encryption."""
+"""Security: principals, accounts, tokens, API keys (later rate limits, audit, encryption).
+
+* :mod:`.principal` who is calling; :mod:`.scopes` what a credential may do
+* :mod:`.passwords` argon2id; :mod:`.keyring` + :mod:`.tokens` access JWTs with ``kid``
+* :mod:`.credentials` API keys, client secrets, refresh tokens (stored as digests)
+* :mod:`.store` the tables; :mod:`.service` the policy; :mod:`.throttle` failed logins
+* :func:`authenticate` (in :mod:`.authenticate`) the request's principal, for ``api/deps.py``
+"""

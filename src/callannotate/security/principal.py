@@ -1,28 +1,46 @@
-"""Who is calling: a :class:`Principal` with an id and roles.
+"""Who is calling: a :class:`Principal` with an id, roles, scopes and how it authenticated.
 
-Until authentication lands (security issue) every request runs as the single local user
-``local`` with the ``admin`` role. Routes get the principal from one dependency
-(:data:`callannotate.api.deps.CurrentPrincipal`), so swapping in real authentication is a
-change in one place.
+While ``auth.enabled`` is false every request runs as the single local user ``local`` with
+the ``admin`` role. Routes get the principal from one dependency
+(:data:`callannotate.api.deps.CurrentPrincipal`); :func:`callannotate.security.authenticate`
+is what that dependency calls once authentication is switched on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from callannotate.security.scopes import ALL_SCOPES
 
 ADMIN_ROLE = "admin"
+USER_ROLE = "user"
 LOCAL_USER_ID = "local"
+
+AuthMethod = Literal["local", "password", "client", "api_key"]
 
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller."""
+    """An authenticated caller.
+
+    ``id`` is the owner id stored on resources (a user's id; a client or an API key acts for
+    its user). ``scopes`` limits what a token or key may do; ``auth_method`` says how the
+    caller proved who it is and ``credential_id`` which credential (key id, client id, jti).
+    """
 
     id: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    scopes: frozenset[str] = ALL_SCOPES
+    auth_method: AuthMethod = "local"
+    name: str | None = None
+    credential_id: str | None = None
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
 
     @property
     def is_admin(self) -> bool:
@@ -33,9 +51,9 @@ class Principal:
         return self.is_admin or owner == self.id
 
 
-LOCAL_PRINCIPAL = Principal(id=LOCAL_USER_ID, roles=frozenset({ADMIN_ROLE}))
+LOCAL_PRINCIPAL = Principal(id=LOCAL_USER_ID, roles=frozenset({ADMIN_ROLE}), name=LOCAL_USER_ID)
 
 
 def local_principal() -> Principal:
-    """The single local user used while the service has no authentication."""
+    """The single local user used while authentication is off (``auth.enabled`` false)."""
     return LOCAL_PRINCIPAL

@@ -1,0 +1,85 @@
+"""Who is calling a request or a WebSocket: the credential it carries, checked.
+
+``authenticate(conn, settings, service)`` is what ``api.deps.get_current_principal`` calls
+once ``auth.enabled`` is on. It returns ``None`` when the request carries no credential
+(anonymous: the caller decides whether that is allowed) and raises
+:class:`~callannotate.security.errors.AuthenticationFailed` when it carries a bad one.
+
+Credentials, first found wins:
+
+* ``Authorization: Bearer <access JWT | API key>``
+* ``X-API-Key: <API key>``
+* WebSocket only: ``Sec-WebSocket-Protocol: bearer, <token>`` (browsers cannot set headers
+  on a WebSocket) or the ``access_token`` query parameter.
+
+A JWT is checked in the event loop (HMAC, microseconds); the user's disabled state and API
+keys come from a per-process cache, and only a cache miss goes to the database in a thread.
+"""
+
+from __future__ import annotations
+
+import anyio
+from starlette.requests import HTTPConnection
+
+from callannotate.config import Settings
+from callannotate.security import credentials
+from callannotate.security.errors import AuthenticationFailed
+from callannotate.security.principal import Principal
+from callannotate.security.service import AuthService
+
+WS_PROTOCOL_MARKERS = ("bearer", "access_token")
+MAX_TOKEN_LENGTH = 4096
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed(
+            "expected 'Authorization: Bearer <token>'", error="invalid_request"
+        )
+    return token.strip()
+
+
+def _ws_protocol_token(value: str) -> str | None:
+    parts = [p.strip() for p in value.split(",")]
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() in WS_PROTOCOL_MARKERS:
+            return parts[i + 1] or None
+    return None
+
+
+def credential_from(conn: HTTPConnection) -> str | None:
+    """The token or key the connection presents, or ``None``."""
+    headers = conn.headers
+    authorization = headers.get("authorization")
+    if authorization:
+        return _bearer(authorization)
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return api_key.strip()
+    if conn.scope.get("type") == "websocket":
+        protocol = headers.get("sec-websocket-protocol")
+        token = _ws_protocol_token(protocol) if protocol else None
+        return token or conn.query_params.get("access_token") or None
+    return None
+
+
+async def authenticate(
+    conn: HTTPConnection, settings: Settings, service: AuthService
+) -> Principal | None:
+    """The principal behind the connection's credential; ``None`` when it has none."""
+    token = credential_from(conn)
+    if token is None:
+        return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise AuthenticationFailed()
+    if credentials.looks_like_api_key(token):
+        cached = service.cached_api_key(token)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(service.principal_from_api_key, token)
+    claims = service.codec.decode(token)
+    principal = service.cached_principal(claims)
+    if principal is not None:
+        return principal
+    return await anyio.to_thread.run_sync(service.principal_from_claims, claims)

@@ -1,0 +1,39 @@
+"""Authentication errors. Each carries the response headers RFC 6750 / RFC 6585 ask for."""
+
+from __future__ import annotations
+
+from callannotate.errors import CallAnnotateError
+
+
+class AuthenticationFailed(CallAnnotateError):
+    """Missing, invalid, expired or revoked credentials (the detail never says which part)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str = "invalid credentials", *, error: str = "invalid_token"):
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": f'Bearer error="{error}"'}
+
+
+class PermissionDenied(CallAnnotateError):
+    """Authenticated, but the role or scopes do not allow this."""
+
+    status_code = 403
+    code = "forbidden"
+
+    def __init__(self, detail: str = "not allowed") -> None:
+        super().__init__(detail)
+        self.headers: dict[str, str] = {}
+
+
+class TooManyAttempts(CallAnnotateError):
+    """Too many failed logins for this account or address; retry after ``retry_after`` s."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, int(retry_after + 0.999))
+        super().__init__(f"too many failed attempts; retry in {self.retry_after} s")
+        self.headers = {"Retry-After": str(self.retry_after)}

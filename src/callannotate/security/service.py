@@ -1,0 +1,476 @@
+"""Authentication policy: logins, token rotation, client credentials, API keys, principals.
+
+Methods are synchronous (database, argon2): the API calls them through ``anyio.to_thread``;
+the CLI calls them directly. Users' role/disabled state and API keys are cached for
+``auth.principal_cache_s`` seconds per process; changes made through this service drop the
+cache at once, changes made by another process (the CLI) are seen within that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import NoReturn
+
+from callannotate.config import Settings
+from callannotate.db.engine import Database
+from callannotate.db.models import ROLES, ApiKey, OAuthClient, RefreshToken, User
+from callannotate.db.types import utcnow
+from callannotate.errors import BadRequest, CallAnnotateError, NotFound
+from callannotate.security import credentials
+from callannotate.security.errors import AuthenticationFailed, PermissionDenied, TooManyAttempts
+from callannotate.security.keyring import KeyRing
+from callannotate.security.passwords import Passwords, check_password_policy
+from callannotate.security.principal import AuthMethod, Principal
+from callannotate.security.scopes import (
+    ROLE_SCOPES,
+    format_scopes,
+    grantable,
+    parse_scopes,
+    unknown_scopes,
+)
+from callannotate.security.store import AuthStore
+from callannotate.security.throttle import LoginThrottle, MemoryLoginThrottle
+from callannotate.security.tokens import AccessClaims, TokenCodec
+
+logger = logging.getLogger(__name__)
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+
+
+class InvalidGrant(CallAnnotateError):
+    """RFC 6749 ``invalid_grant``: wrong user name or password, bad or reused refresh token."""
+
+    status_code = 400
+    code = "invalid_grant"
+
+
+class InvalidClient(CallAnnotateError):
+    """RFC 6749 ``invalid_client``: unknown client, wrong secret or disabled client."""
+
+    status_code = 401
+    code = "invalid_client"
+
+    def __init__(self, detail: str = "invalid client credentials") -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": 'Basic realm="callannotate"'}
+
+
+class InvalidScope(CallAnnotateError):
+    status_code = 400
+    code = "invalid_scope"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What ``POST /auth/token`` returns (``refresh_token`` is ``None`` for clients)."""
+
+    access_token: str
+    expires_in: int
+    scopes: frozenset[str]
+    refresh_token: str | None = None
+
+
+@dataclass(frozen=True)
+class _UserState:
+    id: str
+    username: str
+    role: str
+    disabled: bool
+
+
+@dataclass
+class _Cache:
+    ttl: float
+    items: dict[str, tuple[float, object]] = field(default_factory=dict)
+
+    def get(self, key: str) -> object | None:
+        hit = self.items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: object) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self.items) > 10_000:
+            self.items.clear()
+        self.items[key] = (time.monotonic() + self.ttl, value)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+def normalize_username(username: str) -> str:
+    return username.strip().lower()
+
+
+def _principal(
+    user: _UserState, scopes: frozenset[str], method: AuthMethod, cred: str
+) -> Principal:
+    return Principal(
+        id=user.id,
+        roles=frozenset({user.role}),
+        scopes=scopes & ROLE_SCOPES.get(user.role, frozenset()),
+        auth_method=method,
+        name=user.username,
+        credential_id=cred,
+    )
+
+
+class AuthService:
+    """Everything that issues or checks credentials, around one :class:`AuthStore`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        keyring: KeyRing | None = None,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
+        self.settings = settings
+        self.auth = settings.auth
+        self.db = db
+        self.store = AuthStore(db)
+        self.keyring = keyring or KeyRing.from_settings(settings)
+        self.codec = TokenCodec(self.auth, self.keyring)
+        self.throttle: LoginThrottle = throttle or MemoryLoginThrottle(
+            self.auth.login_max_failures_per_account,
+            self.auth.login_max_failures_per_ip,
+            self.auth.login_failure_window_s,
+        )
+        self._passwords: Passwords | None = None
+        self._passwords_lock = threading.Lock()
+        self._users = _Cache(self.auth.principal_cache_s)
+        self._keys = _Cache(self.auth.principal_cache_s)
+        self._clients = _Cache(self.auth.principal_cache_s)
+        self._touched: dict[str, float] = {}
+
+    @property
+    def passwords(self) -> Passwords:
+        """Built on first use (it hashes a dummy password, ~100 ms at default cost)."""
+        with self._passwords_lock:
+            if self._passwords is None:
+                self._passwords = Passwords(self.auth)
+            return self._passwords
+
+    def invalidate(self) -> None:
+        """Forget cached users, keys and clients (after a change)."""
+        self._users.clear()
+        self._keys.clear()
+        self._clients.clear()
+
+    # ------------------------------------------------------------------ accounts
+
+    def create_user(self, username: str, password: str, role: str = "user") -> User:
+        name = normalize_username(username)
+        if not USERNAME_RE.match(name):
+            raise BadRequest("user name: 1-64 of a-z 0-9 . _ @ - (starting with a letter or digit)")
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+        try:
+            check_password_policy(password)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        user = User(
+            id=credentials.new_id(),
+            username=name,
+            password_hash=self.passwords.hash(password),
+            role=role,
+            disabled=False,
+        )
+        return self.store.add_user(user)
+
+    def set_password(self, username: str, password: str) -> User:
+        try:
+            check_password_policy(password)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        user = self.store.require_user_by_name(normalize_username(username))
+        updated = self.store.update_user(user.id, password_hash=self.passwords.hash(password))
+        self.store.revoke_user_tokens(user.id)  # other sessions must log in again
+        self.invalidate()
+        return updated
+
+    def set_disabled(self, username: str, disabled: bool) -> User:
+        user = self.store.require_user_by_name(normalize_username(username))
+        updated = self.store.update_user(user.id, disabled=disabled)
+        if disabled:
+            self.store.revoke_user_tokens(user.id)
+        self.invalidate()
+        return updated
+
+    def _user_state(self, user_id: str) -> _UserState | None:
+        cached = self._users.get(user_id)
+        if isinstance(cached, _UserState):
+            return cached
+        user = self.store.get_user(user_id)
+        if user is None:
+            return None
+        state = _UserState(user.id, user.username, user.role, user.disabled)
+        self._users.put(user_id, state)
+        return state
+
+    # ------------------------------------------------------------------ password flow
+
+    def login(
+        self, username: str, password: str, ip: str | None, scope: str | None = None
+    ) -> TokenPair:
+        """OAuth2 password grant. The same error for an unknown user and a wrong password."""
+        account = normalize_username(username)[:64]
+        wait = self.throttle.retry_after(account, ip)
+        if wait is not None:
+            raise TooManyAttempts(wait)
+        requested = self._requested(scope)
+        user = self.store.user_by_name(account) if USERNAME_RE.match(account) else None
+        ok, new_hash = self.passwords.verify(password, user.password_hash if user else None)
+        if user is None or not ok or user.disabled:
+            self.throttle.failed(account, ip)
+            logger.info("login failed", extra={"user.name": account, "client.ip": ip})
+            raise InvalidGrant("invalid user name or password")
+        self.throttle.succeeded(account)
+        if new_hash is not None:
+            self.store.update_user(user.id, password_hash=new_hash)
+        scopes = grantable(user.role, requested)
+        return self._issue_pair(user, scopes, family_id=credentials.new_id())
+
+    def _requested(self, scope: str | None) -> frozenset[str]:
+        requested = parse_scopes(scope)
+        bad = unknown_scopes(requested)
+        if bad:
+            raise InvalidScope(f"unknown scope(s): {format_scopes(bad)}")
+        return requested
+
+    def _issue_pair(
+        self, user: User | _UserState, scopes: frozenset[str], family_id: str
+    ) -> TokenPair:
+        access, _ = self.codec.encode(user.id, scopes)
+        refresh = credentials.new_refresh_token()
+        self.store.add_refresh_token(self._refresh_row(user.id, refresh, scopes, family_id))
+        return TokenPair(access, self.auth.access_token_ttl_s, scopes, refresh)
+
+    def _refresh_row(
+        self, user_id: str, token: str, scopes: frozenset[str], family_id: str
+    ) -> RefreshToken:
+        issued = utcnow()
+        return RefreshToken(
+            id=credentials.new_id(),
+            token_hash=credentials.digest(token),
+            family_id=family_id,
+            user_id=user_id,
+            issued_at=issued,
+            expires_at=issued + timedelta(seconds=self.auth.refresh_token_ttl_s),
+            scopes=format_scopes(scopes),
+        )
+
+    def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate: the old token is spent, a new one in the same family comes back.
+
+        Presenting a spent (or revoked) token revokes the whole family: whoever holds the
+        newest token of that login must log in again too.
+        """
+        row = self.store.refresh_token_by_hash(credentials.digest(refresh_token))
+        if row is None:
+            raise InvalidGrant("invalid refresh token")
+        if row.used_at is not None or row.revoked_at is not None:
+            self._reuse(row)
+        if row.expires_at <= utcnow():
+            raise InvalidGrant("refresh token expired")
+        user = self._user_state(row.user_id)
+        if user is None or user.disabled:
+            raise InvalidGrant("invalid refresh token")
+        scopes = grantable(user.role, parse_scopes(row.scopes))
+        access, _ = self.codec.encode(user.id, scopes)
+        token = credentials.new_refresh_token()
+        new = self._refresh_row(user.id, token, scopes, row.family_id)
+        if not self.store.rotate_refresh_token(row.id, new):
+            self._reuse(row)  # lost a race with another use of the same token
+        return TokenPair(access, self.auth.access_token_ttl_s, scopes, token)
+
+    def _reuse(self, row: RefreshToken) -> NoReturn:
+        revoked = self.store.revoke_family(row.family_id)
+        if row.revoked_at is None or revoked:
+            logger.warning(
+                "refresh token reused; family revoked",
+                extra={"user.id": row.user_id, "family": row.family_id},
+            )
+        raise InvalidGrant("invalid refresh token")
+
+    def logout(self, refresh_token: str) -> bool:
+        """Revoke the login (refresh family) the token belongs to; ``False`` if unknown."""
+        row = self.store.refresh_token_by_hash(credentials.digest(refresh_token))
+        if row is None:
+            return False
+        self.store.revoke_family(row.family_id)
+        return True
+
+    # ------------------------------------------------------------------ client credentials
+
+    def create_client(
+        self, username: str, name: str, scopes: str | None
+    ) -> tuple[OAuthClient, str]:
+        user = self.store.require_user_by_name(normalize_username(username))
+        granted = self._grant_for(user.role, scopes)
+        client_id, secret = credentials.new_client()
+        row = OAuthClient(
+            id=client_id,
+            user_id=user.id,
+            name=name,
+            secret_hash=credentials.digest(secret),
+            scopes=format_scopes(granted),
+            disabled=False,
+        )
+        return self.store.add_client(row), secret
+
+    def set_client_disabled(self, client_id: str, disabled: bool) -> None:
+        if not self.store.set_client_disabled(client_id, disabled):
+            raise NotFound(f"client {client_id} not found")
+        self.invalidate()
+
+    def client_credentials(self, client_id: str, secret: str, scope: str | None) -> TokenPair:
+        requested = self._requested(scope)
+        found = self.store.client_with_user(client_id) if len(client_id) <= 64 else None
+        if found is None:
+            credentials.same_digest(secret, "0" * 64)  # same work as a real check
+            raise InvalidClient()
+        client, user = found
+        if not credentials.same_digest(secret, client.secret_hash):
+            raise InvalidClient()
+        if client.disabled or user.disabled:
+            raise InvalidClient()
+        allowed = parse_scopes(client.scopes) & ROLE_SCOPES.get(user.role, frozenset())
+        scopes = allowed if not requested else requested & allowed
+        if requested and scopes != requested:
+            raise InvalidScope("scope not allowed for this client")
+        access, _ = self.codec.encode(user.id, scopes, client_id=client.id)
+        self.store.touch_client(client.id)
+        return TokenPair(access, self.auth.access_token_ttl_s, scopes)
+
+    def _client_enabled(self, client_id: str) -> bool:
+        cached = self._clients.get(client_id)
+        if isinstance(cached, bool):
+            return cached
+        found = self.store.client_with_user(client_id)
+        enabled = found is not None and not found[0].disabled
+        self._clients.put(client_id, enabled)
+        return enabled
+
+    # ------------------------------------------------------------------ API keys
+
+    def _grant_for(
+        self, role: str, scopes: str | None, within: frozenset[str] | None = None
+    ) -> frozenset[str]:
+        requested = self._requested(scopes)
+        allowed = ROLE_SCOPES.get(role, frozenset())
+        if within is not None:
+            allowed = allowed & within
+        granted = allowed if not requested else requested & allowed
+        if requested and granted != requested:
+            raise InvalidScope(f"scope(s) not allowed: {format_scopes(requested - granted)}")
+        return granted
+
+    def create_api_key(
+        self, user_id: str, name: str, scopes: str | None, within: frozenset[str] | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key for the user; the plaintext is returned once and never stored."""
+        user = self.store.get_user(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        granted = self._grant_for(user.role, scopes, within)
+        prefix, key = credentials.new_api_key()
+        row = ApiKey(
+            id=credentials.new_id(),
+            user_id=user.id,
+            name=name,
+            prefix=prefix,
+            key_hash=credentials.digest(key),
+            scopes=format_scopes(granted),
+        )
+        return self.store.add_api_key(row), key
+
+    def revoke_api_key(self, key_id: str, principal: Principal | None = None) -> None:
+        """Revoke ``key_id``; a non-admin ``principal`` may only revoke its own (else 404)."""
+        key = self.store.get_api_key(key_id) if len(key_id) <= 64 else None
+        if key is None or (principal is not None and not principal.can_access(key.user_id)):
+            raise NotFound(f"API key {key_id} not found")
+        self.store.revoke_api_key(key_id)
+        self.invalidate()
+
+    # ------------------------------------------------------------------ principals
+
+    def principal_from_jwt(self, token: str) -> Principal:
+        """The caller of an access token; refused when invalid, or its user/client disabled."""
+        return self.principal_from_claims(self.codec.decode(token))
+
+    def principal_from_claims(self, claims: AccessClaims) -> Principal:
+        """The caller of verified ``claims`` (may read the database)."""
+        principal = self._claims_principal(claims, cached_only=False)
+        assert principal is not None
+        return principal
+
+    def cached_principal(self, claims: AccessClaims) -> Principal | None:
+        """The caller of verified ``claims`` from the cache, ``None`` on a miss."""
+        return self._claims_principal(claims, cached_only=True)
+
+    def _claims_principal(self, claims: AccessClaims, *, cached_only: bool) -> Principal | None:
+        user = self._users.get(claims.subject)
+        if not isinstance(user, _UserState):
+            if cached_only:
+                return None
+            user = self._user_state(claims.subject)
+        if user is None or user.disabled:
+            raise AuthenticationFailed()
+        if claims.client_id is None:
+            return _principal(user, claims.scopes, "password", claims.jti)
+        enabled = self._clients.get(claims.client_id)
+        if not isinstance(enabled, bool):
+            if cached_only:
+                return None
+            enabled = self._client_enabled(claims.client_id)
+        if not enabled:
+            raise AuthenticationFailed()
+        return _principal(user, claims.scopes, "client", claims.client_id)
+
+    def cached_api_key(self, key: str) -> Principal | None:
+        """The principal for ``key`` from the cache when no last-used write is due."""
+        hit = self._keys.get(credentials.digest(key))
+        if not isinstance(hit, Principal) or self._touch_due(hit.credential_id or ""):
+            return None
+        return hit
+
+    def _touch_due(self, key_id: str) -> bool:
+        last = self._touched.get(key_id)
+        return last is None or time.monotonic() - last >= self.auth.api_key_touch_interval_s
+
+    def principal_from_api_key(self, key: str) -> Principal:
+        """The caller of an API key; records the last-used time (at most once a minute)."""
+        prefix = credentials.api_key_prefix(key)
+        found = self.store.api_key_by_prefix(prefix) if prefix else None
+        if found is None:
+            raise AuthenticationFailed()
+        row, user = found
+        if not credentials.same_digest(key, row.key_hash):
+            raise AuthenticationFailed()
+        if row.revoked_at is not None or user.disabled:
+            raise AuthenticationFailed()
+        state = _UserState(user.id, user.username, user.role, user.disabled)
+        principal = _principal(state, parse_scopes(row.scopes), "api_key", row.id)
+        if self._touch_due(row.id):
+            if len(self._touched) > 10_000:
+                self._touched.clear()
+            self._touched[row.id] = time.monotonic()
+            self.store.touch_api_key(row.id)
+        self._keys.put(credentials.digest(key), principal)
+        return principal
+
+    def has_users(self) -> bool:
+        return self.store.count_users() > 0
+
+    def require_scope(self, principal: Principal, scope: str) -> None:
+        if not principal.has_scope(scope):
+            raise PermissionDenied(f"this credential lacks the '{scope}' scope")

@@ -1,0 +1,104 @@
+"""Access tokens: short-lived JWTs (HS256) signed by the key ring, ``kid`` in the header.
+
+Every decode checks the signature with the key named by ``kid`` (unknown or expired key:
+refused), the algorithm (only HS256; ``alg=none`` and others are refused), and the claims
+``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, ``jti``, ``sub`` (all required).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+from callannotate.config import AuthSettings
+from callannotate.security.errors import AuthenticationFailed
+from callannotate.security.keyring import KeyRing
+from callannotate.security.scopes import format_scopes, parse_scopes
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "access"
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    subject: str
+    jti: str
+    scopes: frozenset[str]
+    expires_at: int
+    client_id: str | None = None
+
+
+class TokenCodec:
+    """Encode and verify access JWTs for one issuer/audience."""
+
+    def __init__(self, settings: AuthSettings, keyring: KeyRing) -> None:
+        self.settings = settings
+        self.keyring = keyring
+
+    def encode(
+        self,
+        subject: str,
+        scopes: frozenset[str],
+        *,
+        client_id: str | None = None,
+        now: float | None = None,
+        ttl_s: int | None = None,
+    ) -> tuple[str, AccessClaims]:
+        issued = int(time.time() if now is None else now)
+        expires = issued + (self.settings.access_token_ttl_s if ttl_s is None else ttl_s)
+        jti = uuid.uuid4().hex
+        payload: dict[str, object] = {
+            "iss": self.settings.issuer,
+            "aud": self.settings.audience,
+            "sub": subject,
+            "iat": issued,
+            "nbf": issued,
+            "exp": expires,
+            "jti": jti,
+            "typ": TOKEN_TYPE,
+            "scope": format_scopes(scopes),
+        }
+        if client_id is not None:
+            payload["cid"] = client_id
+        key = self.keyring.current
+        token = jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token, AccessClaims(subject, jti, scopes, expires, client_id)
+
+    def decode(self, token: str) -> AccessClaims:
+        """The verified claims, or :class:`AuthenticationFailed` (never says what was wrong)."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed() from exc
+        kid = header.get("kid")
+        if header.get("alg") != ALGORITHM or not isinstance(kid, str):
+            raise AuthenticationFailed()
+        secret = self.keyring.verification_key(kid)
+        if secret is None:
+            raise AuthenticationFailed()
+        try:
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway_s,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed() from exc
+        if claims.get("typ") != TOKEN_TYPE or not isinstance(claims.get("sub"), str):
+            raise AuthenticationFailed()
+        cid = claims.get("cid")
+        return AccessClaims(
+            subject=claims["sub"],
+            jti=str(claims["jti"]),
+            scopes=parse_scopes(str(claims.get("scope", ""))),
+            expires_at=int(claims["exp"]),
+            client_id=cid if isinstance(cid, str) else None,
+        )

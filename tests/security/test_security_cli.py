@@ -1,0 +1,121 @@
+"""``callannotate users | apikeys | clients | signing-key`` on a temporary data folder."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from callannotate.cli import main
+from callannotate.config import Settings
+from callannotate.db.engine import Database
+from callannotate.security.service import AuthService
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CALLANNOTATE_AUTH__ARGON2_TIME_COST", "1")
+    monkeypatch.setenv("CALLANNOTATE_AUTH__ARGON2_MEMORY_COST", "1024")
+    monkeypatch.delenv("CALLANNOTATE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CALLANNOTATE_DATABASE__URL", raising=False)
+    return str(tmp_path / "data")
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+
+
+def _service(data_dir: str) -> AuthService:
+    settings = Settings(data_dir=Path(data_dir))
+    return AuthService(settings, Database.from_settings(settings))
+
+
+def test_users_lifecycle(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["users", "--data-dir", data_dir, "list"]) == 0
+    assert "users create NAME --role admin" in capsys.readouterr().out  # first-admin hint
+
+    _stdin(monkeypatch, "first password\n")
+    assert main(["users", "--data-dir", data_dir, "create", "Root", "--role", "admin",
+                 "--password-stdin"]) == 0  # fmt: skip
+    assert "created admin root" in capsys.readouterr().out
+
+    answers = iter(["bob password", "bob password"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert main(["users", "--data-dir", data_dir, "create", "bob"]) == 0
+    capsys.readouterr()
+
+    assert main(["users", "--data-dir", data_dir, "list", "--json"]) == 0
+    users = {u["username"]: u for u in json.loads(capsys.readouterr().out)}
+    assert users["root"]["role"] == "admin" and users["bob"]["role"] == "user"
+
+    _stdin(monkeypatch, "x\n")
+    assert main(["users", "--data-dir", data_dir, "create", "root", "--password-stdin"]) == 2
+    assert "at least 8" in capsys.readouterr().err
+
+    assert main(["users", "--data-dir", data_dir, "disable", "bob"]) == 0
+    service = _service(data_dir)
+    user = service.store.user_by_name("bob")
+    assert user is not None and user.disabled
+    assert main(["users", "--data-dir", data_dir, "enable", "bob"]) == 0
+    _stdin(monkeypatch, "new bob password\n")
+    assert main(["users", "--data-dir", data_dir, "set-password", "bob", "--password-stdin"]) == 0
+    assert service.login("bob", "new bob password", None).access_token
+    assert main(["users", "--data-dir", data_dir, "disable", "nobody"]) == 2
+    service.db.dispose()
+
+    mismatch = iter(["one password", "two password"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(mismatch))
+    assert main(["users", "--data-dir", data_dir, "create", "carol"]) == 2
+    assert "do not match" in capsys.readouterr().err
+
+
+def test_apikeys_and_clients(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _stdin(monkeypatch, "alice password\n")
+    assert main(["users", "--data-dir", data_dir, "create", "alice", "--password-stdin"]) == 0
+    capsys.readouterr()
+
+    assert main(["apikeys", "--data-dir", data_dir, "create", "--user", "alice",
+                 "--name", "backup script", "--scopes", "read"]) == 0  # fmt: skip
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    service = _service(data_dir)
+    principal = service.principal_from_api_key(key)
+    assert principal.name == "alice" and principal.scopes == {"read"}
+
+    assert main(["apikeys", "--data-dir", data_dir, "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["user"] == "alice" and row["last_used_at"] != "-" and key not in json.dumps(row)
+
+    assert main(["apikeys", "--data-dir", data_dir, "revoke", row["id"]]) == 0
+    service.invalidate()
+    with pytest.raises(Exception, match="invalid credentials"):
+        service.principal_from_api_key(key)
+    assert main(["apikeys", "--data-dir", data_dir, "revoke", "nope"]) == 2
+    capsys.readouterr()
+
+    assert main(["clients", "--data-dir", data_dir, "create", "--user", "alice",
+                 "--name", "crm"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    client_id = out.split("client_id:")[1].split()[0]
+    secret = out.split("client_secret:")[1].split()[0]
+    assert service.client_credentials(client_id, secret, "read").scopes == {"read"}
+    assert main(["clients", "--data-dir", data_dir, "disable", client_id]) == 0
+    assert main(["clients", "--data-dir", data_dir, "list"]) == 0
+    assert "disabled" in capsys.readouterr().out
+    service.db.dispose()
+
+
+def test_signing_key_rotation(data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["signing-key", "--data-dir", data_dir, "list"]) == 0
+    (first,) = capsys.readouterr().out.strip().splitlines()
+    assert "current" in first
+    assert main(["signing-key", "--data-dir", data_dir, "rotate"]) == 0
+    capsys.readouterr()
+    assert main(["signing-key", "--data-dir", data_dir, "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "retired" in lines[0] and "current" in lines[1]
