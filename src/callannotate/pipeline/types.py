@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from callannotate import __version__
 
@@ -21,19 +21,31 @@ SCHEMA_VERSION = "1.0"
 
 Float32Array = npt.NDArray[np.float32]
 
+#: The sample rate (Hz) every model reads; audio is decoded or resampled to it.
+SAMPLE_RATE = 16_000
+
 
 class Step(StrEnum):
-    """Pipeline steps a job may ask for. ``decode`` always runs."""
+    """The pipeline's steps in the order they run: the one vocabulary of job options, progress
+    hooks, step reports, job metadata, events, the docs and the CLI.
 
+    ``decode`` and ``align`` (words to speakers, utterances, statistics) always run; a job
+    asks for the others (:data:`ALL_STEPS`).
+    """
+
+    DECODE = "decode"
     PREPROCESS = "preprocess"
     VAD = "vad"
     DIARIZE = "diarize"
     TRANSCRIBE = "transcribe"
     IDENTIFY = "identify"
+    ALIGN = "align"
     SENTIMENT = "sentiment"
 
 
-ALL_STEPS: tuple[Step, ...] = tuple(Step)
+ALWAYS_RUN: frozenset[Step] = frozenset({Step.DECODE, Step.ALIGN})
+ALL_STEPS: tuple[Step, ...] = tuple(s for s in Step if s not in ALWAYS_RUN)
+"""The steps a job may ask for (all of them by default)."""
 
 
 class ChannelMode(StrEnum):
@@ -51,7 +63,11 @@ class AnnotateOptions(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=32)
     min_speakers: int | None = Field(None, ge=1, le=32)
     max_speakers: int | None = Field(None, ge=1, le=32)
-    steps: list[Step] = Field(default_factory=lambda: list(ALL_STEPS))
+    steps: list[Step] = Field(
+        default_factory=lambda: list(ALL_STEPS),
+        min_length=1,
+        description="Steps to run (decode and align always run); at least one.",
+    )
     channel_mode: ChannelMode = ChannelMode.AUTO
     initial_prompt: str | None = Field(
         None, max_length=2000, description="Names and product terms that help transcription."
@@ -109,12 +125,12 @@ class AudioBuffer:
 
 
 class ProgressHook(Protocol):
-    """Called by steps as they advance: ``hook("diarize", completed=3, total=10)``."""
+    """Called by steps as they advance: ``hook(Step.DIARIZE, completed=3, total=10)``."""
 
-    def __call__(self, step: str, *, completed: int, total: int) -> None: ...
+    def __call__(self, step: Step, *, completed: int, total: int) -> None: ...
 
 
-def null_hook(step: str, *, completed: int, total: int) -> None:
+def null_hook(step: Step, *, completed: int, total: int) -> None:
     """A hook that ignores progress."""
 
 
@@ -153,7 +169,12 @@ class RecordingInfo(_Model):
     duration: float = Field(ge=0)
     sample_rate: int = Field(gt=0, description="Original sample rate.")
     channels: int = Field(ge=1)
-    channel_mode: Literal["mix", "per-channel"] = "mix"
+    channel_mode: Literal["mix", "per-channel", "mix (dual-mono)", "mix (one-silent)"] = Field(
+        "mix",
+        description="What was done with the channels: mixed to one, each channel on its own, "
+        "or mixed because both carry the same signal (dual-mono, or one an echo of the other) "
+        "or one is silent (then the live channel is used).",
+    )
     languages: list[str] = Field(default_factory=list, description="Languages detected.")
     quality: AudioQuality | None = None
 
@@ -245,12 +266,25 @@ class ConversationStats(_Model):
     sentiment: Sentiment | None = None
 
 
+# Names earlier versions wrote in step reports and progress.
+LEGACY_STEP_NAMES: dict[str, Step] = {
+    "transcription": Step.TRANSCRIBE,
+    "recognition": Step.IDENTIFY,
+}
+
+
 class StepReport(_Model):
-    name: str
+    name: Step
     status: Literal["done", "skipped", "failed"]
-    seconds: float = 0.0
+    seconds: float = Field(0.0, description="Time of this step alone (model loading excluded).")
     model: str | None = None
     detail: str | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _legacy_name(cls, value: object) -> object:
+        # results stored before the step vocabulary was one enum still load
+        return LEGACY_STEP_NAMES.get(value, value) if isinstance(value, str) else value
 
 
 class Annotation(_Model):

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callannotate.errors import BadRequest, ModelUnavailable
+from callannotate.errors import BadRequest, ConfigError, ModelUnavailable
 from callannotate.pipeline.asr import whisper_models
 from callannotate.pipeline.asr.spoken_numbers import spell_numbers, spell_numbers_in_words
 from callannotate.pipeline.asr.transcription import (
-    DecodeOptions,
     SpeakerRegion,
     Transcriber,
     TranscriptionInput,
@@ -97,13 +96,13 @@ def test_split_model_is_joined_once_into_cache(
     spec = _fake_split_model(tmp_path, monkeypatch)
     monkeypatch.setitem(KNOWN_MODELS, "fake", spec)
     cache = tmp_path / "cache"
-    model_dir = whisper_model_dir({"model": "fake"}, cache)
+    model_dir = whisper_model_dir("fake", cache)
     assert model_dir.parent == cache
     assert (model_dir / "model.bin").read_bytes() == b"AAAABBBB"
     for name in whisper_models.SIDE_FILES:
         assert (model_dir / name).read_text() == name
     mtime = (model_dir / "model.bin").stat().st_mtime_ns
-    assert whisper_model_dir({"model": "fake"}, cache) == model_dir
+    assert whisper_model_dir("fake", cache) == model_dir
     assert (model_dir / "model.bin").stat().st_mtime_ns == mtime  # not joined again
 
 
@@ -114,16 +113,16 @@ def test_damaged_part_is_reported_with_the_package(
     monkeypatch.setitem(KNOWN_MODELS, "fake", spec)
     (tmp_path / "pkg2" / "data" / "model.bin.part2").write_bytes(b"XXXX")
     with pytest.raises(ModelUnavailable, match="pkg2==1"):
-        whisper_model_dir({"model": "fake"}, tmp_path / "cache")
+        whisper_model_dir("fake", tmp_path / "cache")
 
 
 def test_damaged_joined_file_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _fake_split_model(tmp_path, monkeypatch)
     monkeypatch.setitem(KNOWN_MODELS, "fake", spec)
-    model_dir = whisper_model_dir({"model": "fake"}, tmp_path / "cache")
+    model_dir = whisper_model_dir("fake", tmp_path / "cache")
     (model_dir / "model.bin").write_bytes(b"AAAABBBC")
     with pytest.raises(ModelUnavailable, match="joined again"):
-        whisper_model_dir({"model": "fake"}, tmp_path / "cache")
+        whisper_model_dir("fake", tmp_path / "cache")
 
 
 def test_missing_package_names_pip_requirement(
@@ -140,7 +139,7 @@ def test_missing_package_names_pip_requirement(
     )
     monkeypatch.setitem(KNOWN_MODELS, "broken", broken)
     with pytest.raises(ModelUnavailable, match="absent-pkg==9"):
-        whisper_model_dir({"model": "broken"}, tmp_path / "cache")
+        whisper_model_dir("broken", tmp_path / "cache")
 
 
 def test_user_model_directory(tmp_path: Path) -> None:
@@ -149,32 +148,37 @@ def test_user_model_directory(tmp_path: Path) -> None:
     (root / "model.bin").write_bytes(b"weights")
     (root / "config.json").write_text("{}")
     with pytest.raises(ModelUnavailable, match=r"tokenizer\.json"):
-        whisper_model_dir({"path": str(root)}, tmp_path)
+        whisper_model_dir("base", tmp_path, path=root)
     (root / "tokenizer.json").write_text("{}")
-    assert whisper_model_dir({"path": str(root), "sha256": _sha(b"weights")}, tmp_path) == root
+    assert whisper_model_dir("base", tmp_path, path=root, sha256=_sha(b"weights")) == root
     with pytest.raises(ModelUnavailable, match="sha256"):
-        whisper_model_dir({"path": str(root), "sha256": "0" * 64}, tmp_path)
+        whisper_model_dir("base", tmp_path, path=root, sha256="0" * 64)
     with pytest.raises(ModelUnavailable, match="does not exist"):
-        whisper_model_dir({"path": str(tmp_path / "nope")}, tmp_path)
+        whisper_model_dir("base", tmp_path, path=tmp_path / "nope")
 
 
 def test_unknown_model_name() -> None:
     with pytest.raises(ModelUnavailable, match="packaged models"):
-        whisper_model_dir({"model": "large-v9"}, Path("/nonexistent"))
+        whisper_model_dir("large-v9", Path("/nonexistent"))
 
 
 # ------------------------------------------------------------------ options and helpers
 
 
-def test_decode_options_from_params() -> None:
-    opts = DecodeOptions.from_params(
-        {"class": "x:Y", "beam_size": 2, "temperatures": [0.0, 0.5], "strategy": "regions"}
+def test_transcriber_reads_typed_settings() -> None:
+    proc = Transcriber(
+        {"beam_size": 2, "temperatures": [0.0, 0.5], "strategy": "regions"}, Path("/nowhere")
     )
+    opts = proc.options
     assert opts.beam_size == 2
     assert opts.temperatures == (0.0, 0.5)
     assert opts.strategy == "regions"
-    with pytest.raises(ModelUnavailable):
-        DecodeOptions.from_params({"strategy": "sideways"})
+    with pytest.raises(ConfigError, match="transcription: strategy"):
+        Transcriber({"strategy": "sideways"}, Path("/nowhere"))
+    with pytest.raises(ConfigError, match="unknown key 'beam'"):
+        Transcriber({"beam": 2}, Path("/nowhere"))
+    with pytest.raises(ConfigError, match="does-not-exist"):
+        Transcriber({"model": "does-not-exist"}, Path("/nowhere"))
 
 
 def test_check_language() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callannotate.errors import BadRequest
+from callannotate.errors import ConfigError
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.audio.preprocess import (
     Preprocessor,
@@ -115,9 +115,11 @@ def test_short_or_silent_audio_is_not_normalised() -> None:
 
 
 def test_bad_settings_are_rejected() -> None:
-    with pytest.raises(BadRequest):
-        Preprocessor({"denoise": True, "denoise_method": "magic"}, Path("/tmp")).ensure_loaded()
-    with pytest.raises(BadRequest):
+    with pytest.raises(ConfigError, match="preprocess: denoise_method"):
+        Preprocessor({"denoise": True, "denoise_method": "magic"}, Path("/tmp"))
+    with pytest.raises(ConfigError, match="unknown key 'denoize'"):
+        Preprocessor({"denoize": True}, Path("/tmp"))
+    with pytest.raises(ConfigError):
         spectral_gate(_sine()[None, :], SR, strength=1.5)
 
 

@@ -9,19 +9,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callannotate.errors import BadRequest, ModelUnavailable
+from callannotate.errors import ConfigError, ModelUnavailable
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.audio.vad import (
     FRAME,
     FRAME_SECONDS,
     SileroModel,
     SpeechRegion,
-    VadOptions,
     VadResult,
     VoiceActivityDetector,
     merge_regions,
     regions_from_probabilities,
 )
+from callannotate.pipeline.settings import VadSettings
 from callannotate.pipeline.types import AudioBuffer
 
 SR = 16_000
@@ -62,7 +62,7 @@ def _frames(region: SpeechRegion) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- no model
 
-NO_PAD = VadOptions(threshold=0.5, min_speech_ms=0, min_silence_ms=0, speech_pad_ms=0)
+NO_PAD = VadSettings(threshold=0.5, min_speech_ms=0, min_silence_ms=0, speech_pad_ms=0)
 
 
 def test_hysteresis_keeps_speech_through_middling_frames() -> None:
@@ -75,7 +75,7 @@ def test_hysteresis_keeps_speech_through_middling_frames() -> None:
 
 def test_short_gaps_bridged_and_short_bursts_dropped() -> None:
     probs = _probs("..######..######......#.....")
-    opts = VadOptions(threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)
+    opts = VadSettings(threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)
     regions = regions_from_probabilities(probs, len(probs) * FRAME_SECONDS, opts)
     # the 2-frame gap (64 ms) is bridged; the 1-frame burst (32 ms) is dropped
     assert [_frames(r) for r in regions] == [(2, 16)]
@@ -84,7 +84,7 @@ def test_short_gaps_bridged_and_short_bursts_dropped() -> None:
 def test_padding_is_clamped_and_meets_in_the_middle() -> None:
     probs = _probs("#####..#####" + "." * 40 + "####")
     duration = len(probs) * FRAME_SECONDS
-    opts = VadOptions(threshold=0.5, min_speech_ms=0, min_silence_ms=0, speech_pad_ms=100)
+    opts = VadSettings(threshold=0.5, min_speech_ms=0, min_silence_ms=0, speech_pad_ms=100)
     regions = regions_from_probabilities(probs, duration, opts)
     assert len(regions) == 3
     assert regions[0].start == 0.0
@@ -96,7 +96,7 @@ def test_padding_is_clamped_and_meets_in_the_middle() -> None:
 def test_long_regions_split_at_least_speechlike_frame() -> None:
     probs = np.full(200, 0.95, dtype=np.float32)
     probs[120] = 0.55
-    opts = VadOptions(
+    opts = VadSettings(
         threshold=0.5, min_speech_ms=0, min_silence_ms=0, speech_pad_ms=0, max_speech_s=5.0
     )  # 156 frames
     regions = regions_from_probabilities(probs, 200 * FRAME_SECONDS, opts)
@@ -104,11 +104,13 @@ def test_long_regions_split_at_least_speechlike_frame() -> None:
 
 
 def test_options_validated() -> None:
-    with pytest.raises(BadRequest):
-        VadOptions.from_params({"threshold": 1.5})
-    with pytest.raises(BadRequest):
-        VadOptions.from_params({"threshold": 0.3, "neg_threshold": 0.6})
-    assert VadOptions.from_params({"threshold": 0.5}).offset_threshold == pytest.approx(0.35)
+    """A bad VAD setting is a configuration error naming the key (503, never a client's
+    400), raised when the processor is created."""
+    with pytest.raises(ConfigError, match="vad: threshold"):
+        VoiceActivityDetector({"threshold": 1.5}, Path("/tmp"))
+    with pytest.raises(ConfigError, match="neg_threshold"):
+        VoiceActivityDetector({"threshold": 0.3, "neg_threshold": 0.6}, Path("/tmp"))
+    assert VadSettings(threshold=0.5).offset_threshold == pytest.approx(0.35)
 
 
 def test_merge_and_union() -> None:

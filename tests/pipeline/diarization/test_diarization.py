@@ -19,19 +19,19 @@ from callannotate.pipeline.diarization.reconstruction import (
     clustered_scores,
     exclusive,
     frame_weights,
+    mean_count,
     select_top,
-    speaker_count,
     window_offsets,
 )
 from callannotate.pipeline.diarization.result import DiarizationResult
 from callannotate.pipeline.diarization.segmentation import (
     FRAME_STEP,
-    frames_in,
     powerset_classes,
     powerset_mapping,
     powerset_to_multilabel,
     window_starts,
 )
+from callannotate.pipeline.diarization.speaker_count import frame_count
 from callannotate.pipeline.types import Speaker, Turn
 
 # ----------------------------------------------------------------------------- powerset
@@ -71,7 +71,6 @@ def test_powerset_rejects_wrong_width() -> None:
 
 
 def test_window_geometry() -> None:
-    assert frames_in(160_000) == 589
     assert window_starts(50_000, 160_000, 16_000) == [0]
     starts = window_starts(300_000, 160_000, 40_000)
     assert starts[0] == 0 and starts[-1] == 300_000 - 160_000
@@ -152,7 +151,7 @@ def test_count_and_clustered_scores_over_overlapping_windows() -> None:
     offsets = window_offsets(np.array([0.0, 5 * FRAME_STEP]))
     assert offsets.tolist() == [0, 5]
     weights = np.ones(frames, dtype=np.float32)
-    count = speaker_count(activity, offsets, 15, weights)
+    count = frame_count(mean_count(activity, offsets, 15, weights), None, 1.0, 0.0, 0.0)
     assert count[:5].tolist() == [1] * 5 and count[5:10].tolist() == [2] * 5
     assignment = np.array([[0, 1, -1], [0, -1, 1]])
     scores = clustered_scores(activity, assignment, 2, offsets, 15, weights)
@@ -175,14 +174,12 @@ def test_count_biases_and_hamming_weights() -> None:
     activity[:, 0, :] = 0.0  # first frame: silent
     activity[:, 1, 0] = 0.4  # second frame: expected count 0.4 (+0.45 below)
     activity[:, 1, 1] = 0.0
-    offsets = np.array([0, 0])
-    weights = np.ones(4, dtype=np.float32)
-    assert speaker_count(activity, offsets, 4, weights).tolist() == [0, 0, 1, 1]
-    assert speaker_count(activity, offsets, 4, weights, bias=0.1).tolist() == [0, 1, 2, 2]
+    mean = mean_count(activity, np.array([0, 0]), 4, np.ones(4, dtype=np.float32))
+    assert frame_count(mean, None, 1.0, 0.0, 0.0).tolist() == [0, 0, 1, 1]
+    assert frame_count(mean, None, 1.0, 0.1, 0.0).tolist() == [0, 1, 2, 2]
     # The overlap bias only raises counts that are already at least one speaker.
-    raised = speaker_count(activity, offsets, 4, weights, overlap_bias=0.1)
-    assert raised.tolist() == [0, 0, 2, 2]
-    assert speaker_count(activity, offsets, 4, weights, bias=-0.6).min() == 0
+    assert frame_count(mean, None, 1.0, 0.0, 0.1).tolist() == [0, 0, 2, 2]
+    assert frame_count(mean, None, 1.0, -0.6, 0.0).min() == 0
     hamming = frame_weights(9, ReconstructionParams(hamming=True))
     assert hamming[4] == pytest.approx(1.0, abs=2e-3) and 0 < hamming[0] < 0.1
     assert frame_weights(9, ReconstructionParams()).tolist() == [1.0] * 9

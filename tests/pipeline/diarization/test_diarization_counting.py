@@ -10,21 +10,23 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from callannotate.errors import ModelUnavailable
+from callannotate.errors import ConfigError, ModelUnavailable
 from callannotate.pipeline.diarization import Diarizer
-from callannotate.pipeline.diarization.counting import COUNT_MODEL_DEFAULTS, CountModel
+from callannotate.pipeline.diarization.counting import CountModel
 from callannotate.pipeline.diarization.reconstruction import (
     fill_count,
     mean_count,
     round_count,
     select_top,
-    speaker_count,
     total_frames_for,
 )
-from callannotate.pipeline.diarization.segmentation import FRAME_STEP, frames_in
+from callannotate.pipeline.diarization.segmentation import FRAME_STEP
+from callannotate.pipeline.diarization.speaker_count import frame_count
 from callannotate.pipeline.models import model_file
+from callannotate.pipeline.settings import CountModelSource
 
 FloatArray = npt.NDArray[np.float32]
+FRAMES_PER_5S = 293  # SincNet output frames of one 5 s window (80,000 samples)
 
 
 class _Input:
@@ -44,7 +46,8 @@ class _FakeSession:
     def run(self, _outputs: Any, feeds: dict[str, FloatArray]) -> list[FloatArray]:
         batch = feeds["input"]
         self.batches.append(batch.shape)
-        frames = frames_in(batch.shape[-1])
+        assert batch.shape[-1] == 80_000
+        frames = FRAMES_PER_5S
         out = np.zeros((batch.shape[0], frames, 3), dtype=np.float32)
         out[:, :, 0] = 1.0
         out[:, frames // 2 :, 1] = 1.0
@@ -76,15 +79,19 @@ def test_short_signals_are_padded_to_one_window() -> None:
     assert mean[: int(0.4 / FRAME_STEP)].tolist() == [1.0] * int(0.4 / FRAME_STEP)
 
 
-def test_speaker_count_is_mean_then_round() -> None:
+def test_frame_count_is_weighted_mean_then_round() -> None:
     rng = np.random.default_rng(0)
     activity = rng.random((3, 50, 3)).astype(np.float32)
     offsets = np.array([0, 10, 20])
     weights = np.ones(50, dtype=np.float32)
     mean = mean_count(activity, offsets, 70, weights)
+    second = rng.random(70).astype(np.float32) * 2
     for bias, overlap in ((0.0, 0.0), (-0.05, 0.15), (0.1, 0.3)):
-        expected = speaker_count(activity, offsets, 70, weights, bias, overlap)
-        assert round_count(mean, bias, overlap).tolist() == expected.tolist()
+        alone = frame_count(mean, None, 1.0, bias, overlap)
+        assert round_count(mean, bias, overlap).tolist() == alone.tolist()
+        blended = frame_count(mean, second, 0.5, bias, overlap)
+        expected = round_count(0.5 * mean + 0.5 * second, bias, overlap)
+        assert blended.tolist() == expected.tolist()
     # The overlap bias lifts one speaker to two, never silence to speech.
     assert round_count(np.array([0.3, 1.3, 1.6], np.float32), -0.05, 0.15).tolist() == [0, 1, 2]
     assert round_count(np.array([0.3, 1.45], np.float32), -0.05, 0.15).tolist() == [0, 2]
@@ -118,7 +125,7 @@ def test_fill_count_adds_the_speaker_scored_nearby() -> None:
 
 def test_count_weight_is_checked_and_one_skips_the_second_model(tmp_path: Path) -> None:
     assert Diarizer({}, tmp_path).count_weight == 0.5
-    with pytest.raises(ValueError, match="count_weight"):
+    with pytest.raises(ConfigError, match="count_weight"):
         Diarizer({"count_weight": 1.5}, tmp_path)
     assert Diarizer({"count_weight": 1.0}, tmp_path)._counter is None
 
@@ -126,10 +133,10 @@ def test_count_weight_is_checked_and_one_skips_the_second_model(tmp_path: Path) 
 def test_a_wrong_digest_names_the_package(tmp_path: Path) -> None:
     fake = tmp_path / "segmentation.onnx"
     fake.write_bytes(b"not a model")
-    params = {**COUNT_MODEL_DEFAULTS, "path": str(fake)}
-    with pytest.raises(ModelUnavailable):
-        model_file(params)
-    good = {**params, "sha256": hashlib.sha256(b"not a model").hexdigest()}
+    pinned = CountModelSource().packaged_file().sha256
+    with pytest.raises(ModelUnavailable, match="sha256"):
+        model_file(CountModelSource(path=fake, sha256=pinned))
+    good = CountModelSource(path=fake, sha256=hashlib.sha256(b"not a model").hexdigest())
     assert model_file(good) == fake
 
 
@@ -146,7 +153,7 @@ def test_the_packaged_model_counts_real_meeting_speech() -> None:
     more where the reference has two or more people talking at once."""
     pytest.importorskip("onnxruntime")
     try:
-        path = model_file(COUNT_MODEL_DEFAULTS)
+        path = model_file(CountModelSource())
     except ModelUnavailable as exc:  # pragma: no cover - depends on the environment
         pytest.skip(f"count model not installed: {exc.detail}")
     from callannotate.pipeline.audio.decode import decode

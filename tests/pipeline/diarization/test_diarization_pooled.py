@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from callannotate.errors import ConfigError
 from callannotate.pipeline.diarization import Diarizer
 from callannotate.pipeline.diarization.clustering import ClusteringParams
 from callannotate.pipeline.diarization.frames import (
@@ -23,12 +23,9 @@ from callannotate.pipeline.diarization.pooled import (
     pooled_assignment,
 )
 from callannotate.pipeline.diarization.reconstruction import window_offsets
-from callannotate.pipeline.diarization.segmentation import (
-    SAMPLE_RATE,
-    WindowSegmentation,
-    frames_in,
-)
+from callannotate.pipeline.diarization.segmentation import WindowSegmentation
 from callannotate.pipeline.speakers.embedding import num_frames
+from callannotate.pipeline.types import SAMPLE_RATE
 
 
 class MeanPooler:
@@ -99,7 +96,7 @@ def _two_voices(seconds: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
 def _segmentation(lumped: bool) -> WindowSegmentation:
     """Windows at 0, 5 and 10 s (10 s long). Window 0 hears A, window 2 hears B; window 1
     (5-15 s) hears A then B, as one local speaker when ``lumped``."""
-    frames = frames_in(10 * SAMPLE_RATE)
+    frames = 589  # segmentation-3.0 output frames of one 10 s window
     activity = np.zeros((3, frames, 3), dtype=np.float32)
     activity[0, :, 0] = 1
     activity[2, :, 1] = 1
@@ -181,10 +178,10 @@ def test_clashes_flag_shared_clusters() -> None:
     assert _clashes(labels).tolist() == [True, False, True, False]
 
 
-def test_diarizer_embedding_modes(tmp_path: Path) -> None:
-    params: dict[str, Any] = {"embeddings": "pooled", "refine_hop_s": 0.25}
-    d = Diarizer(params, tmp_path)
-    assert d.embeddings == "pooled" and d.pooled.hop_s == 0.25
-    assert Diarizer({"embeddings": "waveform"}, tmp_path).embeddings == "waveform"
-    with pytest.raises(ValueError, match="pooled or waveform"):
-        Diarizer({"embeddings": "other"}, tmp_path)
+def test_diarizer_reads_pooled_params_and_rejects_the_removed_waveform_mode(
+    tmp_path: Path,
+) -> None:
+    d = Diarizer({"refine_hop_s": 0.25}, tmp_path)
+    assert d.pooled.hop_s == 0.25
+    with pytest.raises(ConfigError, match="unknown key 'embeddings'"):
+        Diarizer({"embeddings": "waveform"}, tmp_path)

@@ -7,8 +7,10 @@
 * The timeline is consistent: words sorted by start, ``end >= start``, all inside
   ``[0, duration]``; empty words dropped.
 
-:func:`build_annotation_parts` runs the whole merge plus analytics (and sentiment when an
-analyzer is given); the pipeline calls it once it has words and turns.
+:func:`build_annotation_parts` runs the whole merge plus analytics; the pipeline's ``align``
+step calls it once it has words and turns, and its ``sentiment`` step then scores the
+utterances and statistics (:func:`add_sentiment` does both for callers outside the
+pipeline).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from callannotate.pipeline.analysis.analytics import AnalyticsParams, compute_statistics
@@ -57,6 +59,8 @@ def clip_interval(start: float, end: float, duration: float | None) -> tuple[flo
 
 
 def _sanitize(words: Sequence[Word], duration: float | None) -> list[tuple[Word, str]]:
+    """Words with stripped text, clipped times and ``end >= start``, sorted by time (stable),
+    each with its original text; words whose text is empty after stripping are dropped."""
     pairs: list[tuple[Word, str]] = []
     for word in words:
         text = word.text.strip()
@@ -74,15 +78,6 @@ def _sanitize(words: Sequence[Word], duration: float | None) -> list[tuple[Word,
         pairs.append((clean, word.text))
     pairs.sort(key=lambda p: (p[0].start, p[0].end))
     return pairs
-
-
-def sanitize_words(words: Sequence[Word], duration: float | None = None) -> list[Word]:
-    """Words with stripped text, clipped times and ``end >= start``, sorted by time.
-
-    Words whose text is empty after stripping are dropped. Sorting is stable, so words that
-    start at the same time keep their order.
-    """
-    return [w for w, _ in _sanitize(words, duration)]
 
 
 def sanitize_turns(turns: Sequence[Turn], duration: float | None = None) -> list[Turn]:
@@ -305,8 +300,6 @@ def build_annotation_parts(
         if duration is not None
         else max([w.end for w in with_speakers] + [t.end for t in clean_turns] + [0.0])
     )
-    if sentiment is not None:
-        utterances = sentiment.annotate_utterances(utterances, audio)
     stats = compute_statistics(
         turns=clean_turns or clean_exclusive,
         exclusive_turns=clean_exclusive,
@@ -315,12 +308,21 @@ def build_annotation_parts(
         duration=total,
         params=analytics,
     )
-    if sentiment is not None:
-        stats = sentiment.annotate_statistics(stats, utterances)
-    return AnnotationParts(
+    parts = AnnotationParts(
         words=with_speakers,
         utterances=utterances,
         statistics=stats,
         exclusive_turns=clean_exclusive,
         turns=clean_turns,
     )
+    return parts if sentiment is None else add_sentiment(parts, sentiment, audio)
+
+
+def add_sentiment(
+    parts: AnnotationParts, sentiment: SentimentAnalyzer, audio: AudioBuffer | None
+) -> AnnotationParts:
+    """``parts`` with a sentiment and emotion for each utterance (acoustic arousal from
+    ``audio``) and an overall sentiment for each speaker and the conversation."""
+    utterances = sentiment.annotate_utterances(parts.utterances, audio)
+    stats = sentiment.annotate_statistics(parts.statistics, utterances)
+    return replace(parts, utterances=utterances, statistics=stats)

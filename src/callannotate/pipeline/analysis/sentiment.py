@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -34,12 +34,14 @@ from callannotate.pipeline.analysis.emotion import (
     text_emotion_scores,
 )
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.settings import SentimentSettings
 from callannotate.pipeline.types import (
     AudioBuffer,
     ConversationStats,
     Emotion,
     ProgressHook,
     Sentiment,
+    Step,
     Utterance,
     null_hook,
 )
@@ -351,15 +353,17 @@ class SentimentInput:
 
 
 class SentimentProcessor(MLProcessor[SentimentInput, list[Utterance]]):
-    """Registry wrapper (``config/models.yaml``: ``class: callannotate.pipeline.analysis.sentiment:
-    SentimentProcessor``, optional ``emotion_lexicon: builtin|nrc``)."""
+    """The ``sentiment`` step (:class:`~callannotate.pipeline.settings.SentimentSettings`)."""
 
-    name = "sentiment"
+    name: Step = Step.SENTIMENT
+    settings_type = SentimentSettings
+    settings: SentimentSettings
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        super().__init__(params, cache_dir, threads)
-        lexicon = str(params.get("emotion_lexicon", "builtin"))
-        self.analyzer = SentimentAnalyzer("nrc" if lexicon == "nrc" else "builtin")
+    def __init__(
+        self, settings: SentimentSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
+        self.analyzer = SentimentAnalyzer(self.settings.emotion_lexicon)
 
     def load_model(self) -> None:
         self.analyzer.load()

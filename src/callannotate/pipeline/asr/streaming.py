@@ -48,15 +48,17 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from callannotate.config import Settings
+from callannotate.errors import ConfigError
 from callannotate.pipeline.asr.spoken_numbers import spell_numbers_in_words
-from callannotate.pipeline.asr.transcription import (
-    SAMPLE_RATE,
-    DecodeOptions,
-    WhisperEngine,
-    check_language,
-)
+from callannotate.pipeline.asr.transcription import WhisperEngine, check_language
 from callannotate.pipeline.asr.whisper_models import whisper_model_dir
-from callannotate.pipeline.types import Float32Array, Word
+from callannotate.pipeline.settings import (
+    DecodeOptions,
+    StreamingSettings,
+    StreamTuning,
+    TranscriptionSettings,
+)
+from callannotate.pipeline.types import SAMPLE_RATE, Float32Array, Word
 
 logger = logging.getLogger(__name__)
 
@@ -100,31 +102,12 @@ class StreamEvent:
         }
 
 
-@dataclass(frozen=True)
-class StreamingOptions:
-    """Tuning of the streaming policy (``streaming`` keys of the ``transcription`` step)."""
+class StreamingOptions(StreamTuning):
+    """One stream's policy: the configured tuning (``transcription.streaming``) plus the
+    stream's own language hint and prompt."""
 
     language: str | None = None
     initial_prompt: str | None = None
-    min_chunk_s: float = 1.0
-    max_buffer_s: float = 20.0
-    end_silence_s: float = 1.0
-    vad_threshold: float = 0.5
-    preroll_s: float = 0.3
-    beam_size: int = 1
-    temperatures: tuple[float, ...] = (0.0,)
-    short_context: bool = False
-    prompt_chars: int = 200
-    spell_numbers: bool = False
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], **overrides: Any) -> StreamingOptions:
-        known = set(cls.__dataclass_fields__)
-        values: dict[str, Any] = {
-            k: tuple(v) if k == "temperatures" else v for k, v in params.items() if k in known
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 def _norm(text: str) -> str:
@@ -478,9 +461,29 @@ class StreamingTranscriber:
         if committed is not None:
             events.append(committed)
         st.previous = rest
-        if rest:
-            events.append(StreamEvent(type="partial", words=rest, audio_time=self.audio_time))
+        self._bound_buffer()
+        if st.previous:
+            events.append(
+                StreamEvent(type="partial", words=st.previous, audio_time=self.audio_time)
+            )
         return events
+
+    def _bound_buffer(self) -> None:
+        """Keep at most ``1.5 x max_buffer_s`` of audio, even when nothing can be committed.
+
+        Continuous sound the VAD takes for speech but Whisper finds no words in (noise, music)
+        never ends an utterance nor commits a word, so the buffer (and each decode of it)
+        grew without limit: its oldest audio is dropped, keeping the last ``max_buffer_s``.
+        """
+        st = self.state
+        keep = int(self.options.max_buffer_s * SAMPLE_RATE)
+        if st.buffer.shape[0] <= 1.5 * keep:
+            return
+        cut = st.buffer.shape[0] - keep
+        st.buffer = st.buffer[cut:].copy()  # a copy, so the dropped audio is freed
+        st.buffer_start += cut / SAMPLE_RATE
+        st.previous = [w for w in st.previous if w.start >= st.buffer_start]
+        logger.debug("stream buffer cut to the last %.0f s (nothing to commit)", keep / SAMPLE_RATE)
 
     def _end_utterance(self, split: float | None = None) -> list[StreamEvent]:
         """Decode the buffer up to ``split`` (stream time; default: all), commit it all."""
@@ -566,6 +569,7 @@ def replay(
 
 _engines: dict[str, WhisperEngine] = {}
 _engines_lock = threading.Lock()
+#: Decoding settings of the ``transcription`` section that live streams share.
 _DECODE_KEYS = (
     "compute_type",
     "compression_ratio_threshold",
@@ -576,27 +580,33 @@ _DECODE_KEYS = (
 )
 
 
-def streaming_config(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(``transcription`` section, its ``streaming`` sub-section) of ``models.yaml``."""
-    from callannotate.pipeline.registry import step_config
+def _transcription(settings: Settings) -> TranscriptionSettings:
+    from callannotate.pipeline.registry import models_settings
 
-    params = step_config(settings, "transcription")
-    return params, dict(params.get("streaming") or {})
+    section = models_settings(settings).transcription
+    if section is None:
+        raise ConfigError(f"{settings.models_config}: no `transcription` section")
+    return section
+
+
+def streaming_settings(settings: Settings) -> StreamingSettings:
+    """The ``transcription.streaming`` settings (``ConfigError`` without a transcription)."""
+    return _transcription(settings).streaming
 
 
 def streaming_engine(settings: Settings, language: str | None) -> WhisperEngine:
     """The process-wide engine for streams in ``language`` (English-only model for 'en')."""
-    params, stream = streaming_config(settings)
+    cfg = _transcription(settings)
+    stream = cfg.streaming
     english = language == "en"
-    key = "model" if english else "multilingual_model"
-    name = stream.get(key) or params.get("model") or "base"
-    model_params = {"model": name, "path": stream.get("path" if english else "multilingual_path")}
+    name = (stream.model if english else stream.multilingual_model) or cfg.model
+    path = stream.path if english else stream.multilingual_path
     with _engines_lock:
-        model_dir = whisper_model_dir(model_params, settings.model_cache)
+        model_dir = whisper_model_dir(name, settings.model_cache, path=path)
         cache_key = str(model_dir)
         engine = _engines.get(cache_key)
         if engine is None:
-            options = DecodeOptions.from_params({k: params[k] for k in _DECODE_KEYS if k in params})
+            options = DecodeOptions(**cfg.model_dump(include=set(_DECODE_KEYS)))
             engine = WhisperEngine(model_dir, options, settings.workers.threads)
             _engines[cache_key] = engine
             logger.info("streaming whisper engine loaded from %s", model_dir)
@@ -614,12 +624,12 @@ def open_stream(
     from callannotate.pipeline.registry import loaded_processor
 
     lang = check_language(language)
-    _, stream = streaming_config(settings)
+    tuning = streaming_settings(settings).tuning()
     engine = streaming_engine(settings, lang)
     vad_proc = loaded_processor(settings, "vad")
     vad = vad_proc.model.stream() if isinstance(vad_proc, VoiceActivityDetector) else None
-    options = StreamingOptions.from_params(
-        stream, language=None if lang == "auto" else lang, initial_prompt=initial_prompt
+    options = StreamingOptions(
+        **tuning, language=None if lang == "auto" else lang, initial_prompt=initial_prompt
     )
     return StreamingTranscriber(engine, options, vad=vad, record_to=record_to)
 

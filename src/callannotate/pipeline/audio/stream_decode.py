@@ -3,35 +3,56 @@
 * :class:`PcmDecoder`: raw 16-bit little-endian PCM, mono, 16 kHz (frames may split samples).
 * :class:`ContainerDecoder`: a compressed stream in a container (WebM/Ogg with Opus, as
   browsers' ``MediaRecorder`` produce). PyAV demuxes and decodes it in a background thread
-  that reads from an in-memory pipe, so bytes can be fed as they arrive.
+  that reads from a pipe, so bytes can be fed as they arrive.
+
+Memory: a decoder holds at most ``max_buffered_s`` of decoded audio (30 s). Compressed audio
+expands: one 16 MB message of 6 kbit/s Opus is six hours, 1.4 GB as float32; so the decoding
+thread waits while that much decoded audio has not been taken, and ``feed``/``close`` return
+it in pieces: call ``feed(b"")`` while :attr:`backlog` is true, and ``close()`` until it
+returns no samples.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from typing import Any, Protocol
 
 import numpy as np
 
 from callannotate.errors import InvalidAudio
-from callannotate.pipeline.types import Float32Array
+from callannotate.pipeline.types import SAMPLE_RATE, Float32Array
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CONTAINER_FORMATS = {"webm": "matroska", "ogg": "ogg", "matroska": "matroska", "mp4": "mp4"}
+MAX_BUFFERED_S = 30.0
 
 
 class StreamDecoder(Protocol):
-    def feed(self, data: bytes) -> Float32Array: ...
+    def feed(self, data: bytes) -> Float32Array:
+        """Add bytes; returns the samples decoded so far (a bounded piece)."""
+        ...
 
-    def close(self) -> Float32Array: ...
+    @property
+    def backlog(self) -> bool:
+        """Whether audio fed already is still to be returned (call ``feed(b"")`` again)."""
+        ...
+
+    def close(self) -> Float32Array:
+        """End of input; the next piece of what remains, empty once everything was returned."""
+        ...
+
+    def release(self) -> None:
+        """Stop and free everything (a stream that ended early); idempotent."""
+        ...
 
 
 class PcmDecoder:
     """16-bit little-endian mono PCM at 16 kHz."""
+
+    backlog = False
 
     def __init__(self) -> None:
         self._carry = b""
@@ -47,49 +68,103 @@ class PcmDecoder:
         self._carry = b""
         return np.zeros(0, dtype=np.float32)
 
+    def release(self) -> None:
+        self._carry = b""
+
+
+class _Cancelled(Exception):
+    """The decoder was released while its thread waited."""
+
 
 class _Pipe:
-    """A blocking, read-only file object fed from another thread (no seek: a live stream)."""
+    """A blocking, read-only file object fed from another thread (no seek: a live stream).
 
-    def __init__(self) -> None:
-        self._chunks: queue.Queue[bytes | None] = queue.Queue()
-        self._buf = b""
-        self._eof = False
+    Shares its owner's condition: ``starved`` (the reader waits for bytes nobody wrote yet)
+    tells the owner that everything fed so far went through the decoder.
+    """
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self._chunks: deque[bytes] = deque()
+        self._finished = False
+        self.queued = 0  # bytes written and not yet read
+        self.starved = False
 
     def write(self, data: bytes) -> None:
         if data:
-            self._chunks.put(bytes(data))
+            with self._cond:
+                if self._finished:
+                    return
+                self._chunks.append(bytes(data))
+                self.queued += len(data)
+                self.starved = False
+                self._cond.notify_all()
 
     def finish(self) -> None:
-        self._chunks.put(None)
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def drop(self) -> None:
+        with self._cond:
+            self._chunks.clear()
+            self.queued = 0
+            self._finished = True
+            self._cond.notify_all()
 
     def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._buf) < size):
-            item = self._chunks.get()
-            if item is None:
-                self._eof = True
-                break
-            self._buf += item
-            if size >= 0 and self._buf:
-                break  # return what we have; PyAV asks again
-        if size < 0:
-            size = len(self._buf)
-        out, self._buf = self._buf[:size], self._buf[size:]
-        return out
+        """Up to ``size`` bytes (all until the end when negative); blocks until some arrive."""
+        with self._cond:
+            while not self._finished and (not self._chunks or size < 0):
+                self.starved = size < 0 or not self._chunks
+                self._cond.notify_all()
+                self._cond.wait()
+            self.starved = False
+            if size < 0:
+                out = b"".join(self._chunks)
+                self._chunks.clear()
+            else:
+                parts: list[bytes] = []
+                want = size
+                while self._chunks and want > 0:
+                    chunk = self._chunks.popleft()
+                    if len(chunk) > want:
+                        self._chunks.appendleft(chunk[want:])
+                        chunk = chunk[:want]
+                    parts.append(chunk)
+                    want -= len(chunk)
+                out = b"".join(parts)
+            self.queued -= len(out)
+            return out
 
 
 class ContainerDecoder:
     """WebM/Ogg (Opus, Vorbis, ...) bytes to 16 kHz mono float32, decoded as they arrive."""
 
-    def __init__(self, fmt: str = "webm") -> None:
+    def __init__(self, fmt: str = "webm", max_buffered_s: float = MAX_BUFFERED_S) -> None:
         if fmt not in CONTAINER_FORMATS:
             raise InvalidAudio(f"unsupported stream format {fmt!r}; use pcm_s16le, webm or ogg")
         self._format = CONTAINER_FORMATS[fmt]
-        self._pipe = _Pipe()
-        self._out: queue.Queue[Float32Array] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pipe = _Pipe(self._cond)
+        self._out: deque[Float32Array] = deque()
+        self._buffered = 0  # samples in _out
+        self._max_buffered = max(1, int(max_buffered_s * SAMPLE_RATE))
+        self._done = False  # the decoding thread ended
+        self._cancelled = False
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="stream-decoder", daemon=True)
         self._thread.start()
+
+    def _put(self, samples: Float32Array) -> None:
+        with self._cond:
+            while self._buffered >= self._max_buffered and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                raise _Cancelled
+            self._out.append(samples)
+            self._buffered += samples.shape[0]
+            self._cond.notify_all()
 
     def _run(self) -> None:
         import av
@@ -100,36 +175,64 @@ class ContainerDecoder:
             with container:
                 for frame in container.decode(audio=0):
                     for out in resampler.resample(frame):
-                        self._out.put(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+                        self._put(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
                 for out in resampler.resample(None):
-                    self._out.put(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+                    self._put(np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1))
+        except _Cancelled:
+            pass
         except Exception as exc:
-            self.error = f"cannot decode the {self._format} stream: {exc}"
-            logger.info("stream decoding failed: %s", type(exc).__name__)
-            while self._pipe.read(1 << 16):  # drain so writers never block
-                pass
+            if not self._cancelled:
+                self.error = f"cannot decode the {self._format} stream: {exc}"
+                logger.info("stream decoding failed: %s", type(exc).__name__)
+        finally:
+            self._pipe.drop()  # nothing more will be read: free what was fed
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
 
-    def _drain(self) -> Float32Array:
-        parts: list[Float32Array] = []
-        while True:
-            try:
-                parts.append(self._out.get_nowait())
-            except queue.Empty:
-                break
-        if self.error and not parts:
-            raise InvalidAudio(self.error)
+    def _take(self) -> Float32Array:
+        """Everything buffered (caller holds the condition)."""
+        parts = list(self._out)
+        self._out.clear()
+        self._buffered = 0
+        self._cond.notify_all()
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
+    def _result(self, samples: Float32Array) -> Float32Array:
+        if self.error and not samples.size:
+            raise InvalidAudio(self.error)
+        return samples
+
+    @property
+    def backlog(self) -> bool:
+        with self._cond:
+            return self._buffered > 0 or (not self._done and self._pipe.queued > 0)
+
     def feed(self, data: bytes) -> Float32Array:
-        """Queue ``data``; returns the samples decoded so far (may lag by a frame or two)."""
+        """Queue ``data``; returns what is decoded once the decoder has taken all bytes fed,
+        or ``max_buffered_s`` of it. Blocks while the decoder works: call from a worker thread.
+        """
         self._pipe.write(data)
-        return self._drain()
+        with self._cond:
+            while not (self._done or self._buffered >= self._max_buffered or self._pipe.starved):
+                self._cond.wait()
+            samples = self._take()
+        return self._result(samples)
 
     def close(self, timeout: float = 10.0) -> Float32Array:
-        """End of stream: wait for the decoder and return the remaining samples."""
+        """End of stream: the next remaining samples (at most ``max_buffered_s``); empty once
+        all were returned (or when the decoder stays stuck for ``timeout`` seconds)."""
         self._pipe.finish()
-        self._thread.join(timeout)
-        return self._drain()
+        with self._cond:
+            self._cond.wait_for(lambda: self._done or self._buffered >= self._max_buffered, timeout)
+            samples = self._take()
+        return self._result(samples)
+
+    def release(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+        self._pipe.drop()
 
 
 def make_decoder(fmt: str) -> StreamDecoder:

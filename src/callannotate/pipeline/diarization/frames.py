@@ -34,11 +34,11 @@ from callannotate.pipeline.speakers.embedding import (
     FRAME_LENGTH_S,
     FRAME_SHIFT_S,
     NUM_MEL_BINS,
-    SAMPLE_RATE,
     fbank,
     l2_normalize,
     load_campplus_torch,
 )
+from callannotate.pipeline.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from callannotate.pipeline.models import export_torch_onnx
-
-SAMPLE_RATE = 16000
+from callannotate.pipeline.types import SAMPLE_RATE
 
 
 class ParamSincFB(nn.Module):

@@ -40,9 +40,9 @@ from callannotate.pipeline.diarization.reconstruction import window_offsets
 from callannotate.pipeline.diarization.segmentation import (
     FRAME_CENTRE,
     FRAME_SAMPLES,
-    SAMPLE_RATE,
     WindowSegmentation,
 )
+from callannotate.pipeline.types import SAMPLE_RATE
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -156,12 +156,12 @@ def pooled_assignment(
     train = np.asarray(clean_s) >= params.min_train_s
     if train.sum() < 2:
         train[:] = True
-    labels = cluster_embeddings(x[train], clustering)
-    centroids = centroids_of(x[train], labels)
     # Simultaneous local speakers of one (window, piece) get distinct clusters.
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (w, j, _s) in enumerate(units):
         groups.setdefault((w, j), []).append(i)
+    labels = cluster_embeddings(x[train], clustering, together=heard_together(groups, train))
+    centroids = centroids_of(x[train], labels)
     assignment = np.full((windows, frames, local), -1, dtype=np.int64)
     for (w, j), members in groups.items():
         grid = x[members][None]
@@ -182,6 +182,22 @@ def pooled_assignment(
                 assignment[w, :, s] = np.where(col >= 0, col, col[labelled[pick]])
     refine_assignment(encoder, features, maps, clean_masks, assignment, centroids, params)
     return assignment, len(centroids)
+
+
+def heard_together(
+    groups: dict[tuple[int, int], list[int]], train: npt.NDArray[np.bool_]
+) -> IntArray:
+    """``(pairs, 2)``: rows of ``x[train]`` that are two local speakers of one window (and
+    piece), i.e. two voices the segmentation model heard as different people at once."""
+    row = np.cumsum(train) - 1  # index among the training rows
+    pairs = [
+        (int(row[a]), int(row[b]))
+        for members in groups.values()
+        for n, a in enumerate(members)
+        for b in members[n + 1 :]
+        if train[a] and train[b]
+    ]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def refine_assignment(

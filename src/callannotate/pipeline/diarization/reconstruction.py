@@ -3,7 +3,7 @@
 1. Every output frame of every window is placed on one global frame grid (16.875 ms).
 2. The number of speakers active in each global frame is the (rounded) mean over the
    windows covering it of the number of active local speakers (the diarizer may average
-   it with a second model's count first, see :mod:`.counting`).
+   it with a second model's count first, see :mod:`.speaker_count` and :mod:`.counting`).
 3. Each global speaker's score is the mean over covering windows of the activity of the
    local speaker assigned to it; in each frame the ``count`` best-scoring speakers speak
    (a speaker with no score in the frame can still be picked from its score nearby,
@@ -95,19 +95,6 @@ def round_count(mean: FloatArray, bias: float = 0.0, overlap_bias: float = 0.0) 
         overlapped = np.floor(mean + 0.5 + bias + overlap_bias).astype(np.int64)
         rounded = np.where((rounded >= 1) & (overlapped >= 2), overlapped, rounded)
     return rounded
-
-
-def speaker_count(
-    activity: FloatArray,
-    offsets: IntArray,
-    total_frames: int,
-    weights: FloatArray,
-    bias: float = 0.0,
-    overlap_bias: float = 0.0,
-) -> IntArray:
-    """Number of speakers per global frame: rounded mean of local counts (plus ``bias``)."""
-    mean = mean_count(activity, offsets, total_frames, weights)
-    return round_count(mean, bias, overlap_bias)
 
 
 def clustered_scores(

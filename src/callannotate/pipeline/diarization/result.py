@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from callannotate.pipeline.types import AudioBuffer, Speaker, Turn
+
+if TYPE_CHECKING:
+    from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 
 
 @dataclass(frozen=True)
@@ -12,7 +16,9 @@ class DiarizationInput:
     """Audio at 16 kHz (``samples`` shaped ``(channels, frames)``) and speaker-count hints.
 
     ``per_channel``: diarize each channel on its own (one party per channel, the usual
-    call-centre stereo); otherwise the channels are mixed to mono first.
+    call-centre stereo); otherwise the channels are mixed to mono first. ``embedder``: the
+    CAM++ embedder to use (the pipeline passes the process-wide one it shares with voice
+    recognition); ``None`` uses the diarizer's own.
     """
 
     audio: AudioBuffer
@@ -20,6 +26,7 @@ class DiarizationInput:
     min_speakers: int | None = None
     max_speakers: int | None = None
     per_channel: bool = False
+    embedder: SpeakerEmbedder | None = None
 
 
 @dataclass

@@ -23,10 +23,10 @@ from callannotate.pipeline.models import (
     load_torch_checkpoint,
     onnx_session,
 )
+from callannotate.pipeline.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAME_SAMPLES = 270  # samples between output frames (10 * 3 * 3 * 3)
 RECEPTIVE_SAMPLES = 991  # receptive field of one output frame (samples)
 FRAME_CENTRE = RECEPTIVE_SAMPLES // 2  # samples from a frame's first sample to its centre
@@ -99,15 +99,6 @@ def window_batches(
     for first in range(0, len(starts), batch_size):
         chunk = starts[first : first + batch_size]
         yield np.stack([padded[s : s + window] for s in chunk]).astype(np.float32)
-
-
-def frames_in(num_samples: int) -> int:
-    """Output frames for ``num_samples`` input samples (SincNet conv + pooling arithmetic)."""
-    n = (num_samples - 251) // 10 + 1
-    n //= 3
-    n = (n - 4) // 3
-    n = (n - 4) // 3
-    return max(n, 0)
 
 
 @dataclass(frozen=True)

