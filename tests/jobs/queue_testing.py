@@ -29,6 +29,7 @@ def new_job(
     source: Path | None = None,
     options: AnnotateOptions | None = None,
     stored_as: str = "audio.wav",
+    callback_url: str | None = None,
 ) -> Job:
     """Stage an upload the way the API does and submit it."""
     job_id = queue.new_job_id()
@@ -47,5 +48,11 @@ def new_job(
         channels=1,
         duration=1.0,
     )
-    job = Job(id=job_id, owner=owner, audio=meta, options=options or AnnotateOptions())
+    job = Job(
+        id=job_id,
+        owner=owner,
+        audio=meta,
+        options=options or AnnotateOptions(),
+        callback_url=callback_url,
+    )
     return queue.submit(job, staged)

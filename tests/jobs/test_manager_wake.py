@@ -1,12 +1,18 @@
-"""The dispatch loop's wake-up wait must never swallow a cancellation (Python 3.11 race)."""
+"""Waking the dispatch loop: never swallowing a cancellation (Python 3.11 race), and
+``executor.submit`` starting a job at once."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from fake_runners import SleepRunner
+from manager_testing import Harness, make_settings
 
+from callannotate.jobs.executors.local import LocalExecutor
 from callannotate.jobs.manager import sleep_until_set
+from callannotate.jobs.models import JobState
 
 
 @pytest.mark.parametrize("yields", range(6))
@@ -43,3 +49,31 @@ async def test_returns_on_set_and_on_timeout() -> None:
     started = loop.time()
     await sleep_until_set(event, 5.0)
     assert loop.time() - started < 1.0
+
+
+# --------------------------------------------------------------------------- executor.submit
+
+
+@pytest.mark.parametrize("from_thread", [False, True])
+async def test_submit_starts_a_queued_job_before_the_next_poll(
+    tmp_path: Path, from_thread: bool
+) -> None:
+    """``executor.submit`` (the API calls it after queueing) wakes the dispatch loop at once,
+    also from a worker thread, so a job does not wait for ``queue.poll_interval``."""
+    settings = make_settings(tmp_path)
+    settings.queue.poll_interval = 600.0  # without a wake-up the job would wait 10 minutes
+    h = Harness(settings, SleepRunner())
+    executor = LocalExecutor(h.manager)
+    await executor.start()
+    try:
+        await h.wait_ready()
+        await asyncio.sleep(0.2)  # the loop is asleep after handling the worker's "ready"
+        job = h.submit()
+        if from_thread:
+            await asyncio.to_thread(executor.submit, job.id)
+        else:
+            executor.submit(job.id)
+        done = await h.wait_state(job.id, JobState.COMPLETED, JobState.FAILED, timeout=120)
+        assert done.state == JobState.COMPLETED
+    finally:
+        await executor.stop()

@@ -1,7 +1,8 @@
 """Job events the QueueManager emits on every state change and progress update.
 
-A WebSocket event bus subscribes to these (``QueueManager(on_event=...)``); they carry no
-audio and no transcript text beyond what a ``job.partial`` event is meant to show.
+:class:`callannotate.jobs.service.JobService` hands them to the event bus (WebSocket fan-out)
+and to the callback dispatcher; they carry no audio and no transcript text beyond what a
+``job.partial`` event is meant to show.
 """
 
 from __future__ import annotations

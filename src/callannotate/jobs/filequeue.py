@@ -43,8 +43,16 @@ from pathlib import Path
 
 from callannotate.config import QueueSettings
 from callannotate.errors import Conflict, NotFound
-from callannotate.jobs.fsutil import atomic_write, fsync_dir, try_lock, unlock
-from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
+from callannotate.jobs.fsutil import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    atomic_write,
+    fsync_dir,
+    private_dir,
+    try_lock,
+    unlock,
+)
+from callannotate.jobs.models import CallbackAttempt, Job, JobState, StepProgress, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +121,7 @@ class FileQueue:
         self.root = Path(root)
         self.settings = settings
         for name in (*FOLDERS, STAGING):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            private_dir(self.root / name)  # 0700, parents too (data is private)
         self._queue_lock_path = self.root / ".queue.lock"
         self._tlock = threading.RLock()
         self._depth = 0
@@ -368,7 +376,8 @@ class FileQueue:
         if not audio_src.is_file():
             raise NotFound(f"uploaded audio {audio_src.name} is missing")
         build = self.root / STAGING / f".build-{job.id}-{uuid.uuid4().hex[:8]}"
-        build.mkdir()
+        build.mkdir(mode=PRIVATE_DIR)
+        os.chmod(build, PRIVATE_DIR)
         try:
             name = _safe_audio_name(job.audio.stored_as, audio_src)
             job = job.model_copy(deep=True)
@@ -380,9 +389,10 @@ class FileQueue:
                 if exc.errno != errno.EXDEV:
                     raise
                 shutil.move(str(audio_src), str(target))
+            os.chmod(target, PRIVATE_FILE)
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
-            (build / LOCK_FILE).touch()
+            (build / LOCK_FILE).touch(mode=PRIVATE_FILE)
             self._reset_to_queued(job)
             job.created_at = utcnow()
             self._save(build, job)
@@ -503,6 +513,14 @@ class FileQueue:
             job = self._finish_cancel(path, job)
             self._drop_hold(job_id)
         return job
+
+    def record_callback(self, job_id: str, attempt: CallbackAttempt) -> Job:
+        """Append one callback delivery attempt to a job's record, wherever the job is."""
+        with self._locked():
+            _, path, job = self._find(job_id)
+            job.callbacks.append(attempt)
+            self._save(path, job)
+            return job
 
     # ------------------------------------------------------------------ user actions
 

@@ -9,6 +9,28 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents as 0700 folders; make ``path`` itself 0700.
+
+    The modes are set explicitly (``chmod``), not left to the process umask: everything
+    under the data folder is private to the service user.
+    """
+    missing: list[Path] = []
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=PRIVATE_DIR)
+        os.chmod(folder, PRIVATE_DIR)
+    os.chmod(path, PRIVATE_DIR)
+    return Path(path)
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry change (create, rename, unlink) to disk."""

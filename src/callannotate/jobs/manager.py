@@ -6,12 +6,19 @@ sends it to an idle worker process, writes progress into ``job.json`` (throttled
 completes or fails it. Worker processes only compute. Partial transcript words from a worker
 become ``job.partial`` events (not written to ``job.json``).
 
+What runs a job is the :class:`~callannotate.jobs.runner.JobRunner` the manager is given,
+inside worker processes running :func:`callannotate.jobs.worker.worker_main`.
+
 Failure handling:
 
 * a worker process that dies (crash, OOM kill, SIGKILL) -> its job goes back to incoming
   (``fail(retry=True)``, counted as an attempt) and a replacement worker starts;
-* a job over ``workers.job_timeout_s`` -> its worker is killed, the job fails with
-  "time limit exceeded", a replacement starts;
+* a job over ``workers.job_timeout_s`` -> its worker is asked to stop it (soft limit: the
+  job fails with reason ``timeout`` and the worker keeps serving); a job still running
+  ``workers.timeout_grace_s`` later has its worker killed (hard limit), fails the same way,
+  and a replacement starts;
+* ``workers.max_jobs_per_worker`` > 0 -> a worker process that ran that many jobs is
+  stopped and replaced between jobs (memory creep over days of service);
 * a cancel request (here or through the queue from another process) -> the worker is
   killed, the job finalised as cancelled, a replacement starts;
 * graceful stop -> no new claims, running jobs get ``grace_s`` to finish, the rest are
@@ -36,13 +43,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from pydantic import BaseModel
-
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError, Conflict, NotFound
 from callannotate.jobs.events import EventCallback, JobEvent, JobEventType
+from callannotate.jobs.executors.base import WorkerInfo
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
+from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -64,22 +71,7 @@ PROGRESS_WRITE_INTERVAL_S = 0.5
 CANCEL_CHECK_INTERVAL_S = 0.5
 ARCHIVE_INTERVAL_S = 300.0
 MAX_RESPAWN_DELAY_S = 30.0
-TIME_LIMIT_REASON = "time limit exceeded"
-
-
-class WorkerInfo(BaseModel):
-    """What ``GET /info`` and ``GET /ready`` show about one worker process."""
-
-    name: str
-    pid: int | None
-    alive: bool
-    ready: bool
-    job_id: str | None
-    started_at: datetime
-    job_started_at: datetime | None = None
-    jobs_done: int = 0
-    restarts: int = 0
-    preload_error: str | None = None
+TIMEOUT = "timeout"  # the reason of a job over its time limit (error text starts with it)
 
 
 @dataclass
@@ -92,6 +84,7 @@ class _Proc:
     ready: bool = False
     preload_error: str | None = None
     reader: threading.Thread | None = None
+    jobs: int = 0  # jobs this process ran (recycling)
 
 
 @dataclass
@@ -106,8 +99,10 @@ class _Slot:
     progress_written: float = 0.0
     last_cancel_check: float = 0.0
     last_renew: float = 0.0
+    stop_requested_at: float | None = None  # monotonic time of the soft time-limit request
     jobs_done: int = 0
     restarts: int = 0
+    recycled: int = 0
     start_failures: int = 0  # consecutive worker deaths before "ready"
     respawn_at: float | None = None  # monotonic time of a delayed restart
 
@@ -117,12 +112,14 @@ class QueueManager:
         self,
         queue: FileQueue,
         settings: Settings,
+        runner: JobRunner,
         *,
         on_event: EventCallback | None = None,
         grace_s: float = 30.0,
     ) -> None:
         self.queue = queue
         self.settings = settings
+        self.runner = runner
         self.on_event = on_event
         self.grace_s = grace_s
         self._ctx = multiprocessing.get_context("spawn")
@@ -218,9 +215,21 @@ class QueueManager:
             self._pending -= 1
 
     def wake(self) -> None:
-        """Look at the queue now rather than at the next poll (e.g. right after a submit)."""
-        if self._wake is not None:
-            self._wake.set()
+        """Look at the queue now rather than at the next poll (right after a submit).
+
+        Safe from any thread (the API announces jobs from worker threads too).
+        """
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
 
     def request_hard_stop(self) -> None:
         """Cut a graceful stop short (second SIGTERM/SIGINT)."""
@@ -258,10 +267,15 @@ class QueueManager:
                     job_started_at=slot.job_started_at if slot.job is not None else None,
                     jobs_done=slot.jobs_done,
                     restarts=slot.restarts,
+                    recycled=slot.recycled,
                     preload_error=proc.preload_error if proc is not None else None,
                 )
             )
         return out
+
+    def running(self) -> bool:
+        """True while the manager's loops run (between ``start`` and ``stop``)."""
+        return self._running and not any(t.done() for t in self._tasks)
 
     def alive(self) -> bool:
         """True while the manager runs and every worker process is alive."""
@@ -278,7 +292,7 @@ class QueueManager:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
-            args=(child, self.settings, slot.name),
+            args=(child, self.settings, slot.name, self.runner),
             name=f"callannotate-{slot.name}",
             daemon=True,
         )
@@ -338,6 +352,15 @@ class QueueManager:
             return
         await self._spawn(slot)
 
+    async def _recycle(self, slot: _Slot) -> None:
+        """Replace an idle worker process that ran ``workers.max_jobs_per_worker`` jobs."""
+        if not self._running or self._stopping:
+            return
+        log.info("recycling worker", extra={"worker": slot.name, "jobs": slot.jobs_done})
+        await self._shutdown_worker(slot)
+        slot.recycled += 1
+        await self._spawn(slot)
+
     async def _shutdown_worker(self, slot: _Slot) -> None:
         proc = slot.proc
         if proc is None:
@@ -377,7 +400,10 @@ class QueueManager:
         elif job.state == JobState.COMPLETED:
             self._emit("job.completed", job, {"attempts": job.attempts})
         elif job.state in (JobState.FAILED, JobState.CANCELLED):
-            self._emit("job.failed", job, {"state": job.state.value, "error": job.error})
+            data = {"state": job.state.value, "error": job.error}
+            if job.state == JobState.FAILED and (job.error or "").startswith(TIMEOUT + ":"):
+                data["reason"] = TIMEOUT
+            self._emit("job.failed", job, data)
 
     # ------------------------------------------------------------------ loops
 
@@ -430,6 +456,7 @@ class QueueManager:
             slot.progress_written = 0.0
             slot.last_cancel_check = slot.job_started
             slot.last_renew = slot.job_started
+            slot.stop_requested_at = None
             self._emit("job.started", job, {"worker": slot.name, "attempt": job.attempts})
             try:
                 audio = await asyncio.to_thread(self.queue.audio_path, job.id)
@@ -446,8 +473,39 @@ class QueueManager:
                 # The pipe broke: the worker is dead; the inbox loop sees EOF and requeues.
                 log.warning("could not hand a job to its worker", extra={"job_id": job.id})
 
+    def _timeout_reason(self, *, killed: bool) -> str:
+        limit, grace = self.settings.workers.job_timeout_s, self.settings.workers.timeout_grace_s
+        reason = f"{TIMEOUT}: the job ran longer than workers.job_timeout_s ({limit:g} s)"
+        if killed:
+            reason += (
+                f" and did not stop within workers.timeout_grace_s ({grace:g} s); "
+                "its worker process was killed"
+            )
+        return reason
+
+    async def _over_time_limit(self, slot: _Slot, job: Job, now: float) -> bool:
+        """Soft, then hard time limit of a running job; True when the job was ended here."""
+        workers = self.settings.workers
+        if slot.stop_requested_at is None:
+            if now - slot.job_started <= workers.job_timeout_s:
+                return False
+            slot.stop_requested_at = now
+            log.warning("job over its time limit; asking it to stop", extra={"job_id": job.id})
+            if slot.proc is not None:
+                with contextlib.suppress(OSError, ValueError):  # a dead worker: EOF handles it
+                    slot.proc.conn.send({"type": "stop_job", "job_id": job.id, "reason": TIMEOUT})
+            return False
+        if now - slot.stop_requested_at <= workers.timeout_grace_s:
+            return False
+        slot.job = None
+        await self._kill(slot)
+        log.warning("job ignored its time limit; worker killed", extra={"job_id": job.id})
+        reason = self._timeout_reason(killed=True)
+        await self._finish(job, lambda jid: self.queue.fail(jid, reason))
+        await self._respawn(slot)
+        return True
+
     async def _supervise(self, now: float) -> None:
-        timeout = self.settings.workers.job_timeout_s
         renew_every = self.settings.queue.lease_seconds / 3
         for slot in self._slots:
             job = slot.job
@@ -461,12 +519,7 @@ class QueueManager:
                     await self._kill(slot)
                     await self._respawn(slot, failed_start=not proc.ready)
                 continue
-            if now - slot.job_started > timeout:
-                slot.job = None
-                await self._kill(slot)
-                log.warning("job over its time limit", extra={"job_id": job.id})
-                await self._finish(job, lambda jid: self.queue.fail(jid, TIME_LIMIT_REASON))
-                await self._respawn(slot)
+            if await self._over_time_limit(slot, job, now):
                 continue
             if now - slot.last_cancel_check >= CANCEL_CHECK_INTERVAL_S:
                 slot.last_cancel_check = now
@@ -569,6 +622,11 @@ class QueueManager:
             assert msg is not None
             if job is None or msg.get("job_id") != job.id:
                 return
+            proc.jobs += 1
+            limit = self.settings.workers.max_jobs_per_worker
+            retire = bool(limit) and proc.jobs >= limit
+            if retire:
+                proc.ready = False  # no new job for this process: it is replaced below
             slot.job = None
             if slot.progress_dirty:
                 await self._write_progress(slot, job)
@@ -577,8 +635,12 @@ class QueueManager:
                 await self._complete(slot, job, result)
             else:
                 error = str(msg.get("error") or "unknown error")
+                if msg.get("reason") == TIMEOUT:
+                    error = self._timeout_reason(killed=False)
                 await self._finish(job, lambda jid: self.queue.fail(jid, error))
             slot.jobs_done += 1
+            if retire:
+                await self._recycle(slot)
             assert self._wake is not None
             self._wake.set()
             return

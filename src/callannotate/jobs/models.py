@@ -50,6 +50,20 @@ class AudioMeta(BaseModel):
     duration: float
 
 
+class CallbackAttempt(BaseModel):
+    """One delivery attempt of a job's ``callback_url`` (``Job.callbacks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(description="What was announced: job.completed or job.failed.")
+    attempt: int = Field(description="1 for the first try of this announcement.")
+    at: datetime = Field(description="When the attempt started (UTC).")
+    status_code: int | None = Field(None, description="The receiver's HTTP status, if any.")
+    error: str | None = Field(None, description="Why the attempt failed, when it did.")
+    duration_ms: float = Field(description="How long the attempt took.")
+    delivered: bool = Field(description="True when the receiver answered 2xx.")
+
+
 class Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,3 +83,6 @@ class Job(BaseModel):
     error: str | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    callbacks: list[CallbackAttempt] = Field(
+        default_factory=list, description="Delivery attempts of callback_url, oldest first."
+    )

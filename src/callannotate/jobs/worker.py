@@ -1,11 +1,15 @@
-"""Worker processes: load the models once, then annotate the jobs the manager sends.
+"""Worker processes: preload once, then run the jobs the manager sends with a job runner.
 
 A worker is started by :class:`callannotate.jobs.manager.QueueManager` with the
-multiprocessing "spawn" context and talks to it over one duplex pipe. Messages are small
-dicts:
+multiprocessing "spawn" context and talks to it over one duplex pipe; what it runs is the
+:class:`~callannotate.jobs.runner.JobRunner` the manager was given (the pipeline in
+production, fakes in tests). Messages are small dicts:
 
 manager -> worker
-    ``{"type": "job", "job_id", "audio", "options", "filename"}`` and ``{"type": "stop"}``
+    ``{"type": "job", "job_id", "audio", "options", "filename"}``;
+    ``{"type": "stop_job", "job_id", "reason"}`` (soft time limit: the job's next progress
+    report raises :class:`~callannotate.jobs.runner.JobStopped`, the worker keeps serving);
+    ``{"type": "stop"}``
 worker -> manager
     ``{"type": "ready", "pid", "preload_error"}`` once at start;
     ``{"type": "progress", "job_id", "step", "completed", "total"}`` while a job runs;
@@ -13,7 +17,8 @@ worker -> manager
     as they are decoded (batched: at most one message per ``PARTIAL_MIN_INTERVAL_S`` or per
     ``PARTIAL_MAX_WORDS`` words, plus what is left when a step ends and when the job ends);
     ``{"type": "done", "job_id", "result"}`` (the Annotation JSON) or
-    ``{"type": "error", "job_id", "error"}`` when it ends.
+    ``{"type": "error", "job_id", "error", "reason"?}`` when it ends (``reason``:
+    ``timeout`` for a job stopped on request).
 
 The worker holds no queue locks: the manager owns the job while the worker computes, so a
 worker that dies (even by SIGKILL) leaves nothing half-written in the queue.
@@ -21,10 +26,10 @@ worker that dies (even by SIGKILL) leaves nothing half-written in the queue.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -34,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
-from callannotate.observability.logging import configure_logging, job_context
+from callannotate.jobs.runner import JobContext, JobRequest, JobRunner, JobStopped
+from callannotate.observability.logging import configure_logging
 
 if TYPE_CHECKING:
     from callannotate.pipeline.types import Word
@@ -84,38 +90,47 @@ class _PartialWords:
         )
 
 
-def _preload(settings: Settings) -> str | None:
-    """Load the configured models; a model that cannot load is reported, not fatal."""
-    if not settings.workers.preload_models:
-        return None
-    from callannotate.pipeline import registry
+class _Control:
+    """The job the worker runs now and whether the manager asked it to stop (thread-safe)."""
 
-    errors: list[str] = []
-    try:
-        steps = registry.configured_steps(settings)
-    except Exception as exc:
-        return f"models config: {exc}"
-    for step in steps:
-        try:
-            registry.preload(settings, [step])
-        except Exception as exc:  # any import/model error: report it, keep serving
-            errors.append(f"{step}: {type(exc).__name__}: {exc}")
-    if errors:
-        message = "; ".join(errors)
-        log.warning("models not loaded at worker start", extra={"reason": message})
-        return message
-    return None
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job_id: str | None = None
+        self._stop: str | None = None
+
+    def begin(self, job_id: str) -> None:
+        with self._lock:
+            self._job_id, self._stop = job_id, None
+
+    def end(self) -> None:
+        with self._lock:
+            self._job_id, self._stop = None, None
+
+    def request_stop(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            if self._job_id == job_id:
+                self._stop = reason
+
+    def check(self) -> None:
+        """Raise :class:`JobStopped` when the running job was asked to stop."""
+        reason = self._stop
+        if reason is not None:
+            raise JobStopped(reason)
 
 
-def _run_job(conn: Connection, settings: Settings, msg: dict[str, Any]) -> dict[str, Any]:
-    from callannotate.pipeline.run import annotate
-    from callannotate.pipeline.types import AnnotateOptions, Step
-
+def _run_job(
+    conn: Connection,
+    settings: Settings,
+    runner: JobRunner,
+    control: _Control,
+    msg: dict[str, Any],
+) -> dict[str, Any]:
     job_id = str(msg["job_id"])
     last_sent: dict[str, float] = {}
-    partial = _PartialWords(conn, job_id, Step.TRANSCRIBE.value)
+    partial = _PartialWords(conn, job_id, "transcribe")
 
     def hook(step: str, *, completed: int, total: int) -> None:
+        control.check()
         now = time.monotonic()
         final = total > 0 and completed >= total
         # words decoded so far go out before the progress that follows them
@@ -136,24 +151,54 @@ def _run_job(conn: Connection, settings: Settings, msg: dict[str, Any]) -> dict[
             }
         )
 
+    def on_words(words: list[Word]) -> None:
+        control.check()
+        partial(words)
+
+    request = JobRequest(
+        job_id=job_id,
+        audio=Path(str(msg["audio"])),
+        options=dict(msg["options"]),
+        filename=msg.get("filename"),
+    )
+    control.begin(job_id)
     try:
-        options = AnnotateOptions.model_validate(msg["options"])
-        with job_context(job_id):
-            annotation = annotate(
-                Path(str(msg["audio"])),
-                options,
-                settings=settings,
-                hook=hook,
-                filename=msg.get("filename"),
-                on_words=partial,
-            )
+        control.check()
+        result = runner.run(request, JobContext(settings=settings, hook=hook, on_words=on_words))
         partial.flush()
+    except JobStopped as stop:
+        log.warning("job stopped in worker", extra={"job_id": job_id, "reason": stop.reason})
+        return {"type": "error", "job_id": job_id, "error": stop.reason, "reason": stop.reason}
     except CallAnnotateError as exc:
         return {"type": "error", "job_id": job_id, "error": f"{exc.code}: {exc.detail}"}
     except Exception as exc:  # the job fails; the worker keeps serving
         log.exception("job failed in worker", extra={"job_id": job_id})
         return {"type": "error", "job_id": job_id, "error": f"{type(exc).__name__}: {exc}"}
-    return {"type": "done", "job_id": job_id, "result": annotation.model_dump_json()}
+    finally:
+        control.end()
+    return {"type": "done", "job_id": job_id, "result": result}
+
+
+def _read_pipe(
+    conn: Connection, control: _Control, jobs: queue.SimpleQueue[dict[str, Any] | None]
+) -> None:
+    """Thread: take the manager's messages while the main thread runs a job.
+
+    ``job`` messages queue up for the main thread; ``stop_job`` flags the running job (the
+    next progress report raises :class:`JobStopped`); ``stop`` and EOF end the worker.
+    """
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            msg = None
+        if not isinstance(msg, dict) or msg.get("type") == "stop":
+            jobs.put(None)
+            return
+        if msg.get("type") == "stop_job":
+            control.request_stop(str(msg.get("job_id")), str(msg.get("reason") or "stopped"))
+        elif msg.get("type") == "job":
+            jobs.put(msg)
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:
@@ -169,79 +214,34 @@ def _exit_with_parent(interval: float = 1.0) -> None:
             os._exit(1)
 
 
-def worker_main(conn: Connection, settings: Settings, name: str) -> None:
+def worker_main(conn: Connection, settings: Settings, name: str, runner: JobRunner) -> None:
     """Entry point of a worker process (multiprocessing target).
 
-    ``settings`` arrives pickled (not JSON-dumped) so secret fields keep their values.
+    ``settings`` and ``runner`` arrive pickled (not JSON-dumped) so secret fields keep their
+    values.
     """
     # The manager decides when a worker stops: Ctrl-C in a terminal (SIGINT) and a service
     # manager's SIGTERM reach the whole process group, and a worker must not die mid-job
     # because of them (the job would burn an attempt). The manager stops idle workers with
-    # a "stop" message and kills busy ones with SIGKILL once the grace period is over; a
-    # worker whose manager is gone exits when it next reads its pipe.
+    # a "stop" message, asks a job over its time limit to stop ("stop_job") and kills a
+    # worker with SIGKILL once a grace period is over; a worker whose manager is gone exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     configure_logging(settings.log)
-    preload_error = _preload(settings)
+    control = _Control()
+    jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+    threading.Thread(
+        target=_read_pipe, args=(conn, control, jobs), name="pipe-reader", daemon=True
+    ).start()
+    preload_error = runner.preload(settings)
     log.info("worker ready", extra={"worker": name, "models_ok": preload_error is None})
     try:
         conn.send({"type": "ready", "pid": os.getpid(), "preload_error": preload_error})
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break  # the manager is gone
-            if not isinstance(msg, dict) or msg.get("type") == "stop":
-                break
-            if msg.get("type") == "job":
-                conn.send(_run_job(conn, settings, msg))
+        while (msg := jobs.get()) is not None:
+            conn.send(_run_job(conn, settings, runner, control, msg))
     except (BrokenPipeError, EOFError, OSError):
         pass  # the manager went away while we talked to it
     finally:
         with contextlib.suppress(OSError):
             conn.close()
-
-
-def run_standalone_worker(settings: Settings) -> None:
-    """``callannotate worker``: a worker pool on the queue folder, no HTTP.
-
-    Exits on SIGTERM/SIGINT: stops taking work, lets running jobs finish within the grace
-    period and returns the others to incoming. A second signal stops at once (running jobs
-    go back to incoming).
-    """
-    from callannotate.jobs.filequeue import FileQueue
-    from callannotate.jobs.manager import QueueManager
-
-    async def main() -> None:
-        queue = FileQueue(settings.queue_dir, settings.queue)
-        manager = QueueManager(queue, settings)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        signals = 0
-
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                log.info("stopping: no new jobs; running jobs finish or go back to the queue")
-                stop.set()
-            else:
-                log.info("stopping now: running jobs go back to the queue")
-                manager.request_hard_stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        await manager.start()
-        log.info(
-            "worker pool started",
-            extra={"queue": str(settings.queue_dir), "workers": settings.workers.concurrency},
-        )
-        try:
-            await stop.wait()
-        finally:
-            await manager.stop(graceful=True)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    asyncio.run(main())

@@ -1,0 +1,147 @@
+"""Where a job's ``callback_url`` may point: no private, loopback or link-local targets.
+
+A callback is a request the service makes on a client's behalf, so an unchecked URL lets a
+client reach what only the server can (``http://169.254.169.254/`` cloud metadata, an admin
+port on ``127.0.0.1``, the office LAN). A target is refused unless its address is globally
+routable or ``callbacks.allowed_hosts`` lists it (a host name, an address or a CIDR).
+
+The check runs twice:
+
+* at submit time on the URL (:meth:`TargetPolicy.check_url`): a malformed URL or an IP literal
+  in a refused range is a 422;
+* at delivery time after DNS resolution (:meth:`TargetPolicy.resolve`): every address the
+  name resolves to must pass, and the request then goes to the checked address (the URL's
+  name is kept for the ``Host`` header and TLS), so a name re-pointed between the check and
+  the connection (DNS rebinding) cannot slip through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from callannotate.errors import Unprocessable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_URL_LENGTH = 2048
+
+
+class TargetRefused(Exception):
+    """A callback target the policy does not allow (or cannot resolve)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked callback target: connect to one of ``addresses``, speak to ``host``."""
+
+    scheme: str
+    host: str  # the URL's host name (Host header, TLS server name)
+    port: int
+    addresses: tuple[str, ...]  # every resolved address, all checked, in resolver order
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return None
+
+
+def refused_range(ip: IPAddress) -> bool:
+    """True for addresses a callback must not reach by default (anything not public)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class TargetPolicy:
+    """The allow-list of ``callbacks.allowed_hosts`` applied to URLs and resolved addresses."""
+
+    def __init__(self, allowed_hosts: list[str]) -> None:
+        self.networks: list[IPNetwork] = []
+        self.hostnames: set[str] = set()
+        for entry in allowed_hosts:
+            entry = entry.strip()
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.hostnames.add(entry.lower().rstrip("."))
+
+    def address_allowed(self, ip: IPAddress) -> bool:
+        if not refused_range(ip):
+            return True
+        candidates = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        return any(
+            c in net for c in candidates for net in self.networks if c.version == net.version
+        )
+
+    def _split(self, url: str) -> tuple[str, str, int]:
+        if len(url) > MAX_URL_LENGTH or any(ch.isspace() for ch in url):
+            raise TargetRefused("callback_url must be an http:// or https:// URL")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise TargetRefused(f"callback_url is not a valid URL ({exc})") from exc
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").rstrip(".")
+        if scheme not in ("http", "https") or not host:
+            raise TargetRefused("callback_url must be an http:// or https:// URL with a host")
+        return scheme, host, port or (443 if scheme == "https" else 80)
+
+    def check_url(self, url: str) -> None:
+        """Submit-time check: ``Unprocessable`` for a malformed URL or a refused IP literal."""
+        try:
+            _, host, _ = self._split(url)
+            ip = _parse_ip(host)
+            if ip is not None and host not in self.hostnames and not self.address_allowed(ip):
+                raise TargetRefused(
+                    f"callback_url points to {ip}, a private, loopback or link-local address "
+                    "(allow it with callbacks.allowed_hosts)"
+                )
+        except TargetRefused as exc:
+            raise Unprocessable(str(exc)) from exc
+
+    async def resolve(self, url: str) -> Target:
+        """Resolve the URL's host, check every address, return the one to connect to."""
+        scheme, host, port = self._split(url)
+        literal = _parse_ip(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
+            addresses = []
+            for info in infos:
+                ip = _parse_ip(str(info[4][0]))
+                if ip is not None and ip not in addresses:
+                    addresses.append(ip)
+            if not addresses:
+                raise ConnectionError(f"{host} resolved to no address")
+        if host.lower() not in self.hostnames:
+            refused = [str(ip) for ip in addresses if not self.address_allowed(ip)]
+            if refused:
+                raise TargetRefused(
+                    f"{host} resolves to {', '.join(refused)}: a private, loopback or link-local "
+                    "address (allow it with callbacks.allowed_hosts)"
+                )
+        return Target(
+            scheme=scheme, host=host, port=port, addresses=tuple(str(ip) for ip in addresses)
+        )
+
+
+def check_callback_url(url: str, allowed_hosts: list[str]) -> None:
+    """Submit-time check of a job's ``callback_url`` (``Unprocessable`` when refused)."""
+    TargetPolicy(allowed_hosts).check_url(url)

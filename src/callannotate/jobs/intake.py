@@ -1,0 +1,86 @@
+"""The one place a job record is built: probe the staged audio, describe it, queue it.
+
+Both ways in (``POST /jobs`` and ``WS /stream`` with ``create_job``) call :func:`new_job`,
+so a job's stored name and served type always come from what the audio decodes as, never
+from the client's filename (an HTML page renamed ``.wav`` is not audio; an MP3 named
+``.wav`` is stored as ``audio.mp3`` and served as ``audio/mpeg``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from callannotate.config import Settings
+from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.fsutil import PRIVATE_FILE
+from callannotate.jobs.models import AudioMeta, Job
+from callannotate.pipeline.audio import decode as audio_io
+from callannotate.pipeline.types import AnnotateOptions
+
+# ffmpeg container name (first of PyAV's ``format.name`` list) -> (extension, media type).
+AUDIO_TYPES: dict[str, tuple[str, str]] = {
+    "wav": ("wav", "audio/wav"),
+    "w64": ("w64", "audio/wav"),
+    "flac": ("flac", "audio/flac"),
+    "mp3": ("mp3", "audio/mpeg"),
+    "ogg": ("ogg", "audio/ogg"),
+    "mov": ("m4a", "audio/mp4"),
+    "matroska": ("webm", "audio/webm"),
+    "webm": ("webm", "audio/webm"),
+    "aac": ("aac", "audio/aac"),
+    "amr": ("amr", "audio/amr"),
+    "aiff": ("aiff", "audio/aiff"),
+    "au": ("au", "audio/basic"),
+    "caf": ("caf", "audio/x-caf"),
+    "wv": ("wv", "audio/x-wavpack"),
+}
+UNKNOWN_TYPE = ("bin", "application/octet-stream")
+
+
+def audio_type(container: str) -> tuple[str, str]:
+    """``(extension, media type)`` of a probed container; ``("bin", octet-stream)`` if unknown."""
+    return AUDIO_TYPES.get(container.split(",")[0].strip().lower(), UNKNOWN_TYPE)
+
+
+def stored_name(container: str) -> str:
+    """The name the audio is stored under, from its decoded container: ``audio.<ext>``."""
+    return f"audio.{audio_type(container)[0]}"
+
+
+def new_job(
+    queue: FileQueue,
+    settings: Settings,
+    *,
+    staged_path: Path,
+    filename: str,
+    options: AnnotateOptions,
+    owner: str,
+    callback_url: str | None = None,
+) -> Job:
+    """Probe ``staged_path`` (``InvalidAudio`` when it is not audio), build the job record and
+    queue it durably (the staged file is moved into the job folder, mode 0600).
+
+    ``filename`` is the display name (already made safe by the caller). Blocking: call it
+    from a worker thread. The caller announces the job (``job.queued``) once this returns.
+    """
+    probe = audio_io.probe(staged_path)
+    os.chmod(staged_path, PRIVATE_FILE)
+    job = Job(
+        id=queue.new_job_id(),
+        owner=owner,
+        options=options,
+        callback_url=callback_url,
+        audio=AudioMeta(
+            filename=filename,
+            stored_as=stored_name(probe.format),
+            size_bytes=staged_path.stat().st_size,
+            format=probe.format,
+            codec=probe.codec,
+            sample_rate=probe.sample_rate,
+            channels=probe.channels,
+            duration=round(probe.duration, 3),
+        ),
+        max_attempts=settings.queue.max_attempts,
+    )
+    return queue.submit(job, staged_path)
