@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from callannotate.api.app import create_app
 from callannotate.api.uploads import (
     FORM_OVERHEAD,
     clean_stale_parts,
+    open_part,
     safe_filename,
-    stored_name,
 )
 from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.fsutil import unlock
+from callannotate.jobs.intake import stored_name
 
 Upload = Callable[..., Awaitable[httpx.Response]]
 Leftovers = Callable[[], list[str]]
@@ -303,6 +312,9 @@ async def test_refuses_other_file_field(
         ({"num_speakers": "2", "max_speakers": "3"}, "not both"),
         ({"language": "english"}, "language"),
         ({"steps": "vad,dance"}, "steps"),
+        ({"steps": ",,,"}, "steps"),  # issue 15.13: an empty step list is refused
+        ({"steps": " , ,"}, "steps"),
+        ({"steps": "   "}, "steps"),
         ({"channel_mode": "left"}, "channel_mode"),
         ({"initial_prompt": "x" * 2001}, "initial_prompt"),
         ({"callback_url": "ftp://example.test/x"}, "callback_url"),
@@ -363,11 +375,12 @@ def test_safe_filename(raw: str, safe: str) -> None:
     assert "/" not in safe_filename(raw) and "\\" not in safe_filename(raw)
 
 
-def test_stored_name_is_ascii_and_fixed() -> None:
-    assert stored_name("call.WAV", "wav") == "audio.wav"
-    assert stored_name("passwd", "wav") == "audio.wav"
-    assert stored_name("x.тест", "mov") == "audio.mov"
-    assert stored_name("x", "weird,format") == "audio.bin"
+def test_stored_name_comes_from_the_decoded_container() -> None:
+    assert stored_name("wav") == "audio.wav"
+    assert stored_name("mp3") == "audio.mp3"
+    assert stored_name("mov,mp4,m4a,3gp,3g2,mj2") == "audio.m4a"
+    assert stored_name("matroska,webm") == "audio.webm"
+    assert stored_name("weird,format") == "audio.bin"
 
 
 def test_job_json_round_trips(audio_dir: Path) -> None:
@@ -423,17 +436,188 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
     assert not any(m["type"] == "http.response.start" and m["status"] == 500 for m in sent)
 
 
-def test_stale_partial_uploads_are_cleaned(tmp_path: Path) -> None:
-    import os
-    import time
-
-    stale = tmp_path / "old.part"
-    fresh = tmp_path / "new.part"
+def test_abandoned_partial_uploads_are_cleaned_whatever_their_age(tmp_path: Path) -> None:
+    """Issue 15.11: a .part nobody holds is removed at once; one being written is kept."""
+    abandoned = tmp_path / "old.part"
+    abandoned.write_bytes(b"x")
     other = tmp_path / ".build-x"
-    for path in (stale, fresh):
-        path.write_bytes(b"x")
     other.mkdir()
-    old = time.time() - 2 * 3600
-    os.utime(stale, (old, old))
-    assert clean_stale_parts(tmp_path) == 1
-    assert not stale.exists() and fresh.exists() and other.exists()
+    writing, fd = open_part(tmp_path)
+    try:
+        assert clean_stale_parts(tmp_path) == 1
+        assert not abandoned.exists() and writing.exists() and other.exists()
+    finally:
+        unlock(fd)
+    assert clean_stale_parts(tmp_path) == 1  # its writer let go without queueing it
+    assert not writing.exists()
+
+
+_PART_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from callannotate.api.uploads import open_part
+path, fd = open_part(Path(sys.argv[1]))
+os.write(fd, b"x" * 65536)
+print(path, flush=True)
+time.sleep(120)
+"""
+
+
+def _start_part_holder(staging: Path) -> tuple[subprocess.Popen[str], Path]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PART_HOLDER, str(staging)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+async def test_startup_removes_the_partial_upload_of_a_killed_api(
+    app: FastAPI, settings: Settings
+) -> None:
+    """Issue 15.11: an uploader killed with SIGKILL leaves a .part that start-up removes at
+    once (no waiting an hour); a .part a live process is writing is kept."""
+    staging = settings.queue_dir / "staging"
+    killed, killed_part = _start_part_holder(staging)
+    alive, alive_part = _start_part_holder(staging)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert killed_part.is_file() and alive_part.is_file()
+        async with app.router.lifespan_context(app):
+            assert not killed_part.exists()
+            assert alive_part.is_file()
+    finally:
+        for proc in (killed, alive):
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _asgi_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
+async def test_stalled_upload_times_out_with_408(
+    settings: Settings, audio_dir: Path, leftovers: Leftovers
+) -> None:
+    """Issue 15.9: a client that stops sending mid-body gets 408 and nothing stays staged."""
+    settings.api.body_idle_timeout_s = 0.5
+    app = create_app(settings)
+    boundary = "st4ll"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    ).encode() + (audio_dir / "tone.wav").read_bytes()[:4000]
+    first = [{"type": "http.request", "body": head, "more_body": True}]
+    stalled = anyio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if first:
+            return first.pop()
+        stalled.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _asgi_scope(
+        "/jobs", [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
+    )
+    with anyio.fail_after(30):  # a safety net for the broken case, not a speed limit
+        await app(scope, receive, send)
+    assert stalled.is_set()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    body = json.loads(
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    )
+    assert body["error"] == "request_timeout" and "0.5 s" in body["detail"]
+    assert leftovers() == []
+
+
+def _modes(root: Path) -> dict[str, str]:
+    """Every folder and file under ``root`` (itself included) whose mode is not private."""
+    loose: dict[str, str] = {}
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        want = 0o700 if path.is_dir() else 0o600
+        if mode != want:
+            loose[str(path.relative_to(root))] = oct(mode)
+    return loose
+
+
+async def test_everything_under_the_data_folder_is_private(
+    settings: Settings, audio_dir: Path
+) -> None:
+    """Issue 15.3: queue folders, staging, uploads, job folders, results and voices are
+    0700/0600 even when the process umask would allow more (umask 000 here)."""
+    from callannotate.voices.schemas import Voice
+    from callannotate.voices.store import VoiceStore
+
+    old = os.umask(0)
+    try:
+        app = create_app(settings)
+        queue: FileQueue = app.state.queue
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            with open(audio_dir / "tone.wav", "rb") as fh:
+                response = await client.post("/jobs", files={"file": ("a.wav", fh)})
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            assert queue.claim("w") is not None
+            queue.complete(job_id, b"{}")
+            with open(audio_dir / "tone.flac", "rb") as fh:
+                second = await client.post("/jobs", files={"file": ("b.flac", fh)})
+            assert second.status_code == 202
+        _, in_flight = open_part(queue.staging_dir())  # an upload being written
+        unlock(in_flight)
+        VoiceStore(settings.voices_dir).create(Voice(id="a" * 32, name="A", embedding_model="m"))
+    finally:
+        os.umask(old)
+    assert (settings.queue_dir / "completed" / job_id / "result.json").is_file()
+    assert _modes(settings.data_dir) == {}
+
+
+async def test_undecodable_upload_error_names_no_server_path(
+    upload: Upload, audio_dir: Path, settings: Settings
+) -> None:
+    """Issue 15.4: the probe error says what is wrong, not where the staged file is."""
+    for name in ("text.wav", "truncated.m4a", "truncated.wav"):
+        body = assert_error(await upload(audio_dir / name), 422, "invalid_audio")
+        assert "does not decode" in body["detail"]
+        assert str(settings.data_dir) not in body["detail"]
+        assert "staging" not in body["detail"] and ".part" not in body["detail"]
+
+
+@pytest.mark.parametrize("steps", [",,,", " , ,"])
+def test_cli_refuses_an_empty_step_list(steps: str) -> None:
+    """Issue 15.13, CLI path: ``--steps ,,,`` is refused by the same options model."""
+    import argparse
+
+    from callannotate.cli import CliError, _annotate_options
+
+    args = argparse.Namespace(
+        language="auto",
+        speakers=None,
+        min_speakers=None,
+        max_speakers=None,
+        steps=steps,
+        channel_mode=None,
+        initial_prompt=None,
+    )
+    with pytest.raises(CliError, match="steps"):
+        _annotate_options(args)

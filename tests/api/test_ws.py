@@ -114,20 +114,25 @@ def test_unknown_and_foreign_jobs_get_errors_not_a_closed_socket(
 
 
 @pytest.mark.parametrize(
-    ("path", "send", "code"),
+    ("path", "send", "code", "error"),
     [
-        ("/ws/ok", lambda ws: ws.send_bytes(b"\x01\x02"), 1003),
-        ("/ws/ok", lambda ws: ws.send_text("hello"), 1007),
-        ("/ws/bad id!", None, 1008),
+        ("/ws/ok", lambda ws: ws.send_bytes(b"\x01\x02"), 1003, "unsupported_data"),
+        ("/ws/ok", lambda ws: ws.send_text("hello"), 1007, "invalid_payload"),
+        # issue 15.10: 60 kB of nesting was an unhandled RecursionError (close 1000)
+        ("/ws/ok", lambda ws: ws.send_text("[" * 30000 + "]" * 30000), 1007, "invalid_payload"),
+        ("/ws/ok", lambda ws: ws.send_text(" " * 65537), 1009, "message_too_big"),
+        ("/ws/bad id!", None, 1008, None),
     ],
 )
 def test_malformed_frames_and_bad_client_ids_close_with_a_code(
-    live: TestClient, path: str, send: Any, code: int
+    live: TestClient, path: str, send: Any, code: int, error: str | None
 ) -> None:
     with live.websocket_connect(path) as ws:
         if send is not None:
             ws.receive_json()
             send(ws)
+            reply = ws.receive_json()
+            assert reply["type"] == "error" and reply["code"] == error, reply
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == code

@@ -442,3 +442,50 @@ async def test_a_client_leaving_while_a_send_waits_ends_the_session_cleanly(env:
     assert sock.events() == []
     pending = [t for t in asyncio.all_tasks() if t.get_name().startswith("ws-send-")]
     assert pending == []
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "error"),
+    [
+        ("[" * 30000 + "]" * 30000, CloseCode.INVALID_PAYLOAD, "invalid_payload"),
+        (
+            '{"type": "ping", "id": "' + "x" * 70000 + '"}',
+            CloseCode.MESSAGE_TOO_BIG,
+            "message_too_big",
+        ),
+        ("{not json", CloseCode.INVALID_PAYLOAD, "invalid_payload"),
+    ],
+)
+async def test_a_too_deep_or_too_big_message_gets_an_error_then_a_close(
+    env: Any, text: str, code: int, error: str
+) -> None:
+    """Issue 15.10: ``[`` x 30000 crashed the handler (RecursionError); now error + close."""
+    _, _, open_session = env
+    sock, _, task = await open_session()
+    start = len(sock.frames)
+    sock.inbox.put_nowait({"type": "websocket.receive", "text": text})
+    await asyncio.wait_for(task, 3)
+    assert sock.closed is not None and sock.closed[0] == code and sock.closed[1]
+    frames = sock.frames[start:]
+    assert [f["type"] for f in frames] == ["error"] and frames[0]["code"] == error
+
+
+async def test_message_limits_are_configurable(env: Any) -> None:
+    _, hub, _ = env
+    sock = FakeSocket()
+    session = Session(
+        hub=hub,
+        transport=sock,
+        client_id="small",
+        principal_id="alice",
+        is_admin=False,
+        owner_lookup=lookup,
+        settings=EventSettings(),
+        max_message_bytes=40,
+        max_json_depth=2,
+    )
+    task = asyncio.create_task(session.run())
+    await sock.next_of("welcome")
+    sock.send({"type": "ping", "id": [[1]]})  # depth 3 > 2
+    await asyncio.wait_for(task, 3)
+    assert sock.closed is not None and sock.closed[0] == CloseCode.INVALID_PAYLOAD

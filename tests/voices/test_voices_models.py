@@ -13,7 +13,7 @@ from callannotate.config import Settings
 from callannotate.pipeline.audio.decode import decode
 from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 from callannotate.voices import cli
-from callannotate.voices.service import RecognitionParams, VoiceService, voice_embedding
+from callannotate.voices.service import RecognitionParams, VoiceService, campp_embeddings
 from callannotate.voices.store import VoiceStore
 
 pytestmark = [pytest.mark.models, needs_fsdd]
@@ -40,7 +40,7 @@ def test_enroll_two_speakers_and_identify_a_third_take(
         result = service.identify_wave(np.concatenate(waves))
         assert [c.name for c in result.candidates] == [speaker, other]
         assert result.candidates[0].score > result.candidates[1].score + 0.1
-        emb = voice_embedding(service.embedder, np.concatenate(waves), service.params)
+        emb = campp_embeddings(service.embedder, [np.concatenate(waves)], service.params)[0]
         lenient = VoiceService(service.store, embedder, RecognitionParams(threshold=0.3))
         match = lenient.identify({"S0": emb})["S0"]
         assert match.accepted and match.voice_id == voices[speaker].id, (speaker, match)
@@ -78,16 +78,15 @@ def test_cli_enroll_list_identify(
 
 def test_identifier_on_a_synthetic_call(tmp_path: Path, embedder: SpeakerEmbedder) -> None:
     """The pipeline's recognition step on a two-speaker "call" made of FSDD takes."""
-    from callannotate.pipeline.registry import load_models_config
+    from callannotate.pipeline.registry import models_settings
     from callannotate.pipeline.types import AudioBuffer, Speaker, Turn
     from callannotate.voices.service import Identifier
 
-    section = load_models_config(Settings().models_config)["recognition"]
+    section = models_settings(Settings()).recognition
+    assert section is not None
     lenient = {"threshold": 0.3, "fused_threshold": 0.5}  # two voices: plain cosine
-    ident = Identifier({**section, **lenient}, tmp_path / "models")
-    ident.use_embedder(embedder)
-    ident.use_voices_dir(tmp_path / "voices")
-    service = ident.service
+    ident = Identifier(section.model_copy(update=lenient), tmp_path / "models")
+    service = ident.voice_service(tmp_path / "voices", embedder)
     for speaker in ("jackson", "george"):
         files = [(FSDD / f"{d}_{speaker}_0.wav", f"{d}.wav") for d in range(5)]
         service.enroll(speaker.title(), service.samples_from_files(files))
@@ -101,7 +100,9 @@ def test_identifier_on_a_synthetic_call(tmp_path: Path, embedder: SpeakerEmbedde
             t += w.size / 16000
     buffer = AudioBuffer(np.concatenate(pieces)[None, :], 16000)
     speakers = [Speaker(label=s) for s in ("S0", "S1", "S2")]
-    matches = ident.identify_speakers(buffer, turns, speakers)
+    matches = ident.identify_speakers(
+        buffer, turns, speakers, voices_dir=tmp_path / "voices", embedder=embedder
+    )
     assert matches["S0"].accepted and matches["S0"].name == "George"
     assert matches["S1"].accepted and matches["S1"].name == "Jackson"
     assert matches["S2"].score < max(matches["S0"].score, matches["S1"].score)

@@ -19,10 +19,9 @@ from callannotate.config import ApiSettings, Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import AudioMeta, Job
 from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, Turn
+from callannotate.voices.schemas import Voice
 from callannotate.voices.service import VoiceService
 from callannotate.voices.store import VoiceStore
-
-pytestmark = [pytest.mark.models, needs_fsdd]
 
 
 @pytest.fixture
@@ -64,6 +63,8 @@ JACKSON = [FSDD / f"{d}_jackson_0.wav" for d in range(5)]
 GEORGE = [FSDD / f"{d}_george_0.wav" for d in range(5)]
 
 
+@pytest.mark.models
+@needs_fsdd
 async def test_voice_crud(client: httpx.AsyncClient, settings: Settings) -> None:
     r = await client.post(
         "/voices", data={"name": "Jackson", "contact_id": "c-42"}, files=files_of(*JACKSON[:3])
@@ -95,6 +96,8 @@ async def test_voice_crud(client: httpx.AsyncClient, settings: Settings) -> None
     assert list(settings.voices_dir.glob("*.json")) == []
 
 
+@pytest.mark.models
+@needs_fsdd
 async def test_bad_samples_are_refused(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/voices", data={"name": "X"}, files=[("file", ("s.wav", silent_wav(), "audio/wav"))]
@@ -150,6 +153,8 @@ def _completed_job(queue: FileQueue, audio: Path, annotation: Annotation) -> str
     return job_id
 
 
+@pytest.mark.models
+@needs_fsdd
 async def test_enroll_speaker_of_a_job(
     client: httpx.AsyncClient, app: FastAPI, settings: Settings, tmp_path: Path
 ) -> None:
@@ -198,3 +203,52 @@ async def test_enroll_speaker_of_a_job(
     takes = [decode(FSDD / f"{d}_jackson_20.wav").mono() for d in range(5, 10)]
     result = service.identify_wave(np.concatenate(takes))
     assert result.candidates[0].name == "Jackson"
+
+
+CHUNK = 64 * 1024
+
+
+class _Body:
+    """A chunked request body (no Content-Length) that counts what the server read."""
+
+    def __init__(self, head: bytes, total: int) -> None:
+        self.head = head
+        self.total = total
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.head
+        while self.sent < self.total:
+            self.sent += CHUNK
+            yield b"\0" * CHUNK
+
+
+@pytest.mark.parametrize("path", ["/voices", f"/voices/{'0' * 32}/samples"])
+async def test_chunked_oversized_samples_are_refused_while_streaming(
+    client: httpx.AsyncClient, settings: Settings, path: str
+) -> None:
+    """Issue 16.5: a chunked body (no Content-Length) larger than the limit gets 413 as soon
+    as the limit is crossed, not after the whole body was read, and leaves nothing behind."""
+    if path != "/voices":  # the voice must exist, or the route answers 404 first
+        VoiceStore(settings.voices_dir).create(
+            Voice(id="0" * 32, name="A", embedding_model="campplus")
+        )
+    limit = settings.api.max_upload_bytes
+    boundary = "v0ices"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nX\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    body = _Body(head, total=8 * limit)
+    response = await client.post(
+        path,
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"
+    assert body.sent <= limit + 2 * CHUNK  # stopped reading at the limit
+    staging = settings.queue_dir / "staging"
+    assert list(staging.iterdir()) == []
+    assert len(VoiceStore(settings.voices_dir).list()) == (0 if path == "/voices" else 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from voices_testing import FakeEmbedder
 
-from callannotate.errors import BadRequest, NotFound, Unprocessable
+from callannotate.errors import ConfigError, NotFound, Unprocessable
 from callannotate.pipeline.types import (
     Annotation,
     AudioBuffer,
@@ -124,16 +124,21 @@ def test_centred_scoring_with_enough_voices(service: VoiceService) -> None:
     assert match_of(FakeEmbedder.direction(4), gallery_of(service.store.list(), plain), plain)
 
 
-def test_params_from_config() -> None:
-    params = RecognitionParams.from_params(
-        {"score_norm": "center", "min_voices": 4, "ge2e": {"enabled": False}, "threshold": 0.4}
+def test_params_from_config(tmp_path: Path) -> None:
+    ident = Identifier(
+        {"score_norm": "center", "min_voices": 4, "ge2e": {"enabled": False}, "threshold": 0.4},
+        tmp_path,
     )
+    params = ident.rparams
     assert params.min_voices == 4 and isinstance(params.min_voices, int)
     assert not params.use_ge2e and params.threshold == 0.4
     assert params.threshold_for(True, True) == params.fused_center_threshold
     assert params.threshold_for(False, False) == params.threshold
-    with pytest.raises(BadRequest):
-        RecognitionParams.from_params({"score_norm": "tnorm"})
+    # A bad setting is the server's configuration error (503), never a client's 400.
+    with pytest.raises(ConfigError, match="recognition: score_norm"):
+        Identifier({"score_norm": "tnorm"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"recognition\.ge2e: unknown key 'enable'"):
+        Identifier({"ge2e": {"enable": False}}, tmp_path)
 
 
 def test_speaker_audio_takes_the_speakers_turns() -> None:
@@ -153,17 +158,19 @@ def test_speaker_audio_takes_the_speakers_turns() -> None:
 
 def test_identifier_identify_speakers(tmp_path: Path, fake_embedder: FakeEmbedder) -> None:
     ident = Identifier({"threshold": 0.5}, tmp_path / "models")
-    ident.use_embedder(fake_embedder)
-    ident.use_voices_dir(tmp_path / "voices")
+    voices = tmp_path / "voices"
     buffer = AudioBuffer(
         np.concatenate([speechlike(2.0, 0.3), speechlike(2.0, 0.9, 1)])[None, :], SR
     )
     turns = [Turn(start=0, end=2, speaker="S0"), Turn(start=2, end=4, speaker="S1")]
     speakers = [Speaker(label="S0"), Speaker(label="S1"), Speaker(label="S2")]
-    assert ident.identify_speakers(buffer, turns, speakers) == {}  # nothing enrolled
-    service = ident.service
+    # Nothing enrolled:
+    assert ident.identify_speakers(buffer, turns, speakers, voices_dir=voices) == {}
+    service = ident.voice_service(voices, fake_embedder)
     ivan = service.enroll("Ivan", [service.make_sample(speechlike(1.0, 0.3, 5), "i.wav")])
-    matches = ident.identify_speakers(buffer, turns, speakers)
+    matches = ident.identify_speakers(
+        buffer, turns, speakers, voices_dir=voices, embedder=fake_embedder
+    )
     assert matches["S0"].voice_id == ivan.id and matches["S0"].accepted
     assert not matches["S1"].accepted
     assert "S2" not in matches  # no speech: left out

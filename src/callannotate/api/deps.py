@@ -1,7 +1,8 @@
 """Dependency aliases every route uses (import these in your own routers).
 
-``SettingsDep``, ``QueueDep``, ``ManagerDep`` (``None`` when the app runs without embedded
-workers) and ``CurrentPrincipal``, the single place where the caller's identity comes from.
+``SettingsDep``, ``QueueDep``, ``ExecutorDep`` (what runs jobs: submit, cancel, workers and
+readiness, whichever executor the app was built with) and ``CurrentPrincipal``, the single
+place where the caller's identity comes from.
 
 The providers are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in its
 thread pool, which costs more than the work they do (this is the hot polling path). They
@@ -17,8 +18,8 @@ from starlette.requests import HTTPConnection
 
 from callannotate.config import Settings
 from callannotate.errors import NotFound
+from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.filequeue import FileQueue, valid_job_id
-from callannotate.jobs.manager import QueueManager
 from callannotate.jobs.models import Job
 from callannotate.security.principal import Principal, local_principal
 
@@ -33,9 +34,9 @@ async def get_queue(conn: HTTPConnection) -> FileQueue:
     return queue
 
 
-async def get_manager(conn: HTTPConnection) -> QueueManager | None:
-    manager: QueueManager | None = conn.app.state.manager
-    return manager
+async def get_executor(conn: HTTPConnection) -> Executor:
+    executor: Executor = conn.app.state.executor
+    return executor
 
 
 async def get_current_principal() -> Principal:
@@ -45,7 +46,7 @@ async def get_current_principal() -> Principal:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[FileQueue, Depends(get_queue)]
-ManagerDep = Annotated[QueueManager | None, Depends(get_manager)]
+ExecutorDep = Annotated[Executor, Depends(get_executor)]
 CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]
 
 

@@ -5,6 +5,9 @@
   echoes it on every response, and turns unexpected exceptions into a 500 error body.
 * :func:`install_error_handlers` maps domain errors, FastAPI's validation errors and
   Starlette's HTTP errors (404, 405, ...) to ``{"error", "detail", "request_id"}``.
+* Every detail goes through :func:`safe_detail`: server paths under the data folder are
+  replaced, and what a client sent is echoed at most :data:`MAX_ECHO` characters at a time.
+* Every HTTP response carries ``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_ECHO = 64
+MAX_DETAIL = 1000
+_LONG_TOKEN = re.compile(rf"\S{{{MAX_ECHO + 1},}}")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid input"},
@@ -61,6 +69,28 @@ def _code_for_status(status: int) -> str:
         return f"http_{status}"
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def safe_detail(detail: str, data_dir: Path | None = None) -> str:
+    """``detail`` fit for a client: no path under ``data_dir``, no echo longer than
+    :data:`MAX_ECHO` characters (a 10,000-character job id comes back as 64 + "…"), at most
+    :data:`MAX_DETAIL` characters in all."""
+    if data_dir is not None:
+        for root in {str(data_dir.resolve()), str(data_dir.absolute())}:
+            if len(root) > 1:  # never rewrite every "/" of a data_dir of "/"
+                detail = detail.replace(root, "<data>")
+    detail = _LONG_TOKEN.sub(lambda m: _shorten(m.group(0), MAX_ECHO), detail)
+    return _shorten(detail, MAX_DETAIL)
+
+
+def _data_dir(request: Request) -> Path | None:
+    settings = getattr(request.app.state, "settings", None)
+    data_dir = getattr(settings, "data_dir", None)
+    return data_dir if isinstance(data_dir, Path) else None
+
+
 def _format_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -74,18 +104,21 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CallAnnotateError)
     if exc.status_code >= 500:
         logger.error("request failed: %s: %s", exc.code, exc.detail)
-    return error_json(exc.status_code, exc.code, exc.detail)
+    detail = safe_detail(exc.detail, _data_dir(request))
+    return error_json(exc.status_code, exc.code, detail, getattr(exc, "headers", None))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    detail = safe_detail(detail, _data_dir(request))
     return error_json(exc.status_code, _code_for_status(exc.status_code), detail, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_json(422, "validation_error", _format_validation(exc))
+    detail = safe_detail(_format_validation(exc), _data_dir(request))
+    return error_json(422, "validation_error", detail)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -124,6 +157,8 @@ class RequestIdMiddleware:
                 started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
                 headers.append(header)
+                if not any(h[0].lower() == _NOSNIFF[0] for h in headers):
+                    headers.append(_NOSNIFF)
                 message["headers"] = headers
             await send(message)
 

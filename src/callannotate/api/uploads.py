@@ -1,27 +1,45 @@
-"""Streaming multipart upload: the file part goes straight to the queue's staging folder.
+"""Streaming multipart upload: file parts go straight to the queue's staging folder.
 
-The body is parsed as it arrives (``python-multipart``'s push parser), the file part is
+The body is parsed as it arrives (``python-multipart``'s push parser), each file part is
 written in chunks (never held in memory), the size limit is enforced while streaming (and
-early from ``Content-Length``), and on any failure the staged file is removed.
+early from ``Content-Length``, but a chunked body has none), a body that stalls for
+``api.body_idle_timeout_s`` is refused with 408, and on any failure the staged files are
+removed. ``POST /jobs`` takes one file part, ``/voices`` several.
+
+Each staged ``<uuid>.part`` file (mode 0600) is held with an exclusive ``flock`` by the
+process writing it until the file is queued or discarded, so :func:`clean_stale_parts` can
+remove, at start-up and from time to time, exactly the partial uploads no live process owns
+(an API killed mid-upload), whatever their age.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
-import re
+import os
+import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from callannotate.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from callannotate.errors import (
+    BadRequest,
+    CallAnnotateError,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from callannotate.jobs.fsutil import PRIVATE_FILE, private_dir, try_lock, unlock
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +48,19 @@ if TYPE_CHECKING:
 
 FILE_FIELD = "file"
 PART_SUFFIX = ".part"
-STALE_PART_S = 3600.0
+CLEAN_INTERVAL_S = 600.0
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
 # Bytes of multipart framing and form fields allowed on top of the file in Content-Length.
 FORM_OVERHEAD = MAX_FIELDS * 512 + 4 * MAX_FIELD_BYTES
 MAX_FILENAME_CHARS = 120
 
-_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+
+class RequestTimeout(CallAnnotateError):
+    """The client stopped sending the request body."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class InvalidFilename(Unprocessable):
@@ -51,7 +74,7 @@ def check_filename(name: str) -> None:
     name a client meant. Plain folder prefixes (``C:\\calls\\a.wav``) are stripped by
     :func:`safe_filename` instead."""
     if any(part == ".." for part in name.replace("\\", "/").split("/")):
-        raise InvalidFilename(f"the filename {name[:200]!r} contains '..' path segments")
+        raise InvalidFilename(f"the filename {name[:64]!r} contains '..' path segments")
     if "\x00" in name:
         raise InvalidFilename("the filename contains a NUL character")
 
@@ -78,45 +101,99 @@ def safe_filename(name: str | None) -> str:
     return cleaned
 
 
-def stored_name(filename: str, probed_format: str) -> str:
-    """The name the audio is stored under: ``audio.<ext>`` (ASCII, never user-controlled)."""
-    ext = Path(filename).suffix.lower().lstrip(".")
-    if not _EXT.match(ext):
-        ext = probed_format.lower() if _EXT.match(probed_format.lower()) else "bin"
-    return f"audio.{ext}"
+def open_part(staging: Path) -> tuple[Path, int]:
+    """Create a new ``<uuid>.part`` in ``staging`` (0600) and lock it; ``(path, fd)``.
+
+    The lock is taken before anyone could see the file as abandoned: when a cleaner got the
+    lock first (between our create and our lock), that name is left to it and a new one is
+    made.
+    """
+    while True:
+        path = staging / f"{uuid.uuid4().hex}{PART_SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        os.fchmod(fd, PRIVATE_FILE)
+        return path, fd
+
+
+@dataclass
+class StagedFile:
+    """One received file part: staged at ``path``, locked through ``fd`` until released."""
+
+    path: Path
+    fd: int
+    filename: str = "upload"
+    content_type: str | None = None
+    size: int = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def release(self) -> None:
+        """Drop the lock (the file was moved into a job, or is being discarded)."""
+        if self.fd >= 0:
+            unlock(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Delete the staged file (no-op when already moved away) and drop the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.release()
 
 
 @dataclass
 class StagedUpload:
-    """What :func:`receive_upload` read: the staged file and the form fields."""
+    """What :func:`receive_upload` read: the staged files and the form fields."""
 
-    path: Path | None = None
-    filename: str = "upload"
-    content_type: str | None = None
-    size: int = 0
+    files: list[StagedFile] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def file(self) -> StagedFile | None:
+        """The first (for ``/jobs``, the only) file part."""
+        return self.files[0] if self.files else None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def release(self) -> None:
+        """Drop the locks of files that were moved into the queue (call after submitting)."""
+        for staged in self.files:
+            staged.release()
+
     def discard(self) -> None:
-        """Delete the staged file (no-op when already moved away or absent)."""
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        """Delete every staged file still in staging and drop the locks."""
+        for staged in self.files:
+            staged.discard()
 
 
 class _Receiver:
-    """Callbacks for the push parser; writes the file part to ``staging``."""
+    """Callbacks for the push parser; writes file parts to ``staging``."""
 
-    def __init__(self, staging: Path, max_bytes: int) -> None:
+    def __init__(self, staging: Path, max_bytes: int, max_files: int) -> None:
         self.staging = staging
         self.max_bytes = max_bytes
+        self.max_files = max_files
         self.upload = StagedUpload()
-        self._fh: IO[bytes] | None = None
+        self._current: StagedFile | None = None
         self._pending = bytearray()
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._part_name: str | None = None
-        self._part_is_file = False
         self._field_data = bytearray()
         self._field_count = 0
         self.finished = False
@@ -125,7 +202,7 @@ class _Receiver:
     def on_part_begin(self) -> None:
         self._headers = {}
         self._part_name = None
-        self._part_is_file = False
+        self._current = None
         self._field_data = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -152,63 +229,65 @@ class _Receiver:
             raise Unprocessable(f"too many form fields (at most {MAX_FIELDS})")
         if b"filename" in options or name == FILE_FIELD:
             if name != FILE_FIELD:
-                raise Unprocessable(f"unexpected file field {name!r}; send the audio as 'file'")
-            if self.upload.path is not None:
-                raise Unprocessable("send exactly one file per upload")
-            self._part_is_file = True
+                raise Unprocessable(
+                    f"unexpected file field {name[:64]!r}; send the audio as '{FILE_FIELD}'"
+                )
+            if len(self.upload.files) >= self.max_files:
+                raise Unprocessable(
+                    "send exactly one file per upload"
+                    if self.max_files == 1
+                    else f"send at most {self.max_files} files"
+                )
             raw = options.get(b"filename", b"").decode("utf-8", "replace")
             check_filename(raw)
-            self.upload.filename = safe_filename(raw)
             ctype = self._headers.get(b"content-type")
-            self.upload.content_type = ctype.decode("latin-1") if ctype else None
-            self.upload.path = self.staging / f"{uuid.uuid4().hex}{PART_SUFFIX}"
-            self._fh = open(self.upload.path, "xb")  # noqa: SIM115 - closed in flush/close
+            path, fd = open_part(self.staging)
+            self._current = StagedFile(
+                path=path,
+                fd=fd,
+                filename=safe_filename(raw),
+                content_type=ctype.decode("latin-1") if ctype else None,
+            )
+            self.upload.files.append(self._current)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part_is_file:
-            self.upload.size += end - start
+        if self._current is not None:
+            self._current.size += end - start
             if self.upload.size > self.max_bytes:
                 raise PayloadTooLarge(
-                    f"the file is larger than the limit of {self.max_bytes} bytes"
+                    f"the upload is larger than the limit of {self.max_bytes} bytes"
                 )
             self._pending += data[start:end]
         else:
             self._field_data += data[start:end]
             if len(self._field_data) > MAX_FIELD_BYTES:
                 raise Unprocessable(
-                    f"form field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes"
+                    f"form field {self._part_name!r:.66} is longer than {MAX_FIELD_BYTES} bytes"
                 )
 
     def on_part_end(self) -> None:
-        if self._part_is_file:
+        if self._current is not None:
             self.flush()
-            self.close_file()
+            self._current = None
         elif self._part_name is not None:
             if self._part_name in self.upload.fields:
-                raise Unprocessable(f"form field {self._part_name!r} given more than once")
+                raise Unprocessable(f"form field {self._part_name!r:.66} given more than once")
             try:
                 self.upload.fields[self._part_name] = self._field_data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise Unprocessable(f"form field {self._part_name!r} is not UTF-8") from exc
+                raise Unprocessable(f"form field {self._part_name!r:.66} is not UTF-8") from exc
 
     def on_end(self) -> None:
         self.finished = True
 
     # file handling ----------------------------------------------------------------
     def flush(self) -> None:
-        if self._fh is not None and self._pending:
-            self._fh.write(self._pending)
+        if self._current is not None and self._pending:
+            self._current.write(self._pending)
             self._pending.clear()
 
-    def close_file(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._current = None
         self.upload.discard()
 
 
@@ -241,16 +320,42 @@ def check_content_length(request: Request, max_bytes: int) -> None:
         )
 
 
-async def receive_upload(request: Request, staging: Path, max_bytes: int) -> StagedUpload:
-    """Stream the multipart body: the file into ``staging``, the fields into a dict.
+async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; ``RequestTimeout`` when none arrives for ``idle_timeout_s``."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_timeout_s):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"no request body bytes received for {idle_timeout_s:g} s; upload again"
+            ) from exc
+        yield chunk
 
-    Raises a domain error (and leaves nothing in ``staging``) on any problem. The caller
-    owns the returned staged file and must :meth:`StagedUpload.discard` it on failure.
+
+async def receive_upload(
+    request: Request,
+    staging: Path,
+    max_bytes: int,
+    *,
+    idle_timeout_s: float = 30.0,
+    max_files: int = 1,
+) -> StagedUpload:
+    """Stream the multipart body: file parts into ``staging``, the fields into a dict.
+
+    ``max_bytes`` bounds all file parts together. Raises a domain error (and leaves nothing
+    in ``staging``) on any problem. The caller owns the returned staged files: it must
+    :meth:`StagedUpload.release` them once moved into a job, or
+    :meth:`StagedUpload.discard` them.
     """
     boundary = check_content_type(request)
     check_content_length(request, max_bytes)
-    staging.mkdir(parents=True, exist_ok=True)
-    receiver = _Receiver(staging, max_bytes)
+    private_dir(staging)
+    _clean_now_and_then(staging)
+    receiver = _Receiver(staging, max_bytes, max_files)
     callbacks: MultipartCallbacks = {
         "on_part_begin": receiver.on_part_begin,
         "on_part_data": receiver.on_part_data,
@@ -263,7 +368,7 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> Sta
     }
     parser = MultipartParser(boundary, callbacks)
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, idle_timeout_s):
             if chunk:
                 parser.write(chunk)
                 receiver.flush()
@@ -272,27 +377,52 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> Sta
             raise BadRequest("the multipart body is incomplete (no closing boundary)")
     except MultipartParseError as exc:
         receiver.abort()
-        raise BadRequest(f"malformed multipart body: {exc}") from exc
+        raise BadRequest(f"malformed multipart body: {str(exc)[:200]}") from exc
     except BaseException:  # includes ClientDisconnect and cancellation
         receiver.abort()
         raise
     return receiver.upload
 
 
-def clean_stale_parts(staging: Path, max_age_s: float = STALE_PART_S) -> int:
-    """Delete uploads left in ``staging`` by a crashed process (untouched for ``max_age_s``).
+def clean_stale_parts(staging: Path) -> int:
+    """Delete partial uploads in ``staging`` that no live process is writing.
 
-    An upload in progress rewrites its file all the time, so its mtime stays fresh; other API
-    processes sharing the queue folder are not disturbed.
+    The writer holds each ``.part`` file's ``flock`` until the file is queued or discarded;
+    the kernel drops it when that process dies (kill -9 included). A file whose lock can be
+    taken is abandoned, whatever its age; other API processes sharing the queue folder keep
+    their uploads.
     """
     removed = 0
-    cutoff = time.time() - max_age_s
     with contextlib.suppress(FileNotFoundError):
         for path in staging.glob(f"*{PART_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_file() and path.stat().st_mtime < cutoff:
+            try:
+                fd = try_lock(path)
+            except OSError:
+                continue
+            if fd is None:
+                continue  # a live process is writing it
+            try:
+                with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                     removed += 1
+            finally:
+                unlock(fd)
     if removed:
-        logger.info("removed %d stale partial upload(s) from %s", removed, staging)
+        logger.info("removed %d abandoned partial upload(s) from staging", removed)
     return removed
+
+
+_last_clean: dict[Path, float] = {}
+_clean_lock = threading.Lock()
+
+
+def _clean_now_and_then(staging: Path) -> None:
+    """Run :func:`clean_stale_parts` at most every :data:`CLEAN_INTERVAL_S` per folder (the
+    start-up run covers the rest), so a long-running API does not accumulate leftovers."""
+    now = time.monotonic()
+    with _clean_lock:
+        last = _last_clean.get(staging)
+        if last is not None and now - last < CLEAN_INTERVAL_S:
+            return
+        _last_clean[staging] = now
+    clean_stale_parts(staging)

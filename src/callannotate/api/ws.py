@@ -15,6 +15,7 @@ import anyio
 from fastapi import APIRouter, FastAPI, WebSocket
 
 from callannotate.api.deps import CurrentPrincipal
+from callannotate.api.origin import origin_allowed
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
 from callannotate.events.bus import EventBus, create_bus
@@ -98,6 +99,12 @@ def publish_job_queued(app: FastAPI, job: Job) -> None:
 @router.websocket("/ws/{client_id}")
 async def job_events(websocket: WebSocket, client_id: str, principal: CurrentPrincipal) -> None:
     """Subscribe to job events; see docs/api-specification.md for the protocol."""
+    settings: Settings = websocket.app.state.settings
+    if not origin_allowed(websocket, settings.api):
+        # Before accept: the handshake is refused with HTTP 403 (no socket for that page).
+        log.info("ws %s: origin %.200r refused", client_id[:128], websocket.headers.get("origin"))
+        await websocket.close(CloseCode.POLICY_VIOLATION, "origin not allowed")
+        return
     await websocket.accept()
     if not CLIENT_ID_RE.fullmatch(client_id):
         await websocket.close(
@@ -117,5 +124,7 @@ async def job_events(websocket: WebSocket, client_id: str, principal: CurrentPri
         is_admin=principal.is_admin,
         owner_lookup=lookup,
         settings=service.settings.events,
+        max_message_bytes=settings.api.ws_max_message_bytes,
+        max_json_depth=settings.api.ws_max_json_depth,
     )
     await session.run()

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from callannotate.config import EventSettings
 from callannotate.events.hub import Hub
+from callannotate.events.limits import InvalidPayload, MessageTooBig, parse_message
 from callannotate.events.models import TERMINAL_TYPES, BusEvent, Replay, iso_ts
 from callannotate.events.sendqueue import Outgoing, SendQueue
 
@@ -34,17 +35,19 @@ log = logging.getLogger(__name__)
 
 #: Most jobs one connection may subscribe to by id.
 MAX_SUBSCRIPTIONS = 1000
-#: Longest client message (characters) the session parses.
-MAX_MESSAGE_CHARS = 64 * 1024
+#: Longest client message (UTF-8 bytes) the session parses, unless configured.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: Deepest JSON nesting of a client message, unless configured.
+MAX_JSON_DEPTH = 32
 
 
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     UNSUPPORTED_DATA = 1003  # binary frame
-    INVALID_PAYLOAD = 1007  # text that is not JSON
-    POLICY_VIOLATION = 1008  # bad client id
-    MESSAGE_TOO_BIG = 1009
+    INVALID_PAYLOAD = 1007  # text that is not JSON, or JSON nested too deep
+    POLICY_VIOLATION = 1008  # bad client id, origin not allowed (before accept: HTTP 403)
+    MESSAGE_TOO_BIG = 1009  # a text message over the size limit
     TRY_AGAIN_LATER = 1013  # too slow: send queue stayed full; reconnect and resume
     HEARTBEAT_TIMEOUT = 4000  # no pong within pong_timeout_s
     REPLACED = 4001  # a newer connection with the same client id took over
@@ -118,6 +121,8 @@ class Session:
         is_admin: bool,
         owner_lookup: OwnerLookup,
         settings: EventSettings,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_json_depth: int = MAX_JSON_DEPTH,
     ) -> None:
         self.hub = hub
         self.transport = transport
@@ -126,6 +131,9 @@ class Session:
         self.is_admin = is_admin
         self._lookup = owner_lookup
         self._settings = settings
+        self._max_message_bytes = max_message_bytes
+        self._max_json_depth = max_json_depth
+        self._last_frame: str | None = None  # an error sent just before the close frame
         self.queue = SendQueue(
             settings.send_queue_size, full_timeout_s=settings.slow_client_timeout_s
         )
@@ -213,6 +221,12 @@ class Session:
                 self._awaiting_pong_since = now
             self.queue.wake()
 
+    def _fail(self, code: int, error: str, detail: str) -> None:
+        """Send ``{"type": "error", "code": error, "detail"}``, then close with ``code``."""
+        if self._close is None:
+            self._last_frame = _dump({"type": "error", "code": error, "detail": detail})
+            self.request_close(code, detail[:120])
+
     def request_close(self, code: int, reason: str) -> None:
         if self._close is None:
             self._close = (int(code), reason)
@@ -265,15 +279,18 @@ class Session:
                 continue
             text = message.get("text")
             if text is None:
-                self.request_close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
-                continue
-            if len(text) > MAX_MESSAGE_CHARS:
-                self.request_close(CloseCode.MESSAGE_TOO_BIG, "message too long")
+                self._fail(
+                    CloseCode.UNSUPPORTED_DATA,
+                    "unsupported_data",
+                    "binary frames are not supported",
+                )
                 continue
             try:
-                obj = json.loads(text)
-            except ValueError:
-                self.request_close(CloseCode.INVALID_PAYLOAD, "frames must be JSON text")
+                obj = parse_message(
+                    text, max_bytes=self._max_message_bytes, max_depth=self._max_json_depth
+                )
+            except (MessageTooBig, InvalidPayload) as exc:
+                self._fail(exc.close_code, exc.code, exc.detail)
                 continue
             await self._handle(obj)
 
@@ -525,6 +542,12 @@ class Session:
         code, reason = self._close or (CloseCode.NORMAL, "")
         self.close_code = code
         self.queue.clear()
+        last, self._last_frame = self._last_frame, None
+        if last is not None and not self._abort_send:
+            try:
+                await self._send(last)
+            except Exception as exc:
+                log.debug("ws %s: error frame not sent: %s", self.client_id, exc)
         if code != CloseCode.NORMAL:
             log.info("ws %s: closing with %d (%s)", self.client_id, code, reason)
         try:

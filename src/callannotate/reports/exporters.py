@@ -4,7 +4,10 @@ Formats (:data:`FORMATS`): ``json`` (the annotation itself), ``csv`` (one row pe
 ``words.csv`` (one row per word), ``srt`` and ``vtt`` (one cue per utterance, speaker
 prefixed / as a WebVTT voice), ``rttm`` (speaker turns, NIST RTTM), ``html`` (the
 self-contained report page) and ``pdf``. CSV files are UTF-8 with a BOM so spreadsheet
-programs open Cyrillic correctly.
+programs open Cyrillic correctly, and text cells that a spreadsheet would read as a formula
+(starting with ``=``, ``+``, ``-``, ``@``, tab or CR: a voice named ``=HYPERLINK(...)``) are
+prefixed with a single quote, as OWASP's CSV-injection guidance says; numeric cells are
+written as numbers and left alone.
 """
 
 from __future__ import annotations
@@ -40,10 +43,32 @@ def export_json(annotation: Annotation) -> bytes:
     return annotation.model_dump_json(indent=2).encode("utf-8")
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _Num(str):
+    """A number already formatted for CSV: never neutralised (``-0.250`` stays a number)."""
+
+
+def _num(value: float, digits: int = 3) -> _Num:
+    return _Num(f"{value:.{digits}f}")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe for a spreadsheet: text that would start a formula gets a ``'`` prefix."""
+    if (
+        isinstance(value, str)
+        and not isinstance(value, _Num)
+        and value.startswith(FORMULA_PREFIXES)
+    ):
+        return "'" + value
+    return value
+
+
 def _csv_bytes(rows: list[list[object]]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerows(rows)
+    writer.writerows([csv_cell(cell) for cell in row] for row in rows)
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
 
@@ -71,21 +96,17 @@ def export_utterances_csv(annotation: Annotation) -> bytes:
         rows.append(
             [
                 i,
-                f"{u.start:.3f}",
-                f"{u.end:.3f}",
+                _num(u.start),
+                _num(u.end),
                 u.speaker or "",
                 names.get(u.speaker or "", u.speaker or ""),
                 u.text,
                 u.language or "",
                 u.sentiment.label if u.sentiment else "",
-                f"{u.sentiment.score:.3f}" if u.sentiment else "",
+                _num(u.sentiment.score) if u.sentiment else "",
                 u.emotion.label if u.emotion else "",
-                ""
-                if u.emotion is None or u.emotion.valence is None
-                else f"{u.emotion.valence:.3f}",
-                ""
-                if u.emotion is None or u.emotion.arousal is None
-                else f"{u.emotion.arousal:.3f}",
+                "" if u.emotion is None or u.emotion.valence is None else _num(u.emotion.valence),
+                "" if u.emotion is None or u.emotion.arousal is None else _num(u.emotion.arousal),
                 u.word_start,
                 u.word_end,
             ]
@@ -105,11 +126,11 @@ def export_words_csv(annotation: Annotation) -> bytes:
         rows.append(
             [
                 i,
-                f"{w.start:.3f}",
-                f"{w.end:.3f}",
+                _num(w.start),
+                _num(w.end),
                 w.speaker or "",
                 w.text,
-                f"{w.probability:.3f}",
+                _num(w.probability),
                 w.language or "",
                 owner.get(i, ""),
             ]

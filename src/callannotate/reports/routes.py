@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
+import os
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
@@ -17,11 +18,13 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from callannotate.api.deps import CurrentPrincipal, QueueDep, visible_job
-from callannotate.api.errors import error_responses
+from callannotate.api.errors import error_json, error_responses
 from callannotate.errors import NotFound, Unprocessable
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.intake import AUDIO_TYPES, audio_type
 from callannotate.pipeline.types import Annotation
 from callannotate.reports.exporters import FORMATS, export_filename, get_format
 from callannotate.reports.html import render_html
@@ -30,19 +33,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["reports"], responses=error_responses(404))
 
-_AUDIO_TYPES = {
-    ".wav": "audio/wav",
-    ".flac": "audio/flac",
-    ".mp3": "audio/mpeg",
-    ".ogg": "audio/ogg",
-    ".oga": "audio/ogg",
-    ".opus": "audio/ogg",
-    ".m4a": "audio/mp4",
-    ".mp4": "audio/mp4",
-    ".aac": "audio/aac",
-    ".webm": "audio/webm",
-    ".amr": "audio/amr",
-}
+# Audio is never a page: no scripts, no plugins, a unique origin if opened as a document.
+AUDIO_CSP = "default-src 'none'; sandbox"
 
 
 def load_annotation(queue: FileQueue, job_id: str) -> Annotation:
@@ -76,7 +68,13 @@ async def export_job(
     job_id: str,
     queue: QueueDep,
     principal: CurrentPrincipal,
-    format: Annotated[str, Query(description="One of: " + ", ".join(FORMATS))] = "json",
+    format: Annotated[
+        str,
+        Query(
+            description="One of: " + ", ".join(FORMATS) + " (case-insensitive).",
+            json_schema_extra={"enum": list(FORMATS)},
+        ),
+    ] = "json",
 ) -> Response:
     """409 while the job is not completed; 400 for an unknown format."""
     fmt = get_format(format)
@@ -121,26 +119,65 @@ async def report_page(
     )
 
 
+def _range_error(request: Request, response: FileResponse, size: int) -> Response | None:
+    """The JSON error for a ``Range`` the file response would refuse (400 / 416), else None.
+
+    Starlette answers these in plain text; the API's errors all carry the error body.
+    """
+    http_range = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if http_range is None or (if_range is not None and not response._should_use_range(if_range)):
+        return None
+    try:
+        FileResponse._parse_range_header(http_range, size)
+    except MalformedRangeHeader as exc:
+        return error_json(400, "bad_range", f"invalid Range header: {exc.content}")
+    except RangeNotSatisfiable:
+        return error_json(
+            416,
+            "range_not_satisfiable",
+            f"the Range starts past the end of the audio ({size} bytes)",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return None
+
+
 @router.get(
     "/{job_id}/audio",
     name="job_audio",
     summary="The job's audio (supports Range requests)",
     response_class=FileResponse,
-    responses={200: {"content": {"audio/*": {}}}, 206: {"description": "Partial content."}},
+    responses={
+        200: {
+            "description": "The audio, typed from what it decodes as (never the upload's name).",
+            "content": {media: {} for media in sorted({t for _, t in AUDIO_TYPES.values()})},
+        },
+        206: {"description": "Partial content (one or more byte ranges)."},
+        **error_responses(400, 416),
+    },
 )
-async def job_audio(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Response:
+async def job_audio(
+    job_id: str, request: Request, queue: QueueDep, principal: CurrentPrincipal
+) -> Response:
+    """Served inline with ``nosniff`` and a sandboxing CSP, so a file that is also HTML
+    (audio with a page appended) can never run as a page on the service's origin."""
     job = visible_job(queue, job_id, principal)
     path = queue.audio_path(job_id)
-    if not path.is_file():
-        raise NotFound(f"job {job_id} has no stored audio")
-    media_type = _AUDIO_TYPES.get(path.suffix.lower()) or (
-        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    )
-    return FileResponse(
+    try:
+        stat = await anyio.to_thread.run_sync(os.stat, path)
+    except FileNotFoundError as exc:
+        raise NotFound(f"job {job_id} has no stored audio") from exc
+    ext, media_type = audio_type(job.audio.format)
+    stem = Path(job.audio.filename or "audio").stem or "audio"
+    response = FileResponse(
         path,
         media_type=media_type,
+        stat_result=stat,
         headers={
-            "Content-Disposition": _disposition("inline", job.audio.filename or path.name),
+            "Content-Disposition": _disposition("inline", f"{stem}.{ext}"),
             "Cache-Control": "private, max-age=3600",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": AUDIO_CSP,
         },
     )
+    return _range_error(request, response, stat.st_size) or response

@@ -24,7 +24,7 @@ clips to 1.6 s with zeros or reflections scored worse on FSDD); longer audio is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ from callannotate.pipeline.models import (
     model_file,
     onnx_session,
 )
-from callannotate.pipeline.speakers.embedding import SAMPLE_RATE, l2_normalize
-from callannotate.pipeline.types import Float32Array, ProgressHook, null_hook
+from callannotate.pipeline.settings import Ge2eSettings
+from callannotate.pipeline.speakers.embedding import l2_normalize
+from callannotate.pipeline.types import SAMPLE_RATE, Float32Array, ProgressHook, null_hook
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ PARTIAL_FRAMES = 160  # 1.6 s
 PARTIAL_STEP = 77  # frames between partial starts (Resemblyzer's rate 1.3 per second)
 MIN_FRAMES = 5
 EXPORT_VERSION = "ge2e-onnx-1"
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    "package": "resemblyzer",
-    "file": "pretrained.pt",
-    "sha256": "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
-    "pip": "resemblyzer==0.1.4",
-    "target_dbfs": -30.0,
-}
-
 
 # ----------------------------------------------------------------------------- features
 
@@ -179,20 +171,22 @@ def export_ge2e_onnx(weights: Path, target: Path) -> None:
 class GE2EEmbedder(MLProcessor[Float32Array, Float32Array]):
     """Resemblyzer's GE2E encoder on onnxruntime: 16 kHz mono in, 256-d unit vector out.
 
-    ``models.yaml`` keys (``recognition.ge2e``): ``package``/``file``/``sha256``/``pip`` or
-    ``path`` (see :func:`callannotate.pipeline.models.model_file`) and ``target_dbfs``.
+    Settings: :class:`~callannotate.pipeline.settings.Ge2eSettings` (``recognition.ge2e``).
     """
 
     name = "ge2e"
+    settings_type = Ge2eSettings
+    settings: Ge2eSettings
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        merged = {**DEFAULT_PARAMS, **params}
-        super().__init__(merged, cache_dir, threads)
-        self.target_dbfs = float(merged["target_dbfs"])
+    def __init__(
+        self, settings: Ge2eSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
+        self.target_dbfs = self.settings.target_dbfs
         self._session: Any = None
 
     def load_model(self) -> None:
-        weights = model_file(self.params)
+        weights = model_file(self.settings)
         onnx_path = cached_onnx_export(
             "ge2e",
             [weights],
@@ -208,7 +202,7 @@ class GE2EEmbedder(MLProcessor[Float32Array, Float32Array]):
         super().cleanup()
 
     def describe(self) -> str:
-        return "GE2E (Resemblyzer 0.1.4, 256-d, onnx)"
+        return self.settings.describe_model()
 
     def process(self, data: Float32Array, hook: ProgressHook = null_hook) -> Float32Array:
         out: Float32Array = self.embed_batch([data])[0]

@@ -1,39 +1,30 @@
 """Voice enrollment over REST: ``/voices`` and ``/jobs/{id}/speakers/{label}/enroll``.
 
 Samples arrive as multipart form data (one or more ``file`` parts, ``name`` and optional
-``contact_id``). Starlette spools each part to a temporary file (in memory up to 1 MB,
-then on disk); the declared size is checked before parsing. Each sample is probed (content,
-not extension), decoded to 16 kHz mono, checked (silent / too little speech -> 422) and
-embedded; only the embedding and quality figures are stored, never the audio.
+``contact_id``), streamed to the queue's staging folder by the same receiver as ``POST
+/jobs`` (size limit counted while the body arrives, chunked or not; idle timeout; nothing
+left behind on failure). Each sample is probed (content, not extension), decoded to 16 kHz
+mono, checked (silent / too little speech -> 422) and embedded; only the embedding and
+quality figures are stored, never the audio.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Request, Response
-from starlette.datastructures import UploadFile
 
 from callannotate.api.deps import CurrentPrincipal, QueueDep, SettingsDep, visible_job
 from callannotate.api.errors import error_responses
-from callannotate.api.uploads import (
-    check_content_length,
-    check_content_type,
-    check_filename,
-    safe_filename,
-)
+from callannotate.api.uploads import receive_upload
 from callannotate.config import Settings
 from callannotate.errors import (
     InvalidAudio,
     ModelUnavailable,
     NotFound,
-    PayloadTooLarge,
     Unprocessable,
 )
 from callannotate.pipeline import registry
@@ -80,11 +71,9 @@ _SAMPLES_SCHEMA: dict[str, Any] = {
 
 
 def recognition_params(settings: Settings) -> RecognitionParams:
-    try:
-        section = registry.step_config(settings, "recognition")
-    except ModelUnavailable:
-        section = {}
-    return RecognitionParams.from_params(section)
+    """The ``recognition`` settings (defaults when the step is not configured; a broken
+    models file is a ``ConfigError``, 503)."""
+    return registry.models_settings(settings).recognition or RecognitionParams()
 
 
 def voice_service(settings: Settings) -> VoiceService:
@@ -103,65 +92,51 @@ def _store(settings: Settings) -> VoiceStore:
 
 
 async def _read_samples(
-    request: Request, settings: Settings, *, need_name: bool
+    request: Request, settings: Settings, staging: Path, *, need_name: bool
 ) -> tuple[list[VoiceSample], dict[str, str]]:
-    """Parse the multipart body and turn every ``file`` part into a checked sample."""
-    check_content_type(request)
-    check_content_length(request, settings.api.max_upload_bytes)
-    form = await request.form(max_files=MAX_FILES, max_fields=len(FORM_FIELDS) + MAX_FILES)
+    """Stream the multipart body (the same receiver and limits as ``POST /jobs``: a chunked
+    body is counted as it arrives) and turn every ``file`` part into a checked sample."""
+    upload = await receive_upload(
+        request,
+        staging,
+        settings.api.max_upload_bytes,
+        idle_timeout_s=settings.api.body_idle_timeout_s,
+        max_files=MAX_FILES,
+    )
     try:
+        unknown = sorted(set(upload.fields) - set(FORM_FIELDS))
+        if unknown:
+            raise Unprocessable(
+                f"unknown form field(s) {', '.join(unknown)}; allowed: file, "
+                + ", ".join(FORM_FIELDS)
+            )
         fields: dict[str, str] = {}
-        uploads: list[UploadFile] = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != FILE_FIELD:
-                    raise Unprocessable(f"unexpected file field {key!r}; send samples as 'file'")
-                uploads.append(value)
-            elif key in FORM_FIELDS:
-                if len(value) > MAX_NAME:
-                    raise Unprocessable(f"{key} is longer than {MAX_NAME} characters")
-                fields[key] = value.strip()
-            else:
-                raise Unprocessable(
-                    f"unknown form field {key!r}; allowed: file, {', '.join(FORM_FIELDS)}"
-                )
+        for key, value in upload.fields.items():
+            if len(value) > MAX_NAME:
+                raise Unprocessable(f"{key} is longer than {MAX_NAME} characters")
+            fields[key] = value.strip()
         if need_name and not fields.get("name"):
             raise Unprocessable("the form field 'name' is required")
-        if not uploads:
+        if not upload.files:
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
-        total = sum(u.size or 0 for u in uploads)
-        if total > settings.api.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"the samples are larger than the limit of {settings.api.max_upload_bytes} bytes"
-            )
+        staged = [(f.path, f.filename) for f in upload.files]
+        await anyio.to_thread.run_sync(_check_samples, staged)
         service = await anyio.to_thread.run_sync(voice_service, settings)
-        samples = await anyio.to_thread.run_sync(_samples_from_uploads, service, uploads)
+        samples = await anyio.to_thread.run_sync(service.samples_from_files, staged)
     finally:
-        await form.close()
+        upload.discard()
     return samples, fields
 
 
-def _samples_from_uploads(service: VoiceService, uploads: list[UploadFile]) -> list[VoiceSample]:
-    samples: list[VoiceSample] = []
-    with tempfile.TemporaryDirectory(prefix="callannotate-voice-") as tmp:
-        for i, upload in enumerate(uploads):
-            raw = upload.filename or f"sample-{i + 1}"
-            check_filename(raw)
-            name = safe_filename(raw)
-            path = Path(tmp) / f"{i}"
-            upload.file.seek(0)
-            with open(path, "wb") as out:
-                shutil.copyfileobj(upload.file, out, 1 << 20)
-            if path.stat().st_size == 0:
-                raise InvalidAudio(f"sample {name!r} is empty (0 bytes)")
-            try:
-                audio_io.probe(path)
-            except InvalidAudio as exc:
-                raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
-            samples.extend(service.samples_from_files([(path, name)]))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-    return samples
+def _check_samples(staged: list[tuple[Path, str]]) -> None:
+    """Refuse empty or undecodable samples before any model is loaded."""
+    for path, name in staged:
+        if path.stat().st_size == 0:
+            raise InvalidAudio(f"sample {name!r} is empty (0 bytes)")
+        try:
+            audio_io.probe(path)
+        except InvalidAudio as exc:
+            raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
 
 
 @router.post(
@@ -170,12 +145,12 @@ def _samples_from_uploads(service: VoiceService, uploads: list[UploadFile]) -> l
     response_model=VoiceInfo,
     summary="Enroll a person's voice from one or more samples",
     openapi_extra=_SAMPLES_SCHEMA,
-    responses=error_responses(413, 415, 422, 503),
+    responses=error_responses(400, 408, 413, 415, 422, 503),
 )
 async def create_voice(
-    request: Request, settings: SettingsDep, principal: CurrentPrincipal
+    request: Request, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
 ) -> Response:
-    samples, fields = await _read_samples(request, settings, need_name=True)
+    samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
     service = VoiceService(_store(settings), None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(
         lambda: service.enroll(fields["name"], samples, fields.get("contact_id"))
@@ -195,14 +170,18 @@ async def create_voice(
     response_model=VoiceInfo,
     summary="Add samples to an enrolled voice",
     openapi_extra=_SAMPLES_SCHEMA,
-    responses=error_responses(413, 415, 422, 503),
+    responses=error_responses(400, 408, 413, 415, 422, 503),
 )
 async def add_samples(
-    voice_id: str, request: Request, settings: SettingsDep, principal: CurrentPrincipal
+    voice_id: str,
+    request: Request,
+    settings: SettingsDep,
+    queue: QueueDep,
+    principal: CurrentPrincipal,
 ) -> VoiceInfo:
     store = _store(settings)
     await anyio.to_thread.run_sync(store.get, voice_id)  # 404 before the upload is processed
-    samples, fields = await _read_samples(request, settings, need_name=False)
+    samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
     if "name" in fields:
         raise Unprocessable("add samples with 'file' parts only; rename is not supported here")
     service = VoiceService(store, None, recognition_params(settings))
@@ -247,7 +226,7 @@ async def delete_sample(
     status_code=201,
     response_model=VoiceInfo,
     summary="Enroll a speaker of a finished job ('this speaker is Ivan')",
-    responses=error_responses(409, 422, 503),
+    responses=error_responses(400, 409, 422, 503),
 )
 async def enroll_job_speaker(
     job_id: str,
@@ -260,6 +239,11 @@ async def enroll_job_speaker(
     await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     result = await anyio.to_thread.run_sync(queue.read_result, job_id)  # 409 unless completed
     annotation = Annotation.model_validate_json(result)
+    # Refuse what the service would refuse before loading the embedding models for it.
+    if (body.name is None) == (body.voice_id is None):
+        raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
+    if not any(s.label == label for s in annotation.speakers):
+        raise NotFound(f"speaker {label} not found in job {job_id}")
     audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
     if not audio_path.is_file():
         raise NotFound(f"the audio of job {job_id} is no longer stored")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +45,20 @@ import numpy.typing as npt
 
 from callannotate.errors import BadRequest, ModelUnavailable, NotFound, Unprocessable
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.settings import Ge2eSettings, RecognitionSettings
 from callannotate.pipeline.speakers.embedding import (
     EMBEDDING_DIM,
-    SAMPLE_RATE,
     SpeakerEmbedder,
     l2_normalize,
 )
 from callannotate.pipeline.types import (
+    SAMPLE_RATE,
     Annotation,
     AudioBuffer,
     Float32Array,
     ProgressHook,
     Speaker,
+    Step,
     Turn,
     VoiceMatch,
     null_hook,
@@ -72,57 +74,8 @@ EMBEDDING_MODEL = "campplus_cn_en_common"
 STATIONARY_SPREAD_DB = 6.0
 
 
-@dataclass(frozen=True)
-class RecognitionParams:
-    """The ``recognition:`` section of ``config/models.yaml``."""
-
-    threshold: float = 0.46  # CAM++ alone, plain cosine
-    fused_threshold: float = 0.65  # CAM++ + GE2E, plain cosine
-    center_threshold: float = 0.23  # CAM++ alone, centred + WCCN (with views)
-    fused_center_threshold: float = 0.22  # CAM++ + GE2E, centred + WCCN (with views)
-    score_norm: str = "center"  # none | center
-    min_voices: int = 3
-    wccn_shrink: float = 0.5
-    min_speech_s: float = 0.2
-    silence_dbfs: float = -55.0
-    pad_to_s: float = 1.6
-    chunk_s: float = 30.0
-    view_max_s: float = 3.0  # 0: no views
-    view_min_s: float = 0.15
-    max_speaker_speech_s: float = 120.0
-    min_turn_s: float = 0.3
-    ge2e: Mapping[str, Any] = field(default_factory=lambda: {"enabled": True})
-
-    @property
-    def use_ge2e(self) -> bool:
-        return bool(self.ge2e.get("enabled", True))
-
-    def threshold_for(self, fused: bool, centred: bool) -> float:
-        if centred:
-            return self.fused_center_threshold if fused else self.center_threshold
-        return self.fused_threshold if fused else self.threshold
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> RecognitionParams:
-        values: dict[str, Any] = {}
-        for key, spec in cls.__dataclass_fields__.items():
-            value = params.get(key)
-            if value is None:
-                continue
-            if key == "score_norm":
-                values[key] = str(value)
-            elif key == "ge2e":
-                if not isinstance(value, Mapping):
-                    raise BadRequest("recognition.ge2e must be a mapping")
-                values[key] = dict(value)
-            elif spec.type in ("int", int):
-                values[key] = int(value)
-            else:
-                values[key] = float(value)
-        out = cls(**values)
-        if out.score_norm not in ("none", "center"):
-            raise BadRequest("recognition.score_norm must be 'none' or 'center'")
-        return out
+#: The ``recognition:`` section of ``config/models.yaml`` (defaults and checks live there).
+RecognitionParams = RecognitionSettings
 
 
 # ----------------------------------------------------------------------------- quality
@@ -202,15 +155,6 @@ def reflect_pad(wave: Float32Array, min_samples: int) -> Float32Array:
         total += wave.size
         forward = not forward
     return np.ascontiguousarray(np.concatenate(parts)[:min_samples], dtype=np.float32)
-
-
-def voice_embedding(
-    embedder: SpeakerEmbedder, wave: npt.NDArray[np.floating[Any]], params: RecognitionParams
-) -> Float32Array:
-    """One normalised CAM++ embedding of 16 kHz mono audio (padded when short, chunked when
-    long)."""
-    out: Float32Array = campp_embeddings(embedder, [wave], params)[0]
-    return out
 
 
 def _campp_pieces(
@@ -308,7 +252,7 @@ def embed_waves(
     return [Embeddings(c, g) for c, g in zip(campp, other, strict=True)]
 
 
-_GE2E: dict[tuple[str, str, int], GE2EEmbedder] = {}
+_GE2E: dict[tuple[Ge2eSettings, str, int], GE2EEmbedder] = {}
 _GE2E_LOCK = threading.Lock()
 
 
@@ -316,11 +260,10 @@ def shared_ge2e(params: RecognitionParams, cache_dir: Path, threads: int) -> GE2
     """The process-wide GE2E embedder for these settings (None when GE2E is disabled)."""
     if not params.use_ge2e:
         return None
-    model = {k: v for k, v in params.ge2e.items() if k != "enabled"}
-    key = (repr(sorted(model.items())), str(cache_dir), threads)
+    key = (params.ge2e.model_copy(update={"enabled": True}), str(cache_dir), threads)
     with _GE2E_LOCK:
         if key not in _GE2E:
-            _GE2E[key] = GE2EEmbedder(model, cache_dir, threads)
+            _GE2E[key] = GE2EEmbedder(params.ge2e, cache_dir, threads)
         return _GE2E[key]
 
 
@@ -579,39 +522,35 @@ class VoiceService:
 
 
 class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, VoiceMatch]]):
-    """The pipeline's ``recognition`` step: diarized speakers -> enrolled voices.
+    """The pipeline's ``identify`` step (models.yaml section ``recognition``): diarized
+    speakers -> enrolled voices.
 
-    The store folder and the CAM++ embedder are given with :meth:`use_voices_dir` and
-    :meth:`use_embedder` (the pipeline shares the process-wide embedder); without them the
+    The pipeline passes the store folder and the CAM++ embedder with each call of
+    :meth:`identify_speakers` (it shares the process-wide embedder); without them the
     ``voices_dir`` parameter (or ``Settings().voices_dir``) and a private embedder are used.
     The GE2E embedder (unless ``ge2e.enabled`` is false) is the process-wide one of
     :func:`shared_ge2e`.
     """
 
-    name = "recognition"
+    name: Step = Step.IDENTIFY
 
-    def __init__(self, params: dict[str, Any], cache_dir: Path, threads: int = 2) -> None:
-        super().__init__(params, cache_dir, threads)
-        self.rparams = RecognitionParams.from_params(params)
+    settings_type = RecognitionSettings
+    settings: RecognitionSettings
+
+    def __init__(
+        self, settings: RecognitionSettings | Mapping[str, Any], cache_dir: Path, threads: int = 2
+    ) -> None:
+        super().__init__(settings, cache_dir, threads)
+        self.rparams = self.settings
         self._embedder: SpeakerEmbedder | None = None
-        self._voices_dir: Path | None = (
-            Path(str(params["voices_dir"])) if params.get("voices_dir") else None
-        )
-
-    def use_embedder(self, embedder: SpeakerEmbedder) -> None:
-        self._embedder = embedder
-
-    def use_voices_dir(self, path: Path) -> None:
-        self._voices_dir = path
+        self._voices_dir: Path | None = self.settings.voices_dir
 
     def load_model(self) -> None:
         """Nothing to load up front: the embedder is shared (or created on first use)."""
 
     def _get_embedder(self) -> SpeakerEmbedder:
         if self._embedder is None:
-            self._embedder = SpeakerEmbedder(
-                dict(self.params.get("embedding") or {}), self.cache_dir, self.threads
-            )
+            self._embedder = SpeakerEmbedder(self.settings.embedding, self.cache_dir, self.threads)
         self._embedder.ensure_loaded()
         return self._embedder
 
@@ -629,8 +568,16 @@ class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, 
 
     @property
     def service(self) -> VoiceService:
+        return self.voice_service()
+
+    def voice_service(
+        self, voices_dir: Path | None = None, embedder: SpeakerEmbedder | None = None
+    ) -> VoiceService:
+        """The voice service over ``voices_dir`` (default: this processor's store) embedding
+        with ``embedder`` (default: its own)."""
+        store = VoiceStore(voices_dir) if voices_dir is not None else self.store()
         ge2e = shared_ge2e(self.rparams, self.cache_dir, self.threads)
-        return VoiceService(self.store(), self._get_embedder(), self.rparams, ge2e)
+        return VoiceService(store, embedder or self._get_embedder(), self.rparams, ge2e)
 
     def process(
         self, data: Mapping[str, Embeddings | Float32Array], hook: ProgressHook = null_hook
@@ -648,14 +595,19 @@ class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, 
         exclusive: Sequence[Turn],
         speakers: Sequence[Speaker],
         hook: ProgressHook = null_hook,
+        *,
+        voices_dir: Path | None = None,
+        embedder: SpeakerEmbedder | None = None,
     ) -> dict[str, VoiceMatch]:
-        """Embed each speaker's exclusive speech and match it against the store.
+        """Embed each speaker's exclusive speech and match it against the voices enrolled
+        in ``voices_dir`` (default: this processor's), embedding with ``embedder`` (default:
+        its own).
 
         Speakers with no usable speech (silent or too short) are left out of the result.
         """
-        if not self.store().list():
-            return {}  # nothing enrolled: no need to embed anything
-        service = self.service
+        if not (VoiceStore(voices_dir) if voices_dir is not None else self.store()).list():
+            return {}  # nothing enrolled: no need to load or run any model
+        service = self.voice_service(voices_dir, embedder)
         embeddings: dict[str, Embeddings] = {}
         for i, speaker in enumerate(speakers):
             hook(self.name, completed=i, total=len(speakers))

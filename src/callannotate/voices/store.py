@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from callannotate.errors import NotFound
-from callannotate.jobs.fsutil import atomic_write, blocking_lock, fsync_dir
+from callannotate.jobs.fsutil import atomic_write, blocking_lock, fsync_dir, private_dir
 from callannotate.voices.schemas import Voice, utcnow
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class VoiceStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # 0700: voiceprints are private
         with blocking_lock(self.root / LOCK_FILE):
             yield
 

@@ -6,19 +6,26 @@ import logging
 from typing import Annotated, Any, get_origin
 
 import anyio
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from callannotate.api.deps import CurrentPrincipal, ManagerDep, QueueDep, SettingsDep, visible_job
+from callannotate.api.deps import (
+    CurrentPrincipal,
+    ExecutorDep,
+    QueueDep,
+    SettingsDep,
+    visible_job,
+)
 from callannotate.api.errors import error_responses
 from callannotate.api.schemas import JobPage
-from callannotate.api.uploads import FILE_FIELD, StagedUpload, receive_upload, stored_name
+from callannotate.api.uploads import FILE_FIELD, StagedUpload, receive_upload
 from callannotate.api.ws import publish_job_queued
 from callannotate.errors import InvalidAudio, Unprocessable
-from callannotate.jobs.models import AudioMeta, Job, JobState
+from callannotate.jobs.callback_targets import check_callback_url
+from callannotate.jobs.intake import new_job
+from callannotate.jobs.models import Job, JobState
 from callannotate.observability.logging import job_context
-from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import AnnotateOptions
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ def _form_property(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]
             + "; omit for the default"
         )
         out.pop("default", None)
+        out.pop("minItems", None)  # a string here; "at least one" is in the pattern
     out.pop("title", None)
     if out.get("default", "") is None:
         del out["default"]  # omitted means unset
@@ -73,6 +81,16 @@ def _upload_schema() -> dict[str, Any]:
     }
     for name, prop in schema["properties"].items():
         properties[name] = _form_property(prop, defs)
+    properties["num_speakers"]["description"] = (
+        "The exact number of speakers. Excludes min_speakers and max_speakers (422 when "
+        "given together)."
+    )
+    for bound in ("min_speakers", "max_speakers"):
+        properties[bound]["description"] = (
+            f"{bound.split('_')[0].capitalize()}imum number of speakers; not with num_speakers "
+            "(min_speakers <= max_speakers)."
+        )
+    properties["steps"]["pattern"] = r"[A-Za-z]"  # at least one step: `,,,` is refused
     properties["callback_url"] = {
         "type": "string",
         "format": "uri",
@@ -112,12 +130,15 @@ def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
         )
     raw: dict[str, Any] = {}
     for name in OPTION_FIELDS:
-        value = fields.get(name, "").strip()
+        given = fields.get(name, "")
+        value = given.strip()
+        if name in LIST_FIELDS and given:
+            # Blanks and commas only (`steps=,,,`) is an empty list: refused, not the default.
+            raw[name] = [s.strip().lower() for s in value.split(",") if s.strip()]
+            continue
         if not value:
             continue
-        if name in LIST_FIELDS:
-            raw[name] = [s.strip().lower() for s in value.split(",") if s.strip()]
-        elif name == "language":
+        if name == "language":
             raw[name] = value.lower()
         else:
             raw[name] = value
@@ -133,6 +154,15 @@ def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
     ):
         raise Unprocessable("callback_url must be an http:// or https:// URL")
     return options, callback
+
+
+def announce_queued(app: FastAPI, job: Job) -> None:
+    """The one way a newly queued job is announced (uploads, streams, retries): wake the
+    executor and publish ``job.queued``. Safe from a worker thread."""
+    executor = getattr(app.state, "executor", None)
+    if executor is not None:
+        executor.submit(job.id)
+    publish_job_queued(app, job)
 
 
 def _location(request: Request, job_id: str) -> str:
@@ -157,7 +187,7 @@ def _job_response(request: Request, job: Job, status: int) -> Response:
     openapi_extra=_upload_schema(),
     responses={
         202: {"description": "Accepted; `Location` names the job.", "model": Job},
-        **error_responses(400, 413, 415, 422),
+        **error_responses(400, 408, 413, 415, 422),
     },
 )
 async def submit_job(
@@ -166,37 +196,38 @@ async def submit_job(
     """Stream the upload to the staging folder, validate it, and queue it durably."""
     upload: StagedUpload | None = None
     try:
-        upload = await receive_upload(request, queue.staging_dir(), settings.api.max_upload_bytes)
-        options, callback = parse_options(upload.fields)
-        if upload.path is None:
-            raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
-        if upload.size == 0:
-            raise InvalidAudio("the uploaded file is empty (0 bytes)")
-        probe = await anyio.to_thread.run_sync(audio_io.probe, upload.path)
-        job = Job(
-            id=queue.new_job_id(),
-            owner=principal.id,
-            options=options,
-            callback_url=callback,
-            audio=AudioMeta(
-                filename=upload.filename,
-                stored_as=stored_name(upload.filename, probe.format),
-                size_bytes=upload.size,
-                format=probe.format,
-                codec=probe.codec,
-                sample_rate=probe.sample_rate,
-                channels=probe.channels,
-                duration=round(probe.duration, 3),
-            ),
-            max_attempts=settings.queue.max_attempts,
+        upload = await receive_upload(
+            request,
+            queue.staging_dir(),
+            settings.api.max_upload_bytes,
+            idle_timeout_s=settings.api.body_idle_timeout_s,
         )
-        job = await anyio.to_thread.run_sync(queue.submit, job, upload.path)
+        options, callback = parse_options(upload.fields)
+        if callback is not None:  # no private, loopback or link-local targets (SSRF)
+            check_callback_url(callback, settings.callbacks.allowed_hosts)
+        staged = upload.file
+        if staged is None:
+            raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
+        if staged.size == 0:
+            raise InvalidAudio("the uploaded file is empty (0 bytes)")
+        job = await anyio.to_thread.run_sync(
+            lambda: new_job(
+                queue,
+                settings,
+                staged_path=staged.path,
+                filename=staged.filename,
+                options=options,
+                owner=principal.id,
+                callback_url=callback,
+            )
+        )
     except BaseException as exc:
         if upload is not None:
             upload.discard()
         if isinstance(exc, Exception):
             logger.info("upload refused: %s", getattr(exc, "detail", type(exc).__name__))
         raise
+    upload.release()
     with job_context(job.id):
         logger.info(
             "job accepted",
@@ -207,7 +238,7 @@ async def submit_job(
                 "duration_s": job.audio.duration,
             },
         )
-    publish_job_queued(request.app, job)
+    announce_queued(request.app, job)
     return _job_response(request, job, 202)
 
 
@@ -233,9 +264,13 @@ def list_jobs(
     queue: QueueDep,
     principal: CurrentPrincipal,
     status: Annotated[
-        list[str] | None,
-        Query(description="Filter by state; repeat or comma-separate (queued,running,...)."),
-    ] = None,
+        list[str],
+        Query(
+            default_factory=list,
+            description="Filter by state; repeat or comma-separate (queued,running,...).",
+            json_schema_extra={"items": {"type": "string", "enum": [s.value for s in JobState]}},
+        ),
+    ],
     owner: Annotated[str | None, Query(description="Admins only: jobs of this owner.")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -277,16 +312,13 @@ def get_result(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Res
     response_class=Response,
 )
 async def delete_job(
-    job_id: str, queue: QueueDep, manager: ManagerDep, principal: CurrentPrincipal
+    job_id: str, queue: QueueDep, executor: ExecutorDep, principal: CurrentPrincipal
 ) -> Response:
     job = await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     with job_context(job_id):
         if job.state in (JobState.QUEUED, JobState.RUNNING):
             try:
-                if manager is not None:
-                    await manager.cancel(job_id)
-                else:
-                    await anyio.to_thread.run_sync(queue.cancel, job_id)
+                await executor.cancel(job_id)
             except Exception as exc:  # it finished meanwhile: deleting is still right
                 logger.info("cancel before delete did not apply: %s", exc)
         await anyio.to_thread.run_sync(queue.delete, job_id)
@@ -309,5 +341,5 @@ def retry_job(
     job = queue.retry(job_id)
     with job_context(job_id):
         logger.info("job retried by %s", principal.id)
-    publish_job_queued(request.app, job)
+    announce_queued(request.app, job)
     return _job_response(request, job, 202)

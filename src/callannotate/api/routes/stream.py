@@ -10,20 +10,30 @@ Protocol (JSON text messages, audio as binary messages):
    ``pcm_s16le`` is 16-bit little-endian mono PCM at 16 kHz; ``webm``/``ogg`` carry Opus
    (what browsers' ``MediaRecorder`` produce). The server answers
    ``{"type": "ready", "stream_id", "language", "model", "sample_rate": 16000}``.
-2. The client sends audio as binary messages, any size.
+2. The client sends audio as binary messages of at most 1 MiB each (:data:`WS_MAX_FRAME_BYTES`).
 3. The server sends ``{"type": "partial" | "committed", "text", "words": [{text, start, end,
    probability}], "audio_time"}``: partial words may still change, committed ones never do.
 4. The client sends ``{"type": "end"}``; the server answers with the last ``committed`` and a
    ``final`` message holding every word (and ``job_id`` when ``create_job`` was true: the saved
    stream was queued as a normal annotation job), then closes with 1000.
 
-Errors are ``{"type": "error", "error": <code>, "detail"}`` followed by a close (1003 bad data,
-1008 bad config, 1011 server error, 1013 too many streams).
+Errors are ``{"type": "error", "error": <code>, "detail"}`` followed by a close: 1003 bad data
+(``bad_request``, ``invalid_audio``), 1007 text that is not JSON or nests deeper than
+``api.ws_max_json_depth`` (``invalid_payload``), 1008 bad config or no message for
+``api.ws_idle_timeout_s`` (``idle_timeout``), 1009 a text message over
+``api.ws_max_message_bytes`` (``message_too_big``) or a stream over ``stream.max_duration_s`` /
+``stream.max_bytes`` (``stream_too_long``; the recording is deleted), 1011 server error, 1013
+too many streams. A page from a foreign ``Origin`` is refused before the handshake (HTTP 403,
+see :mod:`callannotate.api.origin`).
+
+Memory: audio is read only as fast as it is transcribed (at most :data:`BACKLOG_BYTES` wait;
+then the server stops reading, and TCP flow control slows the client), it reaches the
+transcriber in pieces of at most :data:`PUSH_SAMPLES`, the transcriber keeps a bounded window
+of recent audio, and the recording is written to a file as it arrives.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -33,25 +43,58 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
-import numpy as np
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callannotate.api.deps import CurrentPrincipal, QueueDep, SettingsDep
+from callannotate.api.origin import origin_allowed
+from callannotate.api.routes.jobs import announce_queued
 from callannotate.config import Settings
-from callannotate.errors import BadRequest, CallAnnotateError
+from callannotate.errors import BadRequest, CallAnnotateError, PayloadTooLarge
+from callannotate.events.limits import parse_message
 from callannotate.jobs.filequeue import FileQueue
-from callannotate.jobs.models import AudioMeta, Job
+from callannotate.jobs.intake import new_job
 from callannotate.pipeline.asr.streaming import StreamEvent, StreamingTranscriber, open_stream
-from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.audio.stream_decode import StreamDecoder, make_decoder
-from callannotate.pipeline.types import AnnotateOptions, Float32Array
+from callannotate.pipeline.types import SAMPLE_RATE, AnnotateOptions, Float32Array
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
 
 CONFIG_TIMEOUT_S = 10.0
+#: Received audio bytes not yet decoded above which the server stops reading the socket.
+BACKLOG_BYTES = 1024 * 1024
+#: Most samples handed to the transcriber at once (10 s): a client far ahead of the decoder
+#: is caught up in bounded steps.
+PUSH_SAMPLES = 10 * SAMPLE_RATE
+#: Largest WebSocket message uvicorn accepts (``serve``; larger ones close with 1009), and
+#: how many received messages it queues per connection before it stops reading: what a
+#: connection can hold beyond :data:`BACKLOG_BYTES` (uvicorn's defaults, 16 MiB x 32, allowed
+#: 512 MiB). 1 MiB is 32 s of PCM; browsers' MediaRecorder sends a few kB at a time.
+WS_MAX_FRAME_BYTES = 1024 * 1024
+WS_MAX_QUEUE = 8
 _E = TypeVar("_E", bound=BaseException)
+
+
+class StreamTooLong(PayloadTooLarge):
+    """The stream passed ``stream.max_duration_s`` or ``stream.max_bytes`` (close 1009)."""
+
+    code = "stream_too_long"
+    close_code = 1009
+
+
+class IdleTimeout(CallAnnotateError):
+    """The client sent nothing for ``api.ws_idle_timeout_s`` (close 1008)."""
+
+    status_code = 408
+    code = "idle_timeout"
+    close_code = 1008
+
+
+def _close_code(exc: CallAnnotateError, default: int) -> int:
+    """The WebSocket close code of ``exc``: its own (limits, idle) or ``default``."""
+    code: int = getattr(exc, "close_code", default)
+    return code
 
 
 class StreamConfig(BaseModel):
@@ -91,13 +134,12 @@ SLOTS = _Slots()
 
 
 def _max_streams(settings: Settings) -> int:
-    from callannotate.pipeline.asr.streaming import streaming_config
+    from callannotate.pipeline.asr.streaming import streaming_settings
 
     try:
-        _, stream = streaming_config(settings)
+        return streaming_settings(settings).max_streams
     except CallAnnotateError:
         return 1
-    return max(1, int(stream.get("max_streams", 2)))
 
 
 async def _send_error(ws: WebSocket, exc: CallAnnotateError, code: int) -> None:
@@ -111,96 +153,146 @@ def _event_message(event: StreamEvent) -> dict[str, Any]:
 
 
 def _submit_job(
-    queue: FileQueue, settings: Settings, path: Path, cfg: StreamConfig, owner: str
+    queue: FileQueue, settings: Settings, path: Path, cfg: StreamConfig, owner: str, app: FastAPI
 ) -> str:
-    probe = audio_io.probe(path)
+    """Queue the saved stream as a job (the same constructor and announcement as uploads).
+
+    Runs in a worker thread (``anyio.to_thread``)."""
     options = cfg.options or AnnotateOptions(
         language=cfg.language,
         initial_prompt=cfg.initial_prompt,
     )
-    job = Job(
-        id=queue.new_job_id(),
-        owner=owner,
-        options=options,
-        audio=AudioMeta(
-            filename="stream.wav",
-            stored_as="audio.wav",
-            size_bytes=path.stat().st_size,
-            format=probe.format,
-            codec=probe.codec,
-            sample_rate=probe.sample_rate,
-            channels=probe.channels,
-            duration=round(probe.duration, 3),
-        ),
-        max_attempts=settings.queue.max_attempts,
+    job = new_job(
+        queue, settings, staged_path=path, filename="stream.wav", options=options, owner=owner
     )
-    return queue.submit(job, path).id
+    anyio.from_thread.run_sync(announce_queued, app, job)  # on the event loop's thread
+    return job.id
 
 
-async def _read_config(ws: WebSocket) -> StreamConfig:
-    with anyio.fail_after(CONFIG_TIMEOUT_S):
+async def _read_config(ws: WebSocket, settings: Settings) -> StreamConfig:
+    with anyio.fail_after(min(CONFIG_TIMEOUT_S, settings.api.ws_idle_timeout_s)):
         message = await ws.receive()
     if message.get("type") == "websocket.disconnect":
         raise WebSocketDisconnect(int(message.get("code", 1000)))
     text = message.get("text")
     if text is None:
         raise BadRequest("the first message must be a JSON config message, not audio")
+    payload = parse_message(
+        text, max_bytes=settings.api.ws_max_message_bytes, max_depth=settings.api.ws_max_json_depth
+    )
     try:
-        return StreamConfig.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
+        return StreamConfig.model_validate(payload)
+    except ValidationError as exc:
         raise BadRequest(f"invalid config message: {exc}") from exc
 
 
 class _Session:
-    """One connected stream: receive audio, decode it in a worker thread, send events."""
+    """One connected stream: receive audio, decode it in a worker thread, send events.
 
-    def __init__(self, ws: WebSocket, transcriber: StreamingTranscriber, decoder: StreamDecoder):
+    :meth:`receive` reads the socket and queues the raw bytes; :meth:`process` decodes them
+    and feeds the transcriber. When more than :data:`BACKLOG_BYTES` wait, :meth:`receive`
+    stops reading until :meth:`process` took them, so a client sending faster than the
+    server transcribes is slowed down by TCP instead of filling the server's memory.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        transcriber: StreamingTranscriber,
+        decoder: StreamDecoder,
+        settings: Settings,
+    ) -> None:
         self.ws = ws
         self.transcriber = transcriber
         self.decoder = decoder
-        self.pending: list[Float32Array] = []
-        self.wake = anyio.Event()
+        self.api = settings.api
+        self.byte_limit = settings.stream.byte_limit
+        self.max_duration_s = settings.stream.max_duration_s
+        self.sample_limit = int(settings.stream.max_duration_s * SAMPLE_RATE)
+        self.raw: list[bytes] = []  # received, not yet decoded
+        self.raw_bytes = 0
+        self.received_bytes = 0
+        self.samples = 0  # decoded samples handed to the transcriber
+        self.wake = anyio.Event()  # process: there is work
+        self.drained = anyio.Event()  # receive: the backlog was taken
+        self.busy = False  # process is decoding or transcribing
         self.ended = False
-        self.error: CallAnnotateError | None = None
+
+    async def _next_message(self) -> dict[str, Any]:
+        """The next client message; :class:`IdleTimeout` when the client stays silent.
+
+        Time spent transcribing what the client already sent does not count as idle.
+        """
+        while True:
+            with anyio.move_on_after(self.api.ws_idle_timeout_s) as scope:
+                message: dict[str, Any] = dict(await self.ws.receive())
+            if not scope.cancelled_caught:
+                return message
+            if not self.busy and not self.raw:
+                raise IdleTimeout(f"nothing received for {self.api.ws_idle_timeout_s:g} s")
 
     async def receive(self) -> None:
         while True:
-            message = await self.ws.receive()
-            kind = message.get("type")
-            if kind == "websocket.disconnect":
+            message = await self._next_message()
+            if message.get("type") == "websocket.disconnect":
                 raise WebSocketDisconnect(int(message.get("code", 1000)))
             data = message.get("bytes")
             if data is not None:
-                samples = self.decoder.feed(data)
-                if samples.size:
-                    self.pending.append(samples)
+                self.received_bytes += len(data)
+                if self.received_bytes > self.byte_limit:
+                    raise StreamTooLong(f"a stream may send at most {self.byte_limit} bytes")
+                if data:
+                    self.raw.append(data)
+                    self.raw_bytes += len(data)
                     self.wake.set()
+                while self.raw_bytes > BACKLOG_BYTES:  # backpressure: stop reading
+                    self.drained = anyio.Event()
+                    await self.drained.wait()
                 continue
-            try:
-                payload = json.loads(message.get("text") or "{}")
-            except json.JSONDecodeError as exc:
-                raise BadRequest("text messages must be JSON") from exc
+            payload = parse_message(
+                message.get("text") or "",
+                max_bytes=self.api.ws_max_message_bytes,
+                max_depth=self.api.ws_max_json_depth,
+            )
             if isinstance(payload, dict) and payload.get("type") in ("end", "stop"):
-                rest = await anyio.to_thread.run_sync(self.decoder.close)
-                if rest.size:
-                    self.pending.append(rest)
                 self.ended = True
                 self.wake.set()
                 return
             raise BadRequest('unknown message; send audio as binary or {"type": "end"}')
 
+    async def _push(self, samples: Float32Array) -> None:
+        """Hand ``samples`` to the transcriber in bounded pieces; send the events."""
+        for start in range(0, samples.shape[0], PUSH_SAMPLES):
+            piece = samples[start : start + PUSH_SAMPLES]
+            if self.samples + piece.shape[0] > self.sample_limit:
+                raise StreamTooLong(f"a stream may last at most {self.max_duration_s:g} s")
+            self.samples += piece.shape[0]
+            events = await anyio.to_thread.run_sync(self.transcriber.push, piece)
+            for event in events:
+                await self.ws.send_json(_event_message(event))
+
     async def process(self) -> list[StreamEvent]:
-        """Decode pending audio until the client ends; returns the closing events."""
+        """Decode received audio until the client ends; returns the closing events."""
         while True:
             await self.wake.wait()
             self.wake = anyio.Event()
-            while self.pending:
-                chunk = np.concatenate(self.pending)
-                self.pending.clear()
-                events = await anyio.to_thread.run_sync(self.transcriber.push, chunk)
-                for event in events:
-                    await self.ws.send_json(_event_message(event))
+            while self.raw:
+                blob = b"".join(self.raw)
+                self.raw.clear()
+                self.raw_bytes = 0
+                self.drained.set()
+                self.busy = True
+                try:
+                    samples = await anyio.to_thread.run_sync(self.decoder.feed, blob)
+                    del blob
+                    await self._push(samples)
+                    while self.decoder.backlog:  # compressed audio comes out in pieces
+                        await self._push(await anyio.to_thread.run_sync(self.decoder.feed, b""))
+                finally:
+                    self.busy = False
             if self.ended:
+                while (rest := await anyio.to_thread.run_sync(self.decoder.close)).size:
+                    await self._push(rest)
                 return await anyio.to_thread.run_sync(self.transcriber.finish)
 
 
@@ -233,18 +325,23 @@ async def stream_transcription(
     websocket: WebSocket, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
 ) -> None:
     """Live transcription; see the module docstring for the protocol."""
+    if not origin_allowed(websocket, settings.api):
+        # Before accept: the handshake is refused with HTTP 403.
+        logger.info("stream: origin %.200r refused", websocket.headers.get("origin"))
+        await websocket.close(1008, "origin not allowed")
+        return
     await websocket.accept()
     try:
-        cfg = await _read_config(websocket)
+        cfg = await _read_config(websocket, settings)
         if cfg.format == "pcm_s16le" and cfg.sample_rate != 16000:
             raise BadRequest("pcm_s16le streams must be 16 kHz mono")
     except WebSocketDisconnect:
         return
     except TimeoutError:
-        await _send_error(websocket, BadRequest("no config message received"), 1008)
+        await _send_error(websocket, IdleTimeout("no config message received"), 1008)
         return
     except CallAnnotateError as exc:
-        await _send_error(websocket, exc, 1008)
+        await _send_error(websocket, exc, _close_code(exc, 1008))
         return
 
     if not SLOTS.take(_max_streams(settings)):
@@ -253,6 +350,7 @@ async def stream_transcription(
     stream_id = uuid.uuid4().hex
     record = queue.staging_dir() / f"stream-{stream_id}.wav"
     transcriber: StreamingTranscriber | None = None
+    decoder: StreamDecoder | None = None
     keep_recording = False
     try:
         try:
@@ -271,21 +369,23 @@ async def stream_transcription(
                 "sample_rate": 16000,
             }
         )
-        session = _Session(websocket, transcriber, make_decoder(cfg.format))
+        decoder = make_decoder(cfg.format)
+        session = _Session(websocket, transcriber, decoder, settings)
 
         outcome = await _run_session(session)
         if isinstance(outcome, WebSocketDisconnect):
             logger.info("stream %s: client went away", stream_id)
             return
         if isinstance(outcome, CallAnnotateError):
-            await _send_error(websocket, outcome, 1003)
+            logger.info("stream %s: stopped: %s", stream_id, outcome.code)
+            await _send_error(websocket, outcome, _close_code(outcome, 1003))
             return
         closing = outcome
         job_id: str | None = None
         if cfg.create_job and transcriber.audio_time > 0:
             try:
                 job_id = await anyio.to_thread.run_sync(
-                    _submit_job, queue, settings, record, cfg, principal.id
+                    _submit_job, queue, settings, record, cfg, principal.id, websocket.app
                 )
                 keep_recording = True
             except CallAnnotateError as exc:
@@ -304,3 +404,5 @@ async def stream_transcription(
         if not keep_recording:
             with suppress(FileNotFoundError):
                 record.unlink()
+        if decoder is not None:  # ends a container decoder's thread and frees its buffers
+            decoder.release()

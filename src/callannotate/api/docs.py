@@ -1,0 +1,96 @@
+"""``/docs`` (Swagger UI) and ``/redoc`` served from files installed with the service.
+
+FastAPI's own pages load their scripts from a CDN, which an air-gapped host cannot reach and
+which contradicts "runs offline". The assets come from the pinned ``fastapi-offline`` wheel
+(Swagger UI 5 and Redoc 2 bundles) and are served under :data:`ASSETS_URL`.
+
+:func:`install_docs` also finishes the OpenAPI document: an error response is always the
+JSON error body, also on routes whose success is HTML or a file (``/report``, ``/audio``).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+
+ASSETS_URL = "/docs/assets"
+ASSETS_PACKAGE = "fastapi_offline"
+# Swagger UI asks validator.swagger.io to grade the schema unless told not to.
+SWAGGER_PARAMETERS = {"validatorUrl": None}
+
+
+def assets_dir() -> Path:
+    """The folder of the installed Swagger UI / Redoc bundles."""
+    return Path(str(files(ASSETS_PACKAGE) / "static"))
+
+
+def json_error_bodies(schema: dict[str, Any]) -> dict[str, Any]:
+    """Move error bodies documented under a route's own media type (``text/html`` for the
+    report page) to ``application/json``, which is what the API sends."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for code, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if not str(code).startswith(("4", "5")):
+                    continue
+                for media in list(content):
+                    ref = str(content[media].get("schema", {}).get("$ref", ""))
+                    if media != "application/json" and ref.endswith("/ErrorBody"):
+                        content["application/json"] = content.pop(media)
+    return schema
+
+
+def install_docs(app: FastAPI) -> None:
+    """Add ``/docs``, its OAuth2 redirect, ``/redoc`` and their assets to ``app``.
+
+    Create the app with ``docs_url=None, redoc_url=None`` so FastAPI's CDN pages are absent.
+    """
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = json_error_bodies(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=SWAGGER_PARAMETERS,
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )

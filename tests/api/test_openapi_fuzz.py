@@ -1,0 +1,190 @@
+"""Schemathesis over the whole OpenAPI document (issue 15.16): no answer is a server error,
+and every answer matches what the document says (status, content type, body schema).
+
+Bounded and repeatable: :data:`MAX_EXAMPLES` generated cases per operation, derandomized.
+A completed job is seeded in the queue, and half the cases of a ``{job_id}`` route use its
+id, so the job routes are exercised past their 404. The app runs without embedded workers,
+so no model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from callannotate.api.app import create_app  # noqa: E402
+from callannotate.config import ApiSettings, Settings  # noqa: E402
+from callannotate.jobs.filequeue import FileQueue  # noqa: E402
+from callannotate.jobs.intake import new_job  # noqa: E402
+from callannotate.pipeline.types import (  # noqa: E402
+    AnnotateOptions,
+    Annotation,
+    RecordingInfo,
+    Speaker,
+    Turn,
+    Utterance,
+    Word,
+)
+
+MAX_EXAMPLES = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _tone_wav(path: Path) -> Path:
+    import wave
+
+    import numpy as np
+
+    t = np.arange(8000) / 8000
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _annotation() -> Annotation:
+    return Annotation(
+        recording=RecordingInfo(
+            filename="call.wav", duration=1.0, sample_rate=8000, channels=1, format="wav"
+        ),
+        speakers=[Speaker(label="SPEAKER_00", speech_duration=0.8)],
+        turns=[Turn(start=0.1, end=0.9, speaker="SPEAKER_00")],
+        words=[Word(text="hello", start=0.1, end=0.5, probability=0.9, speaker="SPEAKER_00")],
+        utterances=[Utterance(start=0.1, end=0.5, speaker="SPEAKER_00", text="hello", word_end=1)],
+    )
+
+
+class Seeder:
+    """Keeps one completed job in the queue (a fuzzed DELETE may remove it)."""
+
+    def __init__(self, queue: FileQueue, settings: Settings, audio: Path) -> None:
+        self.queue, self.settings, self.audio = queue, settings, audio
+        self.job_id = ""
+        self.ensure()
+
+    def ensure(self) -> None:
+        if self.job_id:
+            try:
+                if self.queue.get(self.job_id).state.value == "completed":
+                    return
+                self.queue.delete(self.job_id)
+            except Exception:
+                pass
+        staged = self.queue.staging_dir() / "seed.part"
+        staged.write_bytes(self.audio.read_bytes())
+        job = new_job(
+            self.queue,
+            self.settings,
+            staged_path=staged,
+            filename="call.wav",
+            options=AnnotateOptions(),
+            owner="local",
+        )
+        assert self.queue.claim("fuzz") is not None
+        self.queue.complete(job.id, _annotation().model_dump_json().encode())
+        self.job_id = job.id
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Seeder]]:
+    root = tmp_path_factory.mktemp("fuzz")
+    app_settings = Settings(
+        data_dir=root / "data",
+        api=ApiSettings(embedded_workers=False, max_upload_bytes=256 * 1024),
+    )
+    app = create_app(app_settings)
+    seeder = Seeder(app.state.queue, app_settings, _tone_wav(root / "call.wav"))
+    yield schemathesis.openapi.from_asgi("/openapi.json", app), seeder
+
+
+def _operations() -> list[str]:
+    app = create_app(Settings(api=ApiSettings(embedded_workers=False)))
+    return [
+        f"{method.upper()} {path}"
+        for path, item in app.openapi()["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
+
+
+@pytest.mark.parametrize("operation", _operations())
+def test_operation_conforms_to_openapi(fuzz_target: tuple[Any, Seeder], operation: str) -> None:
+    schema, seeder = fuzz_target
+    method, path = operation.split(" ", 1)
+    api_operation = schema[path][method]
+    strategy = api_operation.as_strategy()
+    if "{job_id}" in path:
+        strategy = st.one_of(
+            strategy, api_operation.as_strategy(path_parameters={"job_id": seeder.job_id})
+        )
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        seeder.ensure()
+        if case.path_parameters and case.path_parameters.get("job_id") == "":
+            case.path_parameters["job_id"] = seeder.job_id
+        response = case.call()
+        case.validate_response(response, checks=CHECKS)
+
+    run()
+
+
+def test_openapi_declares_what_the_server_accepts() -> None:
+    """Issue 15.16: enums for `status` and export `format`, the speaker-count rule, and JSON
+    error bodies on routes whose success is HTML or audio."""
+    doc = create_app(Settings(api=ApiSettings(embedded_workers=False))).openapi()
+    paths = doc["paths"]
+    status = next(p for p in paths["/jobs"]["get"]["parameters"] if p["name"] == "status")
+    assert status["schema"]["items"]["enum"] == [
+        "queued",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+        "archived",
+    ]
+    fmt = next(
+        p for p in paths["/jobs/{job_id}/export"]["get"]["parameters"] if p["name"] == "format"
+    )
+    assert "pdf" in fmt["schema"]["enum"] and "words.csv" in fmt["schema"]["enum"]
+    form = paths["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert (
+        "Excludes min_speakers and max_speakers"
+        in form["properties"]["num_speakers"]["description"]
+    )
+    for path, code in [
+        ("/jobs/{job_id}/report", "409"),
+        ("/jobs/{job_id}/audio", "416"),
+        ("/jobs/{job_id}/audio", "400"),
+    ]:
+        assert list(paths[path]["get"]["responses"][code]["content"]) == ["application/json"]
+    for path in ("/voices", "/jobs/{job_id}/speakers/{label}/enroll"):
+        assert "400" in paths[path]["post"]["responses"]

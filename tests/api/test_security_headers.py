@@ -1,0 +1,139 @@
+"""What the API serves is typed by content, never by a client's name; docs work offline;
+``OPTIONS`` lists every method; error bodies leak no server path (issue 15)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from callannotate.config import Settings
+from callannotate.jobs.filequeue import FileQueue
+
+SCRIPT = b"<html><body><script>fetch('/jobs').then(r => r.text()).then(alert)</script>"
+
+
+async def _upload(
+    client: httpx.AsyncClient, data: bytes, filename: str, content_type: str
+) -> dict[str, Any]:
+    response = await client.post("/jobs", files={"file": (filename, data, content_type)})
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def test_audio_with_a_page_appended_is_served_as_audio_not_html(
+    client: httpx.AsyncClient, audio_dir: Path, queue: FileQueue
+) -> None:
+    """Issue 15.1: a WAV with <script> appended, uploaded as x.html, is stored and served
+    as audio/wav with nosniff and a sandboxing CSP, so the script can never run."""
+    polyglot = (audio_dir / "tone.wav").read_bytes() + SCRIPT
+    job = await _upload(client, polyglot, "x.html", "text/html")
+    assert job["audio"]["stored_as"] == "audio.wav"
+    assert queue.audio_path(job["id"]).name == "audio.wav"
+    response = await client.get(f"/jobs/{job['id']}/audio")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "sandbox" in csp
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("inline;") and 'filename="x.wav"' in disposition
+    assert ".html" not in disposition
+    assert response.content == polyglot
+
+
+async def test_mp3_named_wav_is_stored_and_served_as_mp3(
+    client: httpx.AsyncClient, audio_dir: Path, queue: FileQueue
+) -> None:
+    """Issue 15.1: the stored name and the type come from what the file decodes as."""
+    job = await _upload(client, (audio_dir / "tone.mp3").read_bytes(), "x.wav", "audio/wav")
+    assert job["audio"]["stored_as"] == "audio.mp3"
+    assert queue.audio_path(job["id"]).name == "audio.mp3"
+    response = await client.get(f"/jobs/{job['id']}/audio")
+    assert response.headers["content-type"] == "audio/mpeg"
+    assert 'filename="x.mp3"' in response.headers["content-disposition"]
+
+
+async def test_every_response_says_nosniff(client: httpx.AsyncClient) -> None:
+    for response in (await client.get("/health"), await client.get("/jobs/nope")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+_URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_load_nothing_from_outside(client: httpx.AsyncClient, page: str) -> None:
+    """Issue 15.5: the docs pages name no http(s) asset (no CDN), and the assets they name
+    are served by the service itself."""
+    response = await client.get(page)
+    assert response.status_code == 200
+    html = response.text
+    assert not re.search(r"https?://", html), re.findall(r"https?://\S+", html)
+    assets = _URL.findall(html)
+    assert any(a.endswith(".js") for a in assets)
+    for asset in assets:
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(served.content) > 1000, asset
+    assert (await client.get("/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/jobs", {"GET", "POST"}),
+        ("/jobs/" + "0" * 32, {"GET", "DELETE"}),
+        ("/jobs/" + "0" * 32 + "/retry", {"POST"}),
+        ("/voices", {"GET", "POST"}),
+        ("/voices/" + "0" * 32, {"GET", "DELETE"}),
+    ],
+)
+async def test_options_and_405_list_every_method(
+    client: httpx.AsyncClient, path: str, allowed: set[str]
+) -> None:
+    """Issue 15.16: ``Allow`` names every method the path takes, not the first route's."""
+    response = await client.options(path)
+    assert response.status_code == 204
+    assert set(response.headers["allow"].split(", ")) == allowed | {"OPTIONS"}
+    response = await client.request("PUT", path)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == allowed | {"OPTIONS"}
+    assert response.json()["error"] == "method_not_allowed"
+
+
+async def test_error_bodies_leak_no_server_path_and_echo_little(
+    client: httpx.AsyncClient, audio_dir: Path, settings: Settings
+) -> None:
+    """Issue 15.4: a general guard over several error bodies: none names the data folder,
+    none echoes more than 64 characters of what the client sent."""
+    long = "a" * 10_000
+    responses = [
+        await client.post("/jobs", files={"file": ("x.wav", b"not audio at all" * 64)}),
+        await client.post(
+            "/jobs", files={"file": ("x.m4a", (audio_dir / "truncated.m4a").read_bytes())}
+        ),
+        await client.post(
+            "/jobs",
+            files={"file": ("x.wav", (audio_dir / "tone.wav").read_bytes())},
+            data={long: "1"},
+        ),
+        await client.get(f"/jobs/{long}"),
+        await client.get(f"/jobs/{long}/audio"),
+        await client.delete(f"/voices/{long}"),
+        await client.get("/jobs", params={"status": long}),
+        await client.get(f"/jobs/{'0' * 32}/export", params={"format": long}),
+    ]
+    roots = {str(settings.data_dir), str(settings.data_dir.resolve())}
+    for response in responses:
+        assert 400 <= response.status_code < 500, response.text[:300]
+        body = response.json()
+        assert set(body) == {"error", "detail", "request_id"}
+        assert not any(root in body["detail"] for root in roots), body["detail"]
+        assert "a" * 65 not in body["detail"], body["detail"][:200]
+        assert len(body["detail"]) < 1100
+    assert "…" in responses[3].json()["detail"]
