@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -106,20 +107,41 @@ def test_annotate_refuses_missing_and_duplicate_stems(
     assert "rename one" in capsys.readouterr().err
 
 
-def test_annotate_writes_every_requested_format(tmp_path: Path) -> None:
+def help_output_names(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """``{format: file name}`` as ``annotate --help`` states it (``csv=<stem>.utterances.csv``)."""
+    with pytest.raises(SystemExit):
+        cli.main(["annotate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    return dict(re.findall(r"([\w.]+)=(<stem>\.[\w.]+?)(?=[,;]|\s|$)", text))
+
+
+def test_annotate_writes_the_file_help_names_for_every_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     usable, why = cli.available_formats()
     if why is not None:
         pytest.skip(f"exporters not installed: {why}")
+    promised = help_output_names(capsys)
+    assert set(promised) == set(usable), "annotate --help must name the file of every format"
     call = write_wav(tmp_path / "call.wav")
-    out = tmp_path / "out"
-    formats = [f for f in ("json", "rttm", "srt", "vtt", "csv") if f in usable]
-    code = cli.main(
-        ["annotate", str(call), "--out", str(out), "-f", ",".join(formats), "--steps", "vad", "-q"]
-    )
-    assert code == 0
-    written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"call.{cli.format_extension(f)}" for f in formats)
-    assert "call.json" in written and "call.rttm" in written
+    for fmt in usable:
+        out = tmp_path / fmt
+        code = cli.main(
+            ["annotate", str(call), "--out", str(out), "-f", fmt, "--steps", "vad", "-q"]
+        )
+        assert code == 0, capsys.readouterr().err
+        written = [p.name for p in out.iterdir()]
+        assert written == [promised[fmt].replace("<stem>", "call")], fmt
+
+
+def test_readme_names_the_file_of_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    _, why = cli.available_formats()
+    if why is not None:
+        pytest.skip(f"exporters not installed: {why}")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Command line") :].split("\n## ", 1)[0]
+    missing = [name for name in help_output_names(capsys).values() if f"`{name}`" not in section]
+    assert not missing, f"README's command-line section must name these files: {missing}"
 
 
 def test_other_formats_need_the_exporters(tmp_path: Path) -> None:

@@ -22,7 +22,12 @@ from callannotate import __version__
 from callannotate.config import Settings
 
 # Extra command groups: modules exposing ``add_parser(subparsers)`` (one line each).
-COMMAND_MODULES: tuple[str, ...] = ("callannotate.voices.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "callannotate.voices.cli",
+    "callannotate.pipeline.settings_cli",
+    "callannotate.db.cli",
+    "callannotate.security.cli",
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 BUILTIN_FORMATS = ("json",)
@@ -56,6 +61,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from callannotate.api.app import create_app
+    from callannotate.api.routes.stream import WS_MAX_FRAME_BYTES, WS_MAX_QUEUE
     from callannotate.observability.logging import configure_logging
 
     settings = load_settings(
@@ -74,12 +80,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=int(args.grace),
         ws_per_message_deflate=settings.api.ws_compression,
+        # one WebSocket message, and how many uvicorn queues per connection (issue 15.8)
+        ws_max_size=WS_MAX_FRAME_BYTES,
+        ws_max_queue=WS_MAX_QUEUE,
     )
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from callannotate.jobs.worker import run_standalone_worker
+    from callannotate.jobs.service import run_standalone_worker
     from callannotate.observability.logging import configure_logging
 
     settings = load_settings(workers__concurrency=args.workers)
@@ -110,6 +119,19 @@ def format_extension(fmt: str) -> str:
     exporters = importlib.import_module("callannotate.reports.exporters")
     spec = getattr(exporters, "FORMATS", {}).get(fmt)
     return str(getattr(spec, "extension", fmt) or fmt)
+
+
+def output_name(stem: str, fmt: str) -> str:
+    """The file ``annotate`` writes for ``fmt``: ``<stem>.<extension>`` (``x.utterances.csv``)."""
+    return f"{stem}.{format_extension(fmt)}"
+
+
+def _format_help() -> str:
+    """``--format`` help naming the file each usable format writes (the one place it is said)."""
+    usable, why = available_formats()
+    files = ", ".join(f"{fmt}={output_name('<stem>', fmt)}" for fmt in usable)
+    missing = f"; other formats need the exporters: {why}" if why else ""
+    return f"comma-separated formats (default json,rttm), each written to DIR/: {files}{missing}"
 
 
 def export_annotation(annotation: Any, fmt: str) -> bytes:
@@ -240,7 +262,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             annotation = annotate(path, options, settings=settings, hook=hook, filename=path.name)
             written = []
             for fmt in formats:
-                target = out / f"{path.stem}.{format_extension(fmt)}"
+                target = out / output_name(path.stem, fmt)
                 _write_atomic(target, export_annotation(annotation, fmt))
                 written.append(str(target))
         except CallAnnotateError as exc:
@@ -352,28 +374,31 @@ def add_parser(subparsers: Any) -> None:
     serve.set_defaults(func=_cmd_serve)
 
     worker = subparsers.add_parser(
-        "worker", help="run a standalone worker pool on the queue folder (no HTTP)"
+        "worker",
+        help="run a standalone worker pool on the queue folder (no HTTP); its job events go "
+        "to the configured event bus (use events.backend=redis next to `serve --no-workers`)",
     )
     worker.add_argument("--workers", type=int, help="worker processes (default from settings)")
     worker.set_defaults(func=_cmd_worker)
 
     ann = subparsers.add_parser(
-        "annotate", help="annotate recordings locally and write DIR/<stem>.<format>"
+        "annotate",
+        help="annotate recordings locally; one file per format in DIR (see annotate --help)",
     )
     ann.add_argument("files", nargs="+", metavar="FILE", help="recordings (any ffmpeg format)")
     ann.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    ann.add_argument(
-        "--format",
-        "-f",
-        default="json,rttm",
-        help="comma-separated formats (default json,rttm): json, rttm, srt, vtt, csv, "
-        "words.csv, html, pdf",
-    )
+    ann.add_argument("--format", "-f", default="json,rttm", help=_format_help())
     ann.add_argument("--language", "-l", default="auto", help="ru, en, ... or auto (default)")
     ann.add_argument("--speakers", "-n", type=int, help="exact number of speakers")
     ann.add_argument("--min-speakers", type=int)
     ann.add_argument("--max-speakers", type=int)
-    ann.add_argument("--steps", help="comma-separated steps to run (default: all)")
+    from callannotate.pipeline.types import ALL_STEPS
+
+    ann.add_argument(
+        "--steps",
+        help=f"comma-separated steps to run, of {','.join(ALL_STEPS)} (default: all; "
+        "decode and align always run)",
+    )
     ann.add_argument("--channel-mode", choices=("auto", "mix", "per-channel"))
     ann.add_argument("--initial-prompt", help="names and terms that help transcription")
     ann.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no file list")

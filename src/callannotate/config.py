@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -24,6 +24,11 @@ class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, description="Port the HTTP server listens on.")
     max_upload_bytes: int = Field(GIB, description="Largest accepted upload, in bytes.")
+    body_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may send nothing before it is refused (408).",
+    )
     public_url: str = Field("", description="Base URL used in links; empty means relative.")
     embedded_workers: bool = Field(
         True, description="Run the QueueManager and its worker processes inside `serve`."
@@ -34,6 +39,28 @@ class ApiSettings(BaseModel):
             "Offer permessage-deflate on WebSockets. Off: event frames are ~150 bytes, and "
             "compressing each one per client doubled the fan-out CPU (benchmarks/websocket.py)."
         ),
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Origins (scheme://host[:port]) whose web pages may open the WebSockets, besides "
+            "the server's own origin (its Host header, and public_url's origin); '*' allows "
+            "any. A request without an Origin header (not a browser) is always allowed."
+        ),
+    )
+    ws_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Seconds a /stream WebSocket may send nothing (after its config) before it is "
+            "closed with 1008; /ws/{client_id} is closed by its heartbeat instead."
+        ),
+    )
+    ws_max_message_bytes: int = Field(
+        64 * 1024, ge=256, description="Longest JSON text message a WebSocket client may send."
+    )
+    ws_max_json_depth: int = Field(
+        32, ge=2, description="Deepest nesting of a WebSocket client's JSON message."
     )
 
 
@@ -54,6 +81,19 @@ class WorkerSettings(BaseModel):
     threads: int = Field(2, ge=1, description="CPU threads each worker's models may use.")
     preload_models: bool = Field(
         True, description="Load the models once when a worker process starts."
+    )
+    timeout_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Seconds a job over job_timeout_s gets to stop by itself (it fails with reason "
+            "'timeout', its worker keeps serving) before its worker process is killed."
+        ),
+    )
+    max_jobs_per_worker: int = Field(
+        0,
+        ge=0,
+        description="Replace a worker process after this many jobs (memory creep); 0 = never.",
     )
 
 
@@ -82,6 +122,126 @@ class EventSettings(BaseModel):
     slow_client_timeout_s: float = Field(
         10.0, gt=0, description="A send queue full for this long closes the socket with 1013."
     )
+
+
+class StreamSettings(BaseModel):
+    """Limits of one live transcription stream (``WS /stream``)."""
+
+    max_duration_s: float = Field(
+        7200.0, gt=0, description="Longest stream, in seconds of audio; then closed with 1009."
+    )
+    max_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Most bytes of audio one stream may send; 0 derives it from max_duration_s at the "
+            "PCM rate (32,000 B/s), which compressed formats never reach first."
+        ),
+    )
+
+    @property
+    def byte_limit(self) -> int:
+        """``max_bytes``, or the PCM size of ``max_duration_s`` when it is 0."""
+        return self.max_bytes or int(self.max_duration_s * 32000) + 65536
+
+
+class DatabaseSettings(BaseModel):
+    """The relational store (users, keys, tokens; later audit, contacts, call index)."""
+
+    url: str = Field(
+        "",
+        description=(
+            "SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (also read from "
+            "CALLANNOTATE_DATABASE_URL); empty means SQLite at data_dir/callannotate.db."
+        ),
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    pool_size: int = Field(5, ge=1, description="Connections kept open (PostgreSQL).")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a database connection."
+    )
+
+
+class AuthSettings(BaseModel):
+    """Authentication: accounts, JWT access tokens, refresh tokens, API keys."""
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Require credentials on the API. Off in this release; will default to true once "
+            "every route is checked."
+        ),
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "HS256 signing secret (at least 32 bytes). Empty: a key ring file "
+            "(jwt_key_file) is created and used."
+        ),
+    )
+    jwt_previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Retired HS256 secrets that still verify tokens (JSON list).",
+    )
+    jwt_key_file: Path | None = Field(
+        None, description="Key ring file (default data_dir/secrets/jwt-keys.json, mode 0600)."
+    )
+    issuer: str = Field("callannotate", description="JWT `iss` claim issued and required.")
+    audience: str = Field("callannotate-api", description="JWT `aud` claim issued and required.")
+    access_token_ttl_s: int = Field(900, ge=10, description="Lifetime of an access JWT, seconds.")
+    refresh_token_ttl_s: int = Field(
+        30 * 86400, ge=60, description="Lifetime of a refresh token, seconds."
+    )
+    leeway_s: int = Field(5, ge=0, description="Clock skew allowed on exp/nbf/iat, seconds.")
+    login_max_failures_per_account: int = Field(
+        5, ge=1, description="Failed logins per user name within the window before 429."
+    )
+    login_max_failures_per_ip: int = Field(
+        50, ge=1, description="Failed logins per client IP within the window before 429."
+    )
+    login_failure_window_s: float = Field(
+        900.0, gt=0, description="Window over which failed logins are counted, seconds."
+    )
+    argon2_time_cost: int | None = Field(
+        None, ge=1, description="Argon2 passes; empty = library default (tests set 1)."
+    )
+    argon2_memory_cost: int | None = Field(
+        None, ge=8, description="Argon2 memory in KiB; empty = library default (64 MiB)."
+    )
+    principal_cache_s: float = Field(
+        5.0, ge=0, description="Seconds a user's role/disabled state is cached per process."
+    )
+    api_key_touch_interval_s: float = Field(
+        60.0, ge=0, description="Least seconds between writes of an API key's last-used time."
+    )
+
+
+class CallbackSettings(BaseModel):
+    """Delivery of a job's ``callback_url`` when it completes, fails or is cancelled."""
+
+    secret: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC-SHA256 key signing each callback (X-CallAnnotate-Signature); unset: callbacks "
+            "are sent unsigned and a warning is logged."
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host names, IP addresses or CIDRs a callback may reach although they are private, "
+            "loopback or link-local (checked on every resolved address), e.g. ['10.0.0.0/8']."
+        ),
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Seconds one delivery attempt may take.")
+    max_elapsed_s: float = Field(
+        600.0, gt=0, description="Seconds after which a failing callback is given up."
+    )
+    max_attempts: int = Field(8, ge=1, description="Delivery attempts before giving up.")
+    backoff_initial_s: float = Field(
+        1.0, gt=0, description="Wait before the first retry; doubles per retry (with jitter)."
+    )
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
 
 
 class LogSettings(BaseModel):
@@ -115,6 +275,11 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    database_url: str = Field("", description="Same as database.url (CALLANNOTATE_DATABASE_URL).")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def queue_dir(self) -> Path:
@@ -130,3 +295,9 @@ class Settings(BaseSettings):
     @property
     def voices_dir(self) -> Path:
         return self.data_dir / "voices"
+
+
+if __name__ == "__main__":  # python -m callannotate.config --check config/models.yaml
+    from callannotate.pipeline.settings_cli import main
+
+    raise SystemExit(main())

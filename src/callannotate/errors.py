@@ -57,6 +57,14 @@ class ModelUnavailable(CallAnnotateError):
     code = "model_unavailable"
 
 
+class ConfigError(CallAnnotateError):
+    """The server's configuration is wrong (``config/models.yaml``, a model setting): an
+    operator's problem, never the client's, so 503 and not 400."""
+
+    status_code = 503
+    code = "configuration_error"
+
+
 class ServiceUnavailable(CallAnnotateError):
     status_code = 503
     code = "service_unavailable"
