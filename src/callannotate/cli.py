@@ -61,6 +61,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from callannotate.api.app import create_app
+    from callannotate.api.protocol import HTTP_PROTOCOL
     from callannotate.api.routes.stream import WS_MAX_FRAME_BYTES, WS_MAX_QUEUE
     from callannotate.observability.logging import configure_logging
 
@@ -83,6 +84,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # one WebSocket message, and how many uvicorn queues per connection (issue 15.8)
         ws_max_size=WS_MAX_FRAME_BYTES,
         ws_max_queue=WS_MAX_QUEUE,
+        http=HTTP_PROTOCOL,  # uvicorn's own 400s carry the JSON error body too
     )
     return 0
 
