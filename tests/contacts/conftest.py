@@ -1,0 +1,77 @@
+"""Fixtures: real Radicale / Xandikos servers, a database, a contacts service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from carddav_servers import DavServer, Radicale, Xandikos, make_settings
+
+from callannotate.contacts.davclient import CardDAVClient
+from callannotate.contacts.service import ContactsService
+from callannotate.db.engine import Database
+from callannotate.db.migrate import upgrade_database
+from callannotate.db.testing import (
+    postgres_admin_url,
+    postgres_required,
+    temporary_postgres_database,
+)
+
+
+@pytest.fixture
+def radicale(tmp_path: Path) -> Iterator[Radicale]:
+    server = Radicale(tmp_path / "radicale")
+    server.start()
+    try:
+        with CardDAVClient(server.url, server.username, server.password) as client:
+            client.create_addressbook(f"/{server.username}/contacts/", "Contacts")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
+    server = Xandikos(tmp_path / "xandikos")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["radicale", "xandikos"])
+def dav_server(request: pytest.FixtureRequest) -> DavServer:
+    server: DavServer = request.getfixturevalue(request.param)
+    return server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The cache on SQLite and on the local PostgreSQL (skipped without it, unless CI=true)."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'contacts.db'}")
+        upgrade_database(database)
+        try:
+            yield database
+        finally:
+            database.dispose()
+        return
+    admin, reason = postgres_admin_url()
+    if admin is None:
+        if postgres_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with temporary_postgres_database(admin) as url:
+        database = Database(url)
+        upgrade_database(database)
+        try:
+            yield database
+        finally:
+            database.dispose()
+
+
+@pytest.fixture
+def service(tmp_path: Path, db: Database) -> ContactsService:
+    return ContactsService(make_settings(tmp_path), db)
