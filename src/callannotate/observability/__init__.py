@@ -1,1 +1,1 @@
-"""Observability: structured logging (and, later, metrics and tracing)."""
+"""Observability: structured logs, Prometheus metrics, health checks (docs/observability.md)."""

@@ -5,11 +5,12 @@ Every line is one JSON object such as::
     {"@timestamp": "2026-11-24T08:15:31.123Z", "log.level": "info", "message": "job queued",
      "log.logger": "callannotate.api.routes.jobs", "ecs.version": "8.11.0",
      "service.name": "callannotate", "process.pid": 4242,
-     "http.request.id": "5f0c...", "job.id": "j-..."}
+     "http.request.id": "5f0c...", "trace.id": "5f0c...", "job.id": "j-..."}
 
 The request id and the job id come from context variables (:data:`request_id_var`,
-:data:`job_id_var`) set by the API middleware and by job runners (:func:`job_context`), or
-from ``extra={"job_id": ...}`` on a single call. Audio content and tokens are never logged.
+:data:`job_id_var`) set by the API middleware and by job runners (:func:`job_context`; a
+worker running a job also sets the id of the request that queued it, :func:`request_context`),
+or from ``extra={"job_id": ...}`` on a single call. Audio content and tokens are never logged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ _RECORD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
 ) | {"message", "asctime", "taskName"}
 _SKIPPED = frozenset({"request_id", "job_id", "color_message"})
+
+
+@contextlib.contextmanager
+def request_context(request_id: str | None) -> Iterator[None]:
+    """Tag every log line written inside the block with ``http.request.id`` and ``trace.id``
+    (a worker running a job queued by that request); ``None`` leaves things as they are."""
+    if not request_id:
+        yield
+        return
+    token = request_id_var.set(str(request_id)[:128])
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
 
 
 @contextlib.contextmanager
@@ -86,6 +101,7 @@ class EcsJsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             doc["http.request.id"] = request_id
+            doc["trace.id"] = request_id  # one search finds the request and its job's work
         job_id = getattr(record, "job_id", None) or job_id_var.get()
         if job_id:
             doc["job.id"] = job_id

@@ -1,0 +1,76 @@
+"""Exporting one process's metrics: the scrape-time gauges and the separate listener.
+
+``callannotate serve`` (the app's lifespan) and ``callannotate worker`` each build one
+:class:`MetricsExport` around their queue and executor. With ``metrics.port`` > 0 a plain-HTTP
+listener (prometheus-client's own server, in a thread) answers any path with the metrics on
+``metrics.host:metrics.port``; keep it on 127.0.0.1 or a private interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import REGISTRY, start_http_server
+
+from callannotate.config import MetricsSettings, Settings
+from callannotate.jobs.executors.base import Executor
+from callannotate.jobs.filequeue import FileQueue
+from callannotate.observability.collector import Source, install, uninstall
+
+log = logging.getLogger(__name__)
+
+
+class MetricsListener:
+    """The separate metrics listener (``metrics.port``), stopped with :meth:`stop`."""
+
+    def __init__(self, settings: MetricsSettings) -> None:
+        self.settings = settings
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int | None:
+        return int(self._server.server_port) if self._server is not None else None
+
+    def start(self) -> None:
+        if not self.settings.port or self._server is not None:
+            return
+        self._server, self._thread = start_http_server(
+            self.settings.port, addr=self.settings.host, registry=REGISTRY
+        )
+        log.info(
+            "metrics listener started",
+            extra={"metrics_host": self.settings.host, "metrics_port": self.port},
+        )
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+class MetricsExport:
+    """What one process exports: its queue/executor gauges, plus the separate listener."""
+
+    def __init__(self, settings: Settings, queue: FileQueue, executor: Executor | None) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.executor = executor
+        self.listener = MetricsListener(settings.metrics)
+        self._source: Source | None = None
+
+    def start(self) -> None:
+        self._source = install(self.queue, self.executor, self.settings.metrics)
+        self.listener.start()
+
+    def stop(self) -> None:
+        self.listener.stop()
+        if self._source is not None:
+            uninstall(self._source)
+            self._source = None
