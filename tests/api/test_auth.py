@@ -246,9 +246,12 @@ async def test_disabled_user_token_is_refused(
     assert (await client.get("/auth/me", headers=_bearer(access))).status_code == 401
 
 
-async def test_auth_off_leaves_other_routes_open(client: httpx.AsyncClient) -> None:
+async def test_auth_on_by_default_guards_other_routes(client: httpx.AsyncClient) -> None:
     r = await client.get("/jobs")
-    assert r.status_code == 200  # auth.enabled is false by default in this release
+    assert r.status_code == 401  # auth.enabled is true by default
+    assert r.headers["www-authenticate"] == 'Bearer realm="callannotate"'
+    access = (await _login(client, "alice"))["access_token"]
+    assert (await client.get("/jobs", headers=_bearer(access))).status_code == 200
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"/auth/token", "/auth/refresh", "/auth/logout", "/auth/apikeys"} <= set(paths)
 

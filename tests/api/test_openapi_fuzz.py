@@ -4,7 +4,8 @@ and every answer matches what the document says (status, content type, body sche
 Bounded and repeatable: :data:`MAX_EXAMPLES` generated cases per operation, derandomized.
 A completed job is seeded in the queue, and half the cases of a ``{job_id}`` route use its
 id, so the job routes are exercised past their 404. The app runs without embedded workers,
-so no model is loaded.
+so no model is loaded. Authentication is on (the default) and every case carries a valid
+admin access token, so the fuzzing reaches past the 401 of every route.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from authtesting import Accounts, auth_settings  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -78,8 +80,8 @@ def _annotation() -> Annotation:
 class Seeder:
     """Keeps one completed job in the queue (a fuzzed DELETE may remove it)."""
 
-    def __init__(self, queue: FileQueue, settings: Settings, audio: Path) -> None:
-        self.queue, self.settings, self.audio = queue, settings, audio
+    def __init__(self, queue: FileQueue, settings: Settings, audio: Path, owner: str) -> None:
+        self.queue, self.settings, self.audio, self.owner = queue, settings, audio, owner
         self.job_id = ""
         self.ensure()
 
@@ -99,7 +101,7 @@ class Seeder:
             staged_path=staged,
             filename="call.wav",
             options=AnnotateOptions(),
-            owner="local",
+            owner=self.owner,
         )
         assert self.queue.claim("fuzz") is not None
         self.queue.complete(job.id, _annotation().model_dump_json().encode())
@@ -107,15 +109,18 @@ class Seeder:
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Seeder]]:
+def fuzz_target(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Any, Seeder, dict[str, str]]]:
     root = tmp_path_factory.mktemp("fuzz")
-    app_settings = Settings(
-        data_dir=root / "data",
-        api=ApiSettings(embedded_workers=False, max_upload_bytes=256 * 1024),
-    )
-    app = create_app(app_settings)
-    seeder = Seeder(app.state.queue, app_settings, _tone_wav(root / "call.wav"))
-    yield schemathesis.openapi.from_asgi("/openapi.json", app), seeder
+    app_settings = auth_settings(root / "data", root / "store.db")
+    assert app_settings.auth.enabled
+    accounts = Accounts.create(app_settings)
+    app = accounts.attach(create_app(app_settings))
+    audio = _tone_wav(root / "call.wav")
+    seeder = Seeder(app.state.queue, app_settings, audio, accounts.ids["root"])
+    yield schemathesis.openapi.from_asgi("/openapi.json", app), seeder, accounts.headers("root")
+    accounts.service.db.dispose()
 
 
 def _operations() -> list[str]:
@@ -129,8 +134,10 @@ def _operations() -> list[str]:
 
 
 @pytest.mark.parametrize("operation", _operations())
-def test_operation_conforms_to_openapi(fuzz_target: tuple[Any, Seeder], operation: str) -> None:
-    schema, seeder = fuzz_target
+def test_operation_conforms_to_openapi(
+    fuzz_target: tuple[Any, Seeder, dict[str, str]], operation: str
+) -> None:
+    schema, seeder, auth = fuzz_target
     method, path = operation.split(" ", 1)
     api_operation = schema[path][method]
     strategy = api_operation.as_strategy()
@@ -151,7 +158,8 @@ def test_operation_conforms_to_openapi(fuzz_target: tuple[Any, Seeder], operatio
         seeder.ensure()
         if case.path_parameters and case.path_parameters.get("job_id") == "":
             case.path_parameters["job_id"] = seeder.job_id
-        response = case.call()
+        response = case.call(headers={**(case.headers or {}), **auth})
+        assert response.status_code != 401, response.text  # the token is valid throughout
         case.validate_response(response, checks=CHECKS)
 
     run()

@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from callannotate.api.headers import API_DEFAULT, HSTS, ROUTE_POLICIES
 from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
 
@@ -137,3 +139,101 @@ async def test_error_bodies_leak_no_server_path_and_echo_little(
         assert "a" * 65 not in body["detail"], body["detail"][:200]
         assert len(body["detail"]) < 1100
     assert "…" in responses[3].json()["detail"]
+
+
+# --------------------------------------------------------------------------- one middleware
+# (callannotate.api.headers): the same headers on every response, whatever answered it.
+
+COMMON_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+def _directives(csp: str) -> dict[str, str]:
+    parts = (part.strip().split(" ", 1) for part in csp.split(";") if part.strip())
+    return {p[0]: (p[1] if len(p) > 1 else "") for p in parts}
+
+
+async def test_every_response_carries_the_security_headers(
+    client: httpx.AsyncClient, audio_dir: Path
+) -> None:
+    """Successes, errors of every kind, OPTIONS, static assets and the docs: all of them."""
+    job = await _upload(client, (audio_dir / "tone.wav").read_bytes(), "a.wav", "audio/wav")
+    responses = {
+        "health": await client.get("/health"),
+        "job": await client.get(f"/jobs/{job['id']}"),
+        "audio": await client.get(f"/jobs/{job['id']}/audio"),
+        "range 416": await client.get(
+            f"/jobs/{job['id']}/audio", headers={"Range": "bytes=99999999-"}
+        ),
+        "404": await client.get("/jobs/" + "0" * 32),
+        "unknown path": await client.get("/no/such/page"),
+        "405": await client.request("PUT", "/jobs"),
+        "422": await client.get("/jobs", params={"limit": "many"}),
+        "options": await client.options("/jobs"),
+        "openapi": await client.get("/openapi.json"),
+        "docs": await client.get("/docs"),
+        "redoc": await client.get("/redoc"),
+        "asset": await client.get("/docs/assets/swagger-ui.css"),
+    }
+    for name, response in responses.items():
+        for header, value in COMMON_HEADERS.items():
+            assert response.headers.get(header) == value, (name, header)
+        assert len(response.headers.get_list(header)) == 1, name  # never twice
+        csp = _directives(response.headers["content-security-policy"])
+        assert csp["frame-ancestors"] == "'none'", name
+        assert "default-src" in csp, name
+        assert "strict-transport-security" not in response.headers, name  # plain HTTP
+
+
+async def test_json_and_user_bytes_policies(client: httpx.AsyncClient, audio_dir: Path) -> None:
+    """The API's JSON loads nothing; what carries a caller's bytes is also sandboxed."""
+    job = await _upload(client, (audio_dir / "tone.wav").read_bytes(), "a.wav", "audio/wav")
+    api = _directives((await client.get("/jobs")).headers["content-security-policy"])
+    assert api["default-src"] == "'none'" and "sandbox" not in api
+    for path in (f"/jobs/{job['id']}/audio", f"/jobs/{'0' * 32}/export"):
+        response = await client.get(path)
+        csp = _directives(response.headers["content-security-policy"])
+        assert csp["default-src"] == "'none'" and "sandbox" in csp, path
+        assert response.headers.get_list("content-security-policy") == [
+            response.headers["content-security-policy"]
+        ]
+
+
+async def test_docs_allow_their_own_assets_and_the_nonce_of_their_inline_script(
+    client: httpx.AsyncClient,
+) -> None:
+    seen: set[str] = set()
+    for _ in range(2):
+        response = await client.get("/docs")
+        csp = _directives(response.headers["content-security-policy"])
+        nonces = re.findall(r"<script nonce=\"([^\"]+)\">", response.text)
+        assert len(nonces) == 1 and "<script>" not in response.text
+        assert csp["script-src"] == f"'self' 'nonce-{nonces[0]}'"
+        assert "'unsafe-inline'" not in csp["script-src"]
+        assert csp["connect-src"] == "'self'"  # "Try it out" calls the service only
+        seen.add(nonces[0])
+    assert len(seen) == 2  # a fresh nonce per response
+    redirect = await client.get("/docs/oauth2-redirect")
+    nonce = re.findall(r"<script nonce=\"([^\"]+)\">", redirect.text)
+    assert nonce and f"'nonce-{nonce[0]}'" in redirect.headers["content-security-policy"]
+    redoc = _directives((await client.get("/redoc")).headers["content-security-policy"])
+    assert redoc["script-src"] == "'self'"  # Redoc has no inline script
+
+
+async def test_hsts_only_over_https(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://test") as tls:
+        response = await tls.get("/health")
+        assert response.headers["strict-transport-security"] == HSTS
+        assert (await tls.get("/nope")).headers["strict-transport-security"] == HSTS
+
+
+async def test_every_route_in_the_policy_table_gets_its_policy(client: httpx.AsyncClient) -> None:
+    """The table names real routes, found by the middleware after routing (a renamed route
+    would silently fall back to the default policy)."""
+    for template in ROUTE_POLICIES:
+        response = await client.get(template.replace("{job_id}", "0" * 32))
+        assert response.headers["content-security-policy"] != API_DEFAULT, template

@@ -101,7 +101,7 @@ def test_unknown_and_foreign_jobs_get_errors_not_a_closed_socket(
         frames = receive_until(ws, "subscribed")
         assert [(f["type"], f.get("code")) for f in frames] == [
             ("error", "unknown_job"),
-            ("error", "forbidden"),
+            ("error", "unknown_job"),  # another user's job: no existence leak
             ("error", "unknown_job"),
             ("subscribed", None),
         ]

@@ -20,7 +20,9 @@ from callannotate.db.migrate import upgrade_database
 from callannotate.db.models import Base
 from callannotate.db.testing import temporary_postgres_database
 
-TABLES = {"users", "api_keys", "oauth_clients", "refresh_tokens"}
+TABLES = {"users", "api_keys", "oauth_clients", "refresh_tokens", "audit_events"}
+TABLES |= {"contact_accounts", "contact_books", "contacts", "contact_phones", "contact_outbox"}
+TABLES |= {"contact_conflicts"}
 
 
 def _drift(db: Database) -> list[object]:

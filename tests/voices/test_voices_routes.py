@@ -196,9 +196,11 @@ async def test_enroll_speaker_of_a_job(
     # The store the API wrote is the one identification reads.
     from callannotate.pipeline import registry
     from callannotate.pipeline.audio.decode import decode
+    from callannotate.security.atrest import vault_for
 
     service = VoiceService(
-        VoiceStore(settings.voices_dir), registry.loaded_processor(settings, "embedding")
+        VoiceStore(settings.voices_dir, vault_for(settings)),  # voice files are encrypted
+        registry.loaded_processor(settings, "embedding"),
     )
     takes = [decode(FSDD / f"{d}_jackson_20.wav").mono() for d in range(5, 10)]
     result = service.identify_wave(np.concatenate(takes))

@@ -8,6 +8,7 @@ database.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x43414E4E  # "CANN": one advisory lock id for schema upgrades
+# Alembic keeps the running migration in module globals (``alembic.context``, ``op``): two
+# upgrades in threads of one process, even of different databases, corrupt each other.
+_PROCESS_LOCK = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -58,7 +62,7 @@ def _file_lock(db: Database) -> AbstractContextManager[object]:
 
 def upgrade_database(db: Database, revision: str = "head") -> str | None:
     """Upgrade ``db`` to ``revision``; returns the revision it is at afterwards."""
-    with _file_lock(db), db.engine.begin() as connection:
+    with _PROCESS_LOCK, _file_lock(db), db.engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         before = MigrationContext.configure(connection).get_current_revision()

@@ -7,8 +7,19 @@ the migrations and compares it with these models.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from callannotate.db.types import UtcDateTime, utcnow
@@ -96,3 +107,40 @@ class RefreshToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     scopes: Mapped[str] = mapped_column(String(255), default="")
     replaced_by: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class AuditEvent(Base):
+    """One audit record. Append-only: rows are never updated or deleted by the service.
+
+    ``seq`` numbers records 1, 2, 3 ... in chain order; ``hash`` is the sha256 of the record's
+    canonical JSON including ``prev_hash`` (see :mod:`callannotate.security.audit`).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('ok', 'denied', 'failed')", name="outcome"),
+        Index("ix_audit_events_time", "time"),
+        Index("ix_audit_events_principal_id", "principal_id"),
+        Index("ix_audit_events_action", "action"),
+        Index("ix_audit_events_resource", "resource_type", "resource_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+    principal_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    user_agent: Mapped[str | None] = mapped_column(String(512), default=None)
+    request_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    action: Mapped[str] = mapped_column(String(96))
+    verb: Mapped[str] = mapped_column(String(32))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# Tables defined in their own modules, imported here so Base.metadata holds them all.
+from callannotate.db import contact_models as _contact_models  # noqa: E402, F401

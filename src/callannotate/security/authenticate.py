@@ -1,7 +1,7 @@
 """Who is calling a request or a WebSocket: the credential it carries, checked.
 
 ``authenticate(conn, settings, service)`` is what ``api.deps.get_current_principal`` calls
-once ``auth.enabled`` is on. It returns ``None`` when the request carries no credential
+(``auth.enabled``, the default). It returns ``None`` when the request carries no credential
 (anonymous: the caller decides whether that is allowed) and raises
 :class:`~callannotate.security.errors.AuthenticationFailed` when it carries a bad one.
 
@@ -17,6 +17,8 @@ keys come from a per-process cache, and only a cache miss goes to the database i
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import anyio
 from starlette.requests import HTTPConnection
@@ -71,7 +73,15 @@ async def authenticate(
     token = credential_from(conn)
     if token is None:
         return None
-    if len(token) > MAX_TOKEN_LENGTH:
+    return await principal_from_token(token, service)
+
+
+async def principal_from_token(token: str, service: AuthService) -> Principal:
+    """The principal of an access JWT or API key (also a WebSocket's ``auth`` message).
+
+    A JWT's principal carries ``expires_at`` (its ``exp``); an API key's has none.
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH:
         raise AuthenticationFailed()
     if credentials.looks_like_api_key(token):
         cached = service.cached_api_key(token)
@@ -80,6 +90,6 @@ async def authenticate(
         return await anyio.to_thread.run_sync(service.principal_from_api_key, token)
     claims = service.codec.decode(token)
     principal = service.cached_principal(claims)
-    if principal is not None:
-        return principal
-    return await anyio.to_thread.run_sync(service.principal_from_claims, claims)
+    if principal is None:
+        principal = await anyio.to_thread.run_sync(service.principal_from_claims, claims)
+    return replace(principal, expires_at=claims.expires_at)

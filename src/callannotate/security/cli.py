@@ -42,9 +42,12 @@ def _guarded(handler: Callable[[argparse.Namespace, Any], int]) -> Handler:
     """Run ``handler(args, service)``; domain errors become a message and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from callannotate.security.audit import audit_context, cli_actor
+
         service = _service(settings_from(args))
         try:
-            return handler(args, service)
+            with audit_context(principal_id=cli_actor(), user_agent="callannotate-cli"):
+                return handler(args, service)
         except CallAnnotateError as exc:
             return _fail(exc.detail)
         finally:

@@ -16,6 +16,14 @@ class AuthenticationFailed(CallAnnotateError):
         self.headers = {"WWW-Authenticate": f'Bearer error="{error}"'}
 
 
+class AuthenticationRequired(AuthenticationFailed):
+    """No credential at all: the challenge carries no error code (RFC 6750 §3.1)."""
+
+    def __init__(self, detail: str = "authentication required") -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": 'Bearer realm="callannotate"'}
+
+
 class PermissionDenied(CallAnnotateError):
     """Authenticated, but the role or scopes do not allow this."""
 
@@ -25,6 +33,15 @@ class PermissionDenied(CallAnnotateError):
     def __init__(self, detail: str = "not allowed") -> None:
         super().__init__(detail)
         self.headers: dict[str, str] = {}
+
+
+class InsufficientScope(PermissionDenied):
+    """The credential is valid but lacks ``scope`` (RFC 6750 §3.1 ``insufficient_scope``)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this credential lacks the '{scope}' scope")
+        self.scope = scope
+        self.headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'}
 
 
 class TooManyAttempts(CallAnnotateError):

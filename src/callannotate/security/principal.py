@@ -1,9 +1,9 @@
 """Who is calling: a :class:`Principal` with an id, roles, scopes and how it authenticated.
 
-While ``auth.enabled`` is false every request runs as the single local user ``local`` with
-the ``admin`` role. Routes get the principal from one dependency
-(:data:`callannotate.api.deps.CurrentPrincipal`); :func:`callannotate.security.authenticate`
-is what that dependency calls once authentication is switched on.
+Routes get the principal from one dependency (:data:`callannotate.api.deps.CurrentPrincipal`),
+which calls :func:`callannotate.security.authenticate.authenticate` (``auth.enabled``, the
+default). Only when authentication is explicitly switched off does every request run as the
+single local user ``local`` with the ``admin`` role.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class Principal:
     auth_method: AuthMethod = "local"
     name: str | None = None
     credential_id: str | None = None
+    expires_at: int | None = None
+    """Unix time the credential stops being valid (access JWTs); ``None``: until revoked."""
 
     def has_role(self, role: str) -> bool:
         return role in self.roles

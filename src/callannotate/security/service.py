@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from callannotate.config import Settings
 from callannotate.db.engine import Database
@@ -22,6 +22,7 @@ from callannotate.db.models import ROLES, ApiKey, OAuthClient, RefreshToken, Use
 from callannotate.db.types import utcnow
 from callannotate.errors import BadRequest, CallAnnotateError, NotFound
 from callannotate.security import credentials
+from callannotate.security.audit import AuditLog, Outcome, current_actor
 from callannotate.security.errors import AuthenticationFailed, PermissionDenied, TooManyAttempts
 from callannotate.security.keyring import KeyRing
 from callannotate.security.passwords import Passwords, check_password_policy
@@ -132,8 +133,12 @@ class AuthService:
         *,
         keyring: KeyRing | None = None,
         throttle: LoginThrottle | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
+        # Authentication events go to the audit log; by default written inline (these methods
+        # run off the event loop); the API hands over its background log instead.
+        self.audit = audit or AuditLog(db, settings.audit, background=False)
         self.auth = settings.auth
         self.db = db
         self.store = AuthStore(db)
@@ -158,6 +163,25 @@ class AuthService:
             if self._passwords is None:
                 self._passwords = Passwords(self.auth)
             return self._passwords
+
+    def _audit(
+        self,
+        verb: str,
+        resource_type: str,
+        resource_id: str | None = None,
+        *,
+        outcome: Outcome = "ok",
+        principal_id: str | None = None,
+        **detail: Any,
+    ) -> None:
+        self.audit.event(
+            verb,
+            resource_type,
+            resource_id,
+            outcome=outcome,
+            principal_id=principal_id,
+            detail={k: v for k, v in detail.items() if v is not None},
+        )
 
     def invalidate(self) -> None:
         """Forget cached users, keys and clients (after a change)."""
@@ -184,7 +208,13 @@ class AuthService:
             role=role,
             disabled=False,
         )
-        return self.store.add_user(user)
+        try:
+            added = self.store.add_user(user)
+        except CallAnnotateError as exc:
+            self._audit("create", "user", outcome="failed", username=name, error=exc.code)
+            raise
+        self._audit("create", "user", added.id, username=name, role=role)
+        return added
 
     def set_password(self, username: str, password: str) -> User:
         try:
@@ -195,6 +225,7 @@ class AuthService:
         updated = self.store.update_user(user.id, password_hash=self.passwords.hash(password))
         self.store.revoke_user_tokens(user.id)  # other sessions must log in again
         self.invalidate()
+        self._audit("set_password", "user", user.id, username=user.username)
         return updated
 
     def set_disabled(self, username: str, disabled: bool) -> User:
@@ -203,6 +234,7 @@ class AuthService:
         if disabled:
             self.store.revoke_user_tokens(user.id)
         self.invalidate()
+        self._audit("disable" if disabled else "enable", "user", user.id, username=user.username)
         return updated
 
     def _user_state(self, user_id: str) -> _UserState | None:
@@ -225,6 +257,7 @@ class AuthService:
         account = normalize_username(username)[:64]
         wait = self.throttle.retry_after(account, ip)
         if wait is not None:
+            self._audit("login", "auth", outcome="denied", username=account, reason="throttled")
             raise TooManyAttempts(wait)
         requested = self._requested(scope)
         user = self.store.user_by_name(account) if USERNAME_RE.match(account) else None
@@ -232,12 +265,25 @@ class AuthService:
         if user is None or not ok or user.disabled:
             self.throttle.failed(account, ip)
             logger.info("login failed", extra={"user.name": account, "client.ip": ip})
+            reason = "disabled" if user is not None and ok else "invalid credentials"
+            self._audit("login", "auth", outcome="failed", username=account, reason=reason)
             raise InvalidGrant("invalid user name or password")
         self.throttle.succeeded(account)
         if new_hash is not None:
             self.store.update_user(user.id, password_hash=new_hash)
         scopes = grantable(user.role, requested)
-        return self._issue_pair(user, scopes, family_id=credentials.new_id())
+        family = credentials.new_id()
+        pair = self._issue_pair(user, scopes, family_id=family)
+        self._audit(
+            "login",
+            "auth",
+            user.id,
+            principal_id=user.id,
+            username=user.username,
+            session=family,
+            scopes=format_scopes(scopes),
+        )
+        return pair
 
     def _requested(self, scope: str | None) -> frozenset[str]:
         requested = parse_scopes(scope)
@@ -276,13 +322,32 @@ class AuthService:
         """
         row = self.store.refresh_token_by_hash(credentials.digest(refresh_token))
         if row is None:
+            self._audit("refresh", "auth", outcome="failed", reason="unknown refresh token")
             raise InvalidGrant("invalid refresh token")
         if row.used_at is not None or row.revoked_at is not None:
             self._reuse(row)
         if row.expires_at <= utcnow():
+            self._audit(
+                "refresh",
+                "auth",
+                row.user_id,
+                outcome="failed",
+                principal_id=row.user_id,
+                session=row.family_id,
+                reason="expired",
+            )
             raise InvalidGrant("refresh token expired")
         user = self._user_state(row.user_id)
         if user is None or user.disabled:
+            self._audit(
+                "refresh",
+                "auth",
+                row.user_id,
+                outcome="failed",
+                principal_id=row.user_id,
+                session=row.family_id,
+                reason="user disabled",
+            )
             raise InvalidGrant("invalid refresh token")
         scopes = grantable(user.role, parse_scopes(row.scopes))
         access, _ = self.codec.encode(user.id, scopes)
@@ -290,6 +355,7 @@ class AuthService:
         new = self._refresh_row(user.id, token, scopes, row.family_id)
         if not self.store.rotate_refresh_token(row.id, new):
             self._reuse(row)  # lost a race with another use of the same token
+        self._audit("refresh", "auth", user.id, principal_id=user.id, session=row.family_id)
         return TokenPair(access, self.auth.access_token_ttl_s, scopes, token)
 
     def _reuse(self, row: RefreshToken) -> NoReturn:
@@ -299,14 +365,25 @@ class AuthService:
                 "refresh token reused; family revoked",
                 extra={"user.id": row.user_id, "family": row.family_id},
             )
+        self._audit(
+            "refresh_reuse",
+            "auth",
+            row.user_id,
+            outcome="denied",
+            principal_id=row.user_id,
+            session=row.family_id,
+            revoked_tokens=revoked,
+        )
         raise InvalidGrant("invalid refresh token")
 
     def logout(self, refresh_token: str) -> bool:
         """Revoke the login (refresh family) the token belongs to; ``False`` if unknown."""
         row = self.store.refresh_token_by_hash(credentials.digest(refresh_token))
         if row is None:
+            self._audit("logout", "auth", outcome="failed", reason="unknown refresh token")
             return False
         self.store.revoke_family(row.family_id)
+        self._audit("logout", "auth", row.user_id, principal_id=row.user_id, session=row.family_id)
         return True
 
     # ------------------------------------------------------------------ client credentials
@@ -325,31 +402,50 @@ class AuthService:
             scopes=format_scopes(granted),
             disabled=False,
         )
-        return self.store.add_client(row), secret
+        added = self.store.add_client(row)
+        self._audit("create", "client", client_id, owner=user.id, name=name, scopes=row.scopes)
+        return added, secret
 
     def set_client_disabled(self, client_id: str, disabled: bool) -> None:
+        verb = "disable" if disabled else "enable"
         if not self.store.set_client_disabled(client_id, disabled):
+            self._audit(verb, "client", client_id[:64], outcome="failed", reason="not found")
             raise NotFound(f"client {client_id} not found")
         self.invalidate()
+        self._audit(verb, "client", client_id)
 
     def client_credentials(self, client_id: str, secret: str, scope: str | None) -> TokenPair:
         requested = self._requested(scope)
         found = self.store.client_with_user(client_id) if len(client_id) <= 64 else None
         if found is None:
             credentials.same_digest(secret, "0" * 64)  # same work as a real check
-            raise InvalidClient()
+            self._client_failed(client_id, "unknown client")
         client, user = found
         if not credentials.same_digest(secret, client.secret_hash):
-            raise InvalidClient()
+            self._client_failed(client_id, "wrong secret")
         if client.disabled or user.disabled:
-            raise InvalidClient()
+            self._client_failed(client_id, "disabled")
         allowed = parse_scopes(client.scopes) & ROLE_SCOPES.get(user.role, frozenset())
         scopes = allowed if not requested else requested & allowed
         if requested and scopes != requested:
             raise InvalidScope("scope not allowed for this client")
         access, _ = self.codec.encode(user.id, scopes, client_id=client.id)
         self.store.touch_client(client.id)
+        self._audit(
+            "client_token",
+            "auth",
+            user.id,
+            principal_id=user.id,
+            client_id=client.id,
+            scopes=format_scopes(scopes),
+        )
         return TokenPair(access, self.auth.access_token_ttl_s, scopes)
+
+    def _client_failed(self, client_id: str, reason: str) -> NoReturn:
+        self._audit(
+            "client_token", "auth", outcome="failed", client_id=client_id[:64], reason=reason
+        )
+        raise InvalidClient()
 
     def _client_enabled(self, client_id: str) -> bool:
         cached = self._clients.get(client_id)
@@ -391,15 +487,35 @@ class AuthService:
             key_hash=credentials.digest(key),
             scopes=format_scopes(granted),
         )
-        return self.store.add_api_key(row), key
+        added = self.store.add_api_key(row)
+        self._audit(
+            "create",
+            "apikey",
+            row.id,
+            principal_id=current_actor() or user.id,  # the API: the user creates their own
+            owner=user.id,
+            name=name,
+            scopes=row.scopes,
+        )
+        return added, key
 
     def revoke_api_key(self, key_id: str, principal: Principal | None = None) -> None:
         """Revoke ``key_id``; a non-admin ``principal`` may only revoke its own (else 404)."""
         key = self.store.get_api_key(key_id) if len(key_id) <= 64 else None
+        actor = principal.id if principal is not None else None
         if key is None or (principal is not None and not principal.can_access(key.user_id)):
+            self._audit(
+                "revoke",
+                "apikey",
+                key_id[:64],
+                outcome="failed",
+                principal_id=actor,
+                reason="not found",
+            )
             raise NotFound(f"API key {key_id} not found")
         self.store.revoke_api_key(key_id)
         self.invalidate()
+        self._audit("revoke", "apikey", key_id, principal_id=actor, owner=key.user_id)
 
     # ------------------------------------------------------------------ principals
 
