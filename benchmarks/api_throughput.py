@@ -46,6 +46,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CALLANNOTATE_SHARED_DATA", REPO / ".." / "shared" / "data"))
 SAMPLE = SHARED / "diarization" / "callsample" / "sample.wav"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+SERVER_PIDS: dict[str, int] = {}  # url -> pid of the server process this script started
+
+
+def server_cpu_s(url: str) -> float | None:
+    """CPU seconds (user + system) the server process has used so far (None: not ours).
+
+    CPU per request does not depend on what else the machine runs, unlike req/s: on a
+    shared machine it is the steadier figure of what a code path costs."""
+    pid = SERVER_PIDS.get(url)
+    if pid is None:
+        return None
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -77,9 +92,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def api_server(data_dir: Path, access_log: bool) -> Iterator[str]:
+def api_server(
+    data_dir: Path, access_log: bool, env_extra: dict[str, str] | None = None
+) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, CALLANNOTATE_DATA_DIR=str(data_dir), CALLANNOTATE_LOG__LEVEL="WARNING")
+    env.update(env_extra or {})
     script = Path(sys.executable).parent / "callannotate"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
     command += ["serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
@@ -97,6 +115,7 @@ def api_server(data_dir: Path, access_log: bool) -> Iterator[str]:
                 raise SystemExit("the server exited during start-up")
             time.sleep(0.2)
         print(f"server: pid {process.pid}, {' '.join(command[-7:])}")
+        SERVER_PIDS[url] = process.pid
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -173,9 +192,12 @@ def pct(values: list[float], q: float) -> float:
 class Conn:
     """One keep-alive HTTP/1.1 connection sending the same GET."""
 
-    def __init__(self, host: str, port: int, path: str) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.host, self.port = host, port
-        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -197,16 +219,24 @@ class Conn:
 
 
 async def bench_status(
-    url: str, job_id: str, clients: int, duration: float, rate: float | None
-) -> None:
+    url: str,
+    job_id: str,
+    clients: int,
+    duration: float,
+    rate: float | None,
+    headers: dict[str, str] | None = None,
+    name: str = "",
+) -> tuple[float, float, float]:
+    """Run one status test; print and return (req/s, p50 ms, p99 ms)."""
     host, port = url.removeprefix("http://").split(":")
     path = f"/jobs/{job_id}"
-    conns = [Conn(host, int(port), path) for _ in range(clients)]
+    conns = [Conn(host, int(port), path, headers) for _ in range(clients)]
     await asyncio.gather(*(c.open() for c in conns))
     for c in conns[:5]:
         await c.get()  # warm-up
     latencies: list[float] = []
     errors = 0
+    cpu_before = server_cpu_s(url)
     start = time.perf_counter()
     stop_at = start + duration
 
@@ -240,12 +270,127 @@ async def bench_status(
     elapsed = time.perf_counter() - start
     for c in conns:
         c.close()
+    rps = len(latencies) / elapsed
+    cpu_after = server_cpu_s(url)
+    cpu_us = float("nan")
+    if cpu_before is not None and cpu_after is not None:
+        cpu_us = (cpu_after - cpu_before) / max(1, len(latencies)) * 1e6
     print(
-        f"GET /jobs/{{id}}, {clients} clients, {label}: {len(latencies) / elapsed:7.1f} req/s  "
+        f"GET /jobs/{{id}}{name}, {clients} clients, {label}: {rps:7.1f} req/s  "
         f"p50 {pct(latencies, 50):6.1f} ms  p90 {pct(latencies, 90):6.1f} ms  "
         f"p99 {pct(latencies, 99):6.1f} ms  max {max(latencies) * 1000:6.1f} ms  "
-        f"errors {errors}  (n={len(latencies)}, {elapsed:.1f} s)"
+        f"server CPU {cpu_us:5.0f} µs/req  errors {errors}  (n={len(latencies)}, {elapsed:.1f} s)"
     )
+    return rps, pct(latencies, 99), cpu_us
+
+
+# ----------------------------------------------------------------------------- authentication
+
+BENCH_USER, BENCH_PASSWORD = "bench", "correct horse battery staple"
+# Authentication alone: the rate limiter (its own benchmark) is off in both servers.
+NO_AUTH_ENV = {"CALLANNOTATE_AUTH__ENABLED": "false", "CALLANNOTATE_RATE_LIMITS__ENABLED": "false"}
+AUTH_ENV = {"CALLANNOTATE_AUTH__ENABLED": "true", "CALLANNOTATE_RATE_LIMITS__ENABLED": "false"}
+
+
+def create_account(data_dir: Path) -> str:
+    """A user and a personal API key in ``data_dir``'s database, through the security service
+    (what ``callannotate users create`` / ``apikeys create`` do); returns the key."""
+    from callannotate.config import AuthSettings, Settings
+    from callannotate.db.engine import Database
+    from callannotate.db.migrate import upgrade_database
+    from callannotate.security.service import AuthService
+
+    settings = Settings(data_dir=data_dir, auth=AuthSettings(enabled=True))
+    db = Database.from_settings(settings)
+    try:
+        upgrade_database(db)
+        service = AuthService(settings, db)
+        user = service.create_user(BENCH_USER, BENCH_PASSWORD)
+        _, key = service.create_api_key(user.id, "benchmark", None)
+    finally:
+        db.dispose()
+    return key
+
+
+def bench_login(url: str, rounds: int) -> str:
+    """``POST /auth/token`` one after another (argon2 verify at the server's cost, JWT and
+    refresh token issued); returns the last access token."""
+    latencies: list[float] = []
+    token = ""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            r = client.post(
+                "/auth/token", data={"username": BENCH_USER, "password": BENCH_PASSWORD}
+            )
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise SystemExit(f"login failed: {r.status_code} {r.text}")
+            token = r.json()["access_token"]
+    print(
+        f"POST /auth/token (login), 1 client: p50 {pct(latencies, 50):6.1f} ms  "
+        f"p99 {pct(latencies, 99):6.1f} ms  {rounds / sum(latencies):5.1f} logins/s  (n={rounds})"
+    )
+    return token
+
+
+def run_auth(data_dir: Path, wav: Path, args: argparse.Namespace) -> None:
+    """``GET /jobs/{id}`` with a JWT, with an API key and with no auth (same job, same data
+    folder; one server with auth on, one with it off), then the cost of authentication."""
+    from auth import bench_argon2  # benchmarks/auth.py: argon2 at production and test cost
+
+    key = create_account(data_dir)
+    bench_argon2(args.login_rounds)
+    with (
+        api_server(data_dir, args.access_log, NO_AUTH_ENV) as open_url,
+        api_server(data_dir, args.access_log, AUTH_ENV) as auth_url,
+    ):
+        token = bench_login(auth_url, args.login_rounds)
+        with httpx.Client(base_url=auth_url, timeout=60) as client:
+            r = client.post(
+                "/jobs",
+                files={"file": (wav.name, wav.read_bytes(), "audio/wav")},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if r.status_code != 202:
+                raise SystemExit(f"upload failed: {r.status_code} {r.text}")
+            job_id = r.json()["id"]
+            refused = client.get(f"/jobs/{job_id}").status_code
+            print(f"auth server without credentials: {refused} (expected 401)")
+        runs: dict[str, tuple[str, dict[str, str]]] = {
+            "no auth": (open_url, {}),
+            "JWT": (auth_url, {"Authorization": f"Bearer {token}"}),
+            "API key": (auth_url, {"X-API-Key": key}),
+        }
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        closed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
+        opened: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
+        for _ in range(args.repeat):  # interleaved, so drifting machine load hits all three
+            for name, (url, headers) in runs.items():
+                for rate, results in ((None, closed), (args.rate, opened)):
+                    figures = bench_status(
+                        url, job_id, args.clients, args.duration, rate, headers, f" [{name}]"
+                    )
+                    results[name].append(asyncio.run(figures))
+    base_rps = float(np.median([r[0] for r in closed["no auth"]]))
+    base_cpu = float(np.median([r[2] for r in closed["no auth"] + opened["no auth"]]))
+    print(f"\nsummary, {args.clients} clients, medians of {args.repeat} run(s):")
+    for name in runs:
+        rps = float(np.median([r[0] for r in closed[name]]))
+        cpu = float(np.median([r[2] for r in closed[name] + opened[name]]))
+        p99_closed = float(np.median([r[1] for r in closed[name]]))
+        p99_open = float(np.median([r[1] for r in opened[name]]))
+        print(
+            f"  {name:8} closed loop {rps:7.1f} req/s ({100 * (1 - rps / base_rps):+5.1f} %)  "
+            f"p99 {p99_closed:6.1f} ms | open loop {args.rate:.0f}/s p99 {p99_open:6.1f} ms "
+            f"(target < 50 ms) | server CPU {cpu:5.0f} µs/req "
+            f"({100 * (cpu / base_cpu - 1):+5.1f} %, target < 10 %)"
+        )
 
 
 # ----------------------------------------------------------------------------- main
@@ -276,12 +421,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop offered req/s")
     parser.add_argument("--repeat", type=int, default=1, help="status test repetitions")
     parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="instead: GET /jobs/{id} with a JWT, an API key and no auth, and the login cost",
+    )
+    parser.add_argument("--login-rounds", type=int, default=10, help="logins timed (--auth)")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (shared machine)")
     with tempfile.TemporaryDirectory(prefix="callannotate-bench-") as tmp:
         wav = thirty_second_wav(Path(tmp))
         print(f"WAV size: {wav.stat().st_size / 1e6:.2f} MB")
-        if args.url:
+        if args.auth:
+            run_auth(Path(tmp) / "data", wav, args)
+        elif args.url:
             run(args.url.rstrip("/"), wav, args)
         else:
             with api_server(Path(tmp) / "data", args.access_log) as url:

@@ -46,13 +46,9 @@ def report(name: str, times: list[float]) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20, help="argon2 runs per figure")
-    parser.add_argument("--jwt-rounds", type=int, default=20000, help="fast-path runs")
-    parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
-    args = parser.parse_args()
-
+def bench_argon2(rounds: int) -> None:
+    """argon2id hash and verify at the production cost and at the tests' cost (also used by
+    api_throughput.py --auth next to the login route's figure)."""
     for label, auth in (
         ("argon2id default (t=3, m=64 MiB, p=4)", AuthSettings()),
         (
@@ -64,12 +60,21 @@ def main() -> None:
         hashed = passwords.hash("correct horse battery")
         report(
             f"{label}: hash",
-            timed(lambda p=passwords: p.hash("correct horse battery"), args.rounds),
+            timed(lambda p=passwords: p.hash("correct horse battery"), rounds),
         )
         report(
             f"{label}: verify",
-            timed(lambda p=passwords, h=hashed: p.verify("correct horse battery", h), args.rounds),
+            timed(lambda p=passwords, h=hashed: p.verify("correct horse battery", h), rounds),
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="argon2 runs per figure")
+    parser.add_argument("--jwt-rounds", type=int, default=20000, help="fast-path runs")
+    parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
+    args = parser.parse_args()
+    bench_argon2(args.rounds)
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(

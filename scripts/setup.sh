@@ -39,7 +39,7 @@ stage() {
 }
 
 # ------------------------------------------------------------------ system packages
-APT_PACKAGES=(ffmpeg flite fonts-dejavu-core poppler-utils)
+APT_PACKAGES=(ffmpeg flite fonts-dejavu-core poppler-utils prometheus prometheus-alertmanager)
 if [[ "${CALLANNOTATE_BROWSER_TESTS:-1}" == "1" ]]; then
   APT_PACKAGES+=(chromium chromium-driver)
 fi

@@ -24,9 +24,13 @@ from callannotate.config import Settings
 # Extra command groups: modules exposing ``add_parser(subparsers)`` (one line each).
 COMMAND_MODULES: tuple[str, ...] = (
     "callannotate.voices.cli",
+    "callannotate.contacts.cli",
     "callannotate.pipeline.settings_cli",
     "callannotate.db.cli",
     "callannotate.security.cli",
+    "callannotate.security.audit_cli",
+    "callannotate.security.keys_cli",
+    "callannotate.observability.cli",
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -63,15 +67,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from callannotate.api.app import create_app
     from callannotate.api.protocol import HTTP_PROTOCOL
     from callannotate.api.routes.stream import WS_MAX_FRAME_BYTES, WS_MAX_QUEUE
+    from callannotate.api.tls import TlsConfigError, uvicorn_tls_options
     from callannotate.observability.logging import configure_logging
+    from callannotate.security.startup import FIRST_ADMIN_HINT, bind_refusal, prepare_store
 
     settings = load_settings(
         api__host=args.host,
         api__port=args.port,
         workers__concurrency=args.workers,
         api__embedded_workers=False if args.no_workers else None,
+        api__ssl_certfile=args.ssl_certfile,
+        api__ssl_keyfile=args.ssl_keyfile,
     )
+    try:
+        tls = uvicorn_tls_options(settings.api)  # checked before anything starts
+    except TlsConfigError as exc:
+        raise CliError(exc.detail) from exc
+    refusal = bind_refusal(settings)  # auth off: loopback only
+    if refusal is not None:
+        raise CliError(refusal)
     configure_logging(settings.log)
+    has_users = prepare_store(settings)  # migrations run on start
+    if settings.auth.enabled and not has_users:
+        print(f"callannotate: {FIRST_ADMIN_HINT}", file=sys.stderr)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -85,6 +103,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ws_max_size=WS_MAX_FRAME_BYTES,
         ws_max_queue=WS_MAX_QUEUE,
         http=HTTP_PROTOCOL,  # uvicorn's own 400s carry the JSON error body too
+        **tls,
     )
     return 0
 
@@ -92,9 +111,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from callannotate.jobs.service import run_standalone_worker
     from callannotate.observability.logging import configure_logging
+    from callannotate.security.startup import prepare_store
 
     settings = load_settings(workers__concurrency=args.workers)
     configure_logging(settings.log)
+    prepare_store(settings)  # migrations run on start (the store is shared with the API)
     run_standalone_worker(settings)
     return 0
 
@@ -295,6 +316,9 @@ def _client(url: str, timeout: float) -> Any:
 def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     import httpx
 
+    token = getattr(args, "token", None)
+    if token:
+        kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {token}"
     try:
         with _client(args.url, args.timeout) as client:
             response = client.request(method, path, **kwargs)
@@ -371,6 +395,12 @@ def add_parser(subparsers: Any) -> None:
     )
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.add_argument(
+        "--ssl-certfile", help="PEM certificate: serve HTTPS (CALLANNOTATE_API__SSL_CERTFILE)"
+    )
+    serve.add_argument(
+        "--ssl-keyfile", help="PEM private key of the certificate (CALLANNOTATE_API__SSL_KEYFILE)"
+    )
+    serve.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish requests on shutdown"
     )
     serve.set_defaults(func=_cmd_serve)
@@ -415,6 +445,11 @@ def add_parser(subparsers: Any) -> None:
         "--url", default=os.environ.get("CALLANNOTATE_URL", DEFAULT_URL), help="server URL"
     )
     jobs.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
+    jobs.add_argument(
+        "--token",
+        default=os.environ.get("CALLANNOTATE_TOKEN"),
+        help="access token or API key sent as 'Authorization: Bearer' (CALLANNOTATE_TOKEN)",
+    )
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="{list,show,cancel}")
     jobs_sub.required = True
     lst = jobs_sub.add_parser("list", help="list jobs, newest first")

@@ -7,10 +7,11 @@ fields use ``__`` (for example ``CALLANNOTATE_API__MAX_UPLOAD_BYTES=1048576``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -62,6 +63,35 @@ class ApiSettings(BaseModel):
     ws_max_json_depth: int = Field(
         32, ge=2, description="Deepest nesting of a WebSocket client's JSON message."
     )
+    ssl_certfile: Path | None = Field(
+        None,
+        description=(
+            "PEM certificate (chain) for HTTPS; with ssl_keyfile, `serve` speaks TLS only and "
+            "every response carries HSTS (docs/security.md, 'In transit and headers')."
+        ),
+    )
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile.")
+    ssl_keyfile_password: SecretStr | None = Field(
+        None, description="Password of an encrypted ssl_keyfile."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Origins (scheme://host[:port]) whose web pages may call the API from another "
+            "site (CORS); empty (the default) sends no CORS header; '*' allows any."
+        ),
+    )
+    cors_max_age_s: int = Field(
+        600, ge=0, description="Seconds a browser may cache a CORS preflight answer."
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins_are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+/?", origin.strip()):
+                raise ValueError(f"cors_origins: {origin[:64]!r} is not scheme://host[:port]")
+        return value
 
 
 class QueueSettings(BaseModel):
@@ -166,10 +196,11 @@ class AuthSettings(BaseModel):
     """Authentication: accounts, JWT access tokens, refresh tokens, API keys."""
 
     enabled: bool = Field(
-        False,
+        True,
         description=(
-            "Require credentials on the API. Off in this release; will default to true once "
-            "every route is checked."
+            "Require credentials on every API route but /health, /ready, /info and the docs. "
+            "Turn off only for a single-user laptop: every request then runs as the local "
+            "admin, and `serve` refuses a non-loopback host."
         ),
     )
     jwt_secret: SecretStr | None = Field(
@@ -244,6 +275,207 @@ class CallbackSettings(BaseModel):
     backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
 
 
+class EncryptionSettings(BaseModel):
+    """Encryption at rest of recordings, captures, results, exports and voiceprints."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Encrypt new files (AES-256-GCM, per-file data key wrapped by a master key). "
+            "Files written earlier, encrypted or not, stay readable either way."
+        ),
+    )
+    master_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Master key, base64 of 32 bytes (a secret setting). When unset, master keys come "
+            "from the key file."
+        ),
+    )
+    previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Older master keys (base64) that still unwrap files written under them.",
+    )
+    key_file: Path | None = Field(
+        None,
+        description="Master key ring (default data_dir/secrets/master-keys.json, mode 0600).",
+    )
+    chunk_size: int = Field(
+        65536, ge=4096, le=16 * 1024 * 1024, description="Plaintext bytes per encrypted chunk."
+    )
+
+
+class AuditSettings(BaseModel):
+    """The audit log: an append-only, hash-chained table plus one ECS log line per record."""
+
+    queue_size: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Records waiting for the background writer; when full, the request that adds one "
+            "waits (in a thread) instead of dropping it."
+        ),
+    )
+    batch_size: int = Field(500, ge=1, description="Most records written in one transaction.")
+    log_records: bool = Field(True, description="Also write each record as an ECS log line.")
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (see docs/observability.md). Never public: a token or a local port."""
+
+    token: SecretStr | None = Field(
+        None,
+        description=(
+            "Bearer token a scraper must send to GET /metrics on the API port; unset: "
+            "GET /metrics answers 404 (use the separate port instead)."
+        ),
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address of the separate metrics listener (metrics.port)."
+    )
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of a separate plain-HTTP metrics listener started by `serve` and `worker` "
+            "(bound to metrics.host); 0 = none."
+        ),
+    )
+    queue_wait_sla_s: float = Field(
+        300.0, gt=0, description="Queue wait SLA, exported for the alert rules (seconds)."
+    )
+    job_duration_sla_s: float = Field(
+        1800.0, gt=0, description="Job duration SLA, exported for the alert rules (seconds)."
+    )
+
+
+class BucketSettings(BaseModel):
+    """One token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    burst: int = Field(ge=1, description="Bucket size: requests allowed back to back.")
+    per_second: float = Field(
+        ge=1 / 3600, description="Refill rate, tokens per second (at least one per hour)."
+    )
+
+
+def _bucket(burst: int, per_second: float) -> BucketSettings:
+    return BucketSettings(burst=burst, per_second=per_second)
+
+
+class RoleRateLimits(BaseModel):
+    """The budgets of one role (see docs/security.md "Rate limits")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uploads: BucketSettings = Field(
+        description="POST /jobs, POST /voices, POST /voices/{id}/samples, WS /stream connects."
+    )
+    reads: BucketSettings = Field(description="Every other HTTP request.")
+    ws_connect: BucketSettings = Field(description="WebSocket connections (/ws/*, /stream).")
+    ws_messages: BucketSettings = Field(
+        description="Messages a client sends on its WebSockets (text and binary audio frames)."
+    )
+
+
+class AdminRateLimits(RoleRateLimits):
+    uploads: BucketSettings = Field(default_factory=lambda: _bucket(60, 2.0))
+    reads: BucketSettings = Field(default_factory=lambda: _bucket(1200, 100.0))
+    ws_connect: BucketSettings = Field(default_factory=lambda: _bucket(60, 2.0))
+    ws_messages: BucketSettings = Field(default_factory=lambda: _bucket(2000, 400.0))
+
+
+class UserRateLimits(RoleRateLimits):
+    uploads: BucketSettings = Field(default_factory=lambda: _bucket(20, 0.5))
+    reads: BucketSettings = Field(default_factory=lambda: _bucket(300, 30.0))
+    ws_connect: BucketSettings = Field(default_factory=lambda: _bucket(20, 1.0))
+    ws_messages: BucketSettings = Field(default_factory=lambda: _bucket(1000, 200.0))
+
+
+class AnonymousRateLimits(RoleRateLimits):
+    uploads: BucketSettings = Field(default_factory=lambda: _bucket(5, 0.1))
+    reads: BucketSettings = Field(default_factory=lambda: _bucket(120, 10.0))
+    ws_connect: BucketSettings = Field(default_factory=lambda: _bucket(10, 0.5))
+    ws_messages: BucketSettings = Field(default_factory=lambda: _bucket(100, 20.0))
+
+
+class RoleRateLimitTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    admin: AdminRateLimits = Field(default_factory=AdminRateLimits)
+    user: UserRateLimits = Field(default_factory=UserRateLimits)
+    anonymous: AnonymousRateLimits = Field(
+        default_factory=AnonymousRateLimits,
+        description="Callers without a valid credential, keyed by client IP (IPv6 by /64).",
+    )
+
+
+class RateLimitSettings(BaseModel):
+    """Token-bucket rate limits per principal (per client IP when anonymous)."""
+
+    enabled: bool = Field(True, description="Apply the limits (429 / WebSocket close 1008).")
+    backend: Literal["auto", "memory", "redis"] = Field(
+        "auto",
+        description=(
+            "'memory': per process; 'redis': shared by every API process; 'auto': redis when "
+            "events.backend is 'redis', memory otherwise."
+        ),
+    )
+    redis_url: str = Field("", description="Redis URL of backend 'redis'; empty: events.redis_url.")
+    fail_open: bool = Field(
+        True,
+        description="When Redis cannot be reached: allow the request (true) or answer 503.",
+    )
+    memory_max_keys: int = Field(
+        100_000, ge=100, description="Buckets kept per process (memory backend, LRU)."
+    )
+    exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/health"],
+        description="Route paths never limited (liveness probes).",
+    )
+    login: BucketSettings = Field(
+        default_factory=lambda: _bucket(30, 1.0),
+        description="POST /auth/token, /auth/refresh, /auth/logout, per client IP.",
+    )
+    roles: RoleRateLimitTable = Field(default_factory=RoleRateLimitTable)
+
+
+class ContactsSettings(BaseModel):
+    """Address books over CardDAV: cache, sync, circuit breaker, conflicts, phone numbers."""
+
+    default_region: str = Field(
+        "RU",
+        min_length=2,
+        max_length=2,
+        description="Region used to read phone numbers without a country code (ISO 3166).",
+    )
+    conflict_policy: str = Field(
+        "server",
+        pattern="^(server|client)$",
+        description="Field changed here and on the server: which side wins (both are recorded).",
+    )
+    sync_interval_s: float = Field(
+        0.0, ge=0, description="Periodic sync of every account while serving; 0 = on demand."
+    )
+    timeout_s: float = Field(15.0, gt=0, description="Seconds one CardDAV request may take.")
+    verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
+    ca_bundle: Path | None = Field(None, description="Extra CA bundle for self-signed servers.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failures that open the circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        30.0, gt=0, description="Seconds the breaker stays open before one trial request."
+    )
+    outbox_max_attempts: int = Field(
+        5, ge=1, description="Times a write the server rejects is retried before it is dropped."
+    )
+    use_sync_collection: bool = Field(
+        True, description="Use sync-collection when offered; false forces ETag comparison."
+    )
+
+
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level name.")
     json_format: bool = Field(True, description="Structured JSON (ECS) lines when true.")
@@ -280,6 +512,11 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     database_url: str = Field("", description="Same as database.url (CALLANNOTATE_DATABASE_URL).")
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    contacts: ContactsSettings = Field(default_factory=ContactsSettings)
 
     @property
     def queue_dir(self) -> Path:

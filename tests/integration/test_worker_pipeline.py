@@ -80,8 +80,11 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def test_standalone_worker_serves_and_exits_on_sigterm(tmp_path: Path) -> None:
+    from callannotate.security.atrest import vault_for
+
     env = worker_env(tmp_path)
-    queue = FileQueue(tmp_path / "data" / "queue", Settings().queue)
+    keys = vault_for(Settings(data_dir=tmp_path / "data"))  # the worker encrypts result.json
+    queue = FileQueue(tmp_path / "data" / "queue", Settings().queue, keys)
     proc = start_worker(env)
     try:
         job = submit(queue, tone(tmp_path / "tone.wav", 2.0))

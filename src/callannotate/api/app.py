@@ -21,14 +21,21 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from callannotate import __version__
+from callannotate.api.audit_middleware import AuditMiddleware, close_audit_log
 from callannotate.api.docs import install_docs
 from callannotate.api.errors import ERROR_RESPONSES, RequestIdMiddleware, install_error_handlers
+from callannotate.api.headers import SecurityHeadersMiddleware, install_cors
 from callannotate.api.methods import AllowMiddleware
+from callannotate.api.openapi_security import document_security
+from callannotate.api.ratelimit import close_rate_limits, install_rate_limits
+from callannotate.api.routes.auth import close_auth, open_auth
 from callannotate.api.uploads import clean_stale_parts
 from callannotate.api.ws import EventService
 from callannotate.config import Settings
 from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.service import build_job_service
+from callannotate.observability.export import MetricsExport
+from callannotate.observability.middleware import MetricsMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ ROUTERS: tuple[str, ...] = (
     "callannotate.reports.routes",
     "callannotate.voices.routes",
     "callannotate.api.routes.auth",
+    "callannotate.api.routes.audit",
+    "callannotate.contacts.routes",
 )
 
 DESCRIPTION = """Self-hosted annotation of call recordings: upload a recording, follow the job,
@@ -65,13 +74,20 @@ def create_app(settings: Settings | None = None, *, job_runner: JobRunner | None
         await anyio.to_thread.run_sync(clean_stale_parts, queue.staging_dir())
         await events.start()  # starts the bus before the executor, which publishes from its start
         await jobs.start()
+        await open_auth(app.state)  # migrates the store; says how to make the first admin
+        metrics = MetricsExport(settings, queue, jobs.executor)  # gauges + metrics.port
+        metrics.start()
         logger.info("job executor %s started", jobs.executor.name)
         try:
             yield
         finally:
+            metrics.stop()
             await jobs.stop(graceful=True)
             logger.info("job executor %s stopped", jobs.executor.name)
             await events.stop()
+            await close_audit_log(app)  # stores every queued audit record
+            await close_rate_limits(app)  # the limiter's Redis connections
+            close_auth(app.state)  # dispose of the store's engine
 
     app = FastAPI(
         title="CallAnnotate",
@@ -88,12 +104,18 @@ def create_app(settings: Settings | None = None, *, job_runner: JobRunner | None
     app.state.executor = jobs.executor
     app.state.events = events
     install_error_handlers(app)
+    install_rate_limits(app, settings)  # first: every route added below is limited
     install_docs(app)
     app.add_middleware(AllowMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # outermost: ids and 500s for everything inside
+    app.add_middleware(MetricsMiddleware)  # HTTP/WS metrics; serves GET /metrics (token)
+    app.add_middleware(AuditMiddleware)  # audit records of calls (inside: knows the request id)
+    app.add_middleware(RequestIdMiddleware)  # ids and 500s for everything inside
+    install_cors(app, settings.api)  # only with api.cors_origins; its answers get headers too
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response, 500s too
     for module_name in ROUTERS:
         router = importlib.import_module(module_name).router
         if not isinstance(router, APIRouter):
             raise TypeError(f"{module_name}.router is not an APIRouter")
         app.include_router(router)
+    document_security(app)  # securitySchemes, and 401/403 on every guarded operation
     return app

@@ -23,6 +23,8 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
+from callannotate.api.headers import csp_nonce
+
 ASSETS_URL = "/docs/assets"
 ASSETS_PACKAGE = "fastapi_offline"
 # Swagger UI asks validator.swagger.io to grade the schema unless told not to.
@@ -50,6 +52,14 @@ def json_error_bodies(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def with_nonce(page: HTMLResponse, request: Request) -> HTMLResponse:
+    """``page`` with this request's CSP nonce on its inline scripts (the page's CSP,
+    :mod:`callannotate.api.headers`, runs no other inline script)."""
+    html = bytes(page.body).decode("utf-8")
+    html = html.replace("<script>", f'<script nonce="{csp_nonce(request)}">')
+    return HTMLResponse(html, status_code=page.status_code)
+
+
 def install_docs(app: FastAPI) -> None:
     """Add ``/docs``, its OAuth2 redirect, ``/redoc`` and their assets to ``app``.
 
@@ -70,7 +80,7 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect_url}",
@@ -79,10 +89,11 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             swagger_ui_parameters=SWAGGER_PARAMETERS,
         )
+        return with_nonce(page, request)
 
     @app.get(redirect_url, include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+    async def swagger_ui_redirect(request: Request) -> HTMLResponse:
+        return with_nonce(get_swagger_ui_oauth2_redirect_html(), request)
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:

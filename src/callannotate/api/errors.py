@@ -7,7 +7,7 @@
   Starlette's HTTP errors (404, 405, ...) to ``{"error", "detail", "request_id"}``.
 * Every detail goes through :func:`safe_detail`: server paths under the data folder are
   replaced, and what a client sent is echoed at most :data:`MAX_ECHO` characters at a time.
-* Every HTTP response carries ``X-Content-Type-Options: nosniff``.
+* Security headers (``nosniff``, CSP, ...) are added by :mod:`callannotate.api.headers`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,23 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 MAX_ECHO = 64
 MAX_DETAIL = 1000
 _LONG_TOKEN = re.compile(rf"\S{{{MAX_ECHO + 1},}}")
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid input"},
+    429: {  # every route: rate limits (api/ratelimit.py)
+        "model": ErrorBody,
+        "description": "Over a rate limit: retry after Retry-After seconds (RateLimit-* headers)",
+        "headers": {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in (
+                ("Retry-After", "Seconds to wait before retrying"),
+                ("RateLimit-Limit", "Bucket size (burst)"),
+                ("RateLimit-Remaining", "Tokens left"),
+                ("RateLimit-Reset", "Seconds until the bucket is full"),
+                ("RateLimit-Policy", "Size and refill window of the bucket, and its budget"),
+            )
+        },
+    },
     500: {"model": ErrorBody, "description": "Unexpected server error"},
 }
 
@@ -157,8 +170,6 @@ class RequestIdMiddleware:
                 started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
                 headers.append(header)
-                if not any(h[0].lower() == _NOSNIFF[0] for h in headers):
-                    headers.append(_NOSNIFF)
                 message["headers"] = headers
             await send(message)
 

@@ -45,16 +45,23 @@ class ReadyBody(BaseModel):
 
 class StepModel(BaseModel):
     step: str
-    processor: str = Field(description="`module:Class` implementing the step.")
+    processor: str | None = Field(
+        None, description="`module:Class` implementing the step (admins only)."
+    )
     model: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="Step settings (admins).")
 
 
 class InfoBody(BaseModel):
+    """``/info``. Anonymous and non-admin callers get ``name``, ``version`` and each step's
+    model name; the other fields are for admins (``null`` otherwise)."""
+
     name: str = "callannotate"
     version: str
-    models_config: str
+    models_config: str | None = Field(None, description="The models file (admins only).")
     models: list[StepModel]
-    queue: dict[str, int] = Field(description="Jobs per state.")
-    embedded_workers: bool
-    workers: list[dict[str, Any]] = Field(description="Worker processes and what each runs.")
+    queue: dict[str, int] | None = Field(None, description="Jobs per state (admins only).")
+    embedded_workers: bool | None = Field(None, description="Admins only.")
+    workers: list[dict[str, Any]] | None = Field(
+        None, description="Worker processes and what each runs (admins only)."
+    )

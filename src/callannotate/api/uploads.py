@@ -10,6 +10,10 @@ Each staged ``<uuid>.part`` file (mode 0600) is held with an exclusive ``flock``
 process writing it until the file is queued or discarded, so :func:`clean_stale_parts` can
 remove, at start-up and from time to time, exactly the partial uploads no live process owns
 (an API killed mid-upload), whatever their age.
+
+Given a :class:`~callannotate.security.atrest.Vault` with encryption on, each file part is
+encrypted as it streams in (chunked AES-256-GCM): the recording is never on disk in the clear,
+not even in staging. ``StagedFile.size`` counts the plaintext bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 from python_multipart.exceptions import MultipartParseError
@@ -45,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
+
+    from callannotate.security.atrest import Vault
 
 FILE_FIELD = "file"
 PART_SUFFIX = ".part"
@@ -134,11 +140,21 @@ class StagedFile:
     filename: str = "upload"
     content_type: str | None = None
     size: int = 0
+    sink: BinaryIO | None = None  # encrypting stream over ``fd`` (encryption at rest)
 
     def write(self, data: bytes | bytearray) -> None:
+        if self.sink is not None:
+            self.sink.write(data)
+            return
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
+
+    def finish(self) -> None:
+        """Complete the file (an encrypted one gets its final chunk); the lock stays held."""
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.close()
 
     def release(self) -> None:
         """Drop the lock (the file was moved into a job, or is being discarded)."""
@@ -150,6 +166,8 @@ class StagedFile:
         """Delete the staged file (no-op when already moved away) and drop the lock."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError, ValueError):
+            self.finish()
         self.release()
 
 
@@ -183,8 +201,11 @@ class StagedUpload:
 class _Receiver:
     """Callbacks for the push parser; writes file parts to ``staging``."""
 
-    def __init__(self, staging: Path, max_bytes: int, max_files: int) -> None:
+    def __init__(
+        self, staging: Path, max_bytes: int, max_files: int, vault: Vault | None = None
+    ) -> None:
         self.staging = staging
+        self.vault = vault
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.upload = StagedUpload()
@@ -249,6 +270,9 @@ class _Receiver:
                 content_type=ctype.decode("latin-1") if ctype else None,
             )
             self.upload.files.append(self._current)
+            if self.vault is not None and self.vault.enabled:
+                sink = os.fdopen(fd, "wb", closefd=False)  # the fd stays open: it holds the lock
+                self._current.sink = self.vault.wrap_writer(sink)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is not None:
@@ -268,6 +292,7 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self._current is not None:
             self.flush()
+            self._current.finish()
             self._current = None
         elif self._part_name is not None:
             if self._part_name in self.upload.fields:
@@ -343,19 +368,21 @@ async def receive_upload(
     *,
     idle_timeout_s: float = 30.0,
     max_files: int = 1,
+    vault: Vault | None = None,
 ) -> StagedUpload:
     """Stream the multipart body: file parts into ``staging``, the fields into a dict.
 
     ``max_bytes`` bounds all file parts together. Raises a domain error (and leaves nothing
     in ``staging``) on any problem. The caller owns the returned staged files: it must
     :meth:`StagedUpload.release` them once moved into a job, or
-    :meth:`StagedUpload.discard` them.
+    :meth:`StagedUpload.discard` them. With ``vault`` (encryption on) the files are staged
+    encrypted.
     """
     boundary = check_content_type(request)
     check_content_length(request, max_bytes)
     private_dir(staging)
     _clean_now_and_then(staging)
-    receiver = _Receiver(staging, max_bytes, max_files)
+    receiver = _Receiver(staging, max_bytes, max_files, vault)
     callbacks: MultipartCallbacks = {
         "on_part_begin": receiver.on_part_begin,
         "on_part_data": receiver.on_part_data,

@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING
 import anyio
 from fastapi import APIRouter, FastAPI, WebSocket
 
-from callannotate.api.deps import CurrentPrincipal
+from callannotate.api.deps import ReadPrincipal, renewed_principal, ws_subprotocol
 from callannotate.api.origin import origin_allowed
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
 from callannotate.events.bus import EventBus, create_bus
 from callannotate.events.hub import Hub
-from callannotate.events.session import CloseCode, OwnerLookup, Session
+from callannotate.events.session import AuthRefused, CloseCode, OwnerLookup, Renew, Session
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.models import Job
+from callannotate.security.errors import AuthenticationFailed
+from callannotate.security.principal import Principal
+from callannotate.security.scopes import READ
 
 if TYPE_CHECKING:
     from callannotate.jobs.filequeue import FileQueue
@@ -96,16 +99,35 @@ def publish_job_queued(app: FastAPI, job: Job) -> None:
     )
 
 
+def token_renewer(websocket: WebSocket, principal: Principal, scope: str) -> Renew | None:
+    """What checks a ``{"type": "auth", "token"}`` message of a long session: the new token
+    must be valid, hold ``scope`` and belong to the same principal (``None`` with auth off)."""
+    if not websocket.app.state.settings.auth.enabled:
+        return None
+
+    async def renew(token: str) -> float | None:
+        try:
+            fresh = await renewed_principal(websocket, principal, token, scope)
+        except AuthenticationFailed as exc:
+            raise AuthRefused(exc.detail) from exc
+        return fresh.expires_at
+
+    return renew
+
+
 @router.websocket("/ws/{client_id}")
-async def job_events(websocket: WebSocket, client_id: str, principal: CurrentPrincipal) -> None:
-    """Subscribe to job events; see docs/api-specification.md for the protocol."""
+async def job_events(websocket: WebSocket, client_id: str, principal: ReadPrincipal) -> None:
+    """Subscribe to job events; see docs/api-specification.md for the protocol.
+
+    Only events of jobs ``principal`` may see are delivered (``all``: the user's own jobs,
+    every job for an admin). An access token is checked for expiry during the session."""
     settings: Settings = websocket.app.state.settings
     if not origin_allowed(websocket, settings.api):
         # Before accept: the handshake is refused with HTTP 403 (no socket for that page).
         log.info("ws %s: origin %.200r refused", client_id[:128], websocket.headers.get("origin"))
         await websocket.close(CloseCode.POLICY_VIOLATION, "origin not allowed")
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=ws_subprotocol(websocket))
     if not CLIENT_ID_RE.fullmatch(client_id):
         await websocket.close(
             CloseCode.POLICY_VIOLATION, "client_id must be 1-128 of A-Z a-z 0-9 . _ : -"
@@ -126,5 +148,7 @@ async def job_events(websocket: WebSocket, client_id: str, principal: CurrentPri
         settings=service.settings.events,
         max_message_bytes=settings.api.ws_max_message_bytes,
         max_json_depth=settings.api.ws_max_json_depth,
+        expires_at=principal.expires_at,
+        renew=token_renewer(websocket, principal, READ),
     )
     await session.run()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from callannotate.config import EventSettings
 from callannotate.events.models import BusEvent, EventDraft, Replay, iso_ts
+from callannotate.observability.metrics import observe_job_event
 
 if TYPE_CHECKING:
     from callannotate.jobs.events import JobEvent
@@ -130,6 +131,7 @@ class EventBus(ABC):
 
     def on_job_event(self, event: JobEvent) -> None:
         """``QueueManager(on_event=bus.on_job_event)``: adapt and publish a manager event."""
+        observe_job_event(event)  # every job event of this process passes here exactly once
         self.publish_threadsafe(self.draft_from_job_event(event))
 
     def draft_from_job_event(self, event: JobEvent) -> EventDraft:

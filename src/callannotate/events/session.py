@@ -4,6 +4,12 @@ The connection's own coroutine reads client messages; one writer task sends ever
 send queue, replays, heartbeat pings) so frames never interleave. See
 ``docs/api-specification.md`` for the protocol as a client sees it.
 
+Authentication happens before the session starts (``api/deps.py``); the session keeps the
+principal's id (only jobs it may see are delivered: by id after an owner check, by ``all``
+through the hub's per-owner index) and the token's expiry: ``auth.expiring`` is sent once
+:data:`EXPIRY_WARNING_S` before it, the connection closes with ``4401`` at it, and an
+``{"type": "auth", "token"}`` message checked by ``renew`` moves it.
+
 Fast path: a live event that reaches an idle connection (nothing queued, nothing being sent)
 is written by the publisher right away instead of waking the connection's writer task. With a
 thousand connections watching one job, waking a thousand tasks per event was about a quarter
@@ -18,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal, Protocol
 
@@ -51,6 +59,11 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # too slow: send queue stayed full; reconnect and resume
     HEARTBEAT_TIMEOUT = 4000  # no pong within pong_timeout_s
     REPLACED = 4001  # a newer connection with the same client id took over
+    TOKEN_EXPIRED = 4401  # the access token expired and no {"type": "auth"} renewed it
+
+
+#: Seconds before the token's expiry at which the session sends ``auth.expiring`` (once).
+EXPIRY_WARNING_S = 60.0
 
 
 class Transport(Protocol):
@@ -65,6 +78,14 @@ class Transport(Protocol):
 
 OwnerLookup = Callable[[str], Awaitable[str | None]]
 """Job id -> its owner, ``None`` when there is no such job."""
+
+Renew = Callable[[str], Awaitable[float | None]]
+"""A fresh token -> its expiry (Unix time, ``None``: does not expire); raises
+:class:`AuthRefused` when the token is invalid or belongs to someone else."""
+
+
+class AuthRefused(Exception):
+    """A token sent in an ``auth`` message was refused (the reason is the message)."""
 
 
 # -- client messages ------------------------------------------------------------------------------
@@ -97,11 +118,18 @@ class PongMsg(_Msg):
     id: str | int | None = None
 
 
+class AuthMsg(_Msg):
+    """A fresh access token for a long session (same principal), before the old one expires."""
+
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=4096)
+
+
 ClientMessage = Annotated[
-    SubscribeMsg | UnsubscribeMsg | PingMsg | PongMsg, Field(discriminator="type")
+    SubscribeMsg | UnsubscribeMsg | PingMsg | PongMsg | AuthMsg, Field(discriminator="type")
 ]
 _client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-_CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "pong")
+_CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "pong", "auth")
 
 
 def _dump(obj: dict[str, Any]) -> str:
@@ -123,8 +151,13 @@ class Session:
         settings: EventSettings,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_json_depth: int = MAX_JSON_DEPTH,
+        expires_at: float | None = None,
+        renew: Renew | None = None,
     ) -> None:
         self.hub = hub
+        self.expires_at = expires_at  # Unix time the principal's token expires (None: never)
+        self._renew = renew
+        self._expiry_warned = False
         self.transport = transport
         self.client_id = client_id
         self.principal_id = principal_id
@@ -208,6 +241,8 @@ class Session:
             return
         if self._close is not None:
             return
+        if self.expires_at is not None and self._check_expiry():
+            return
         waiting = self._awaiting_pong_since
         if waiting is not None and now - waiting >= self._settings.pong_timeout_s:
             self.request_close(
@@ -220,6 +255,37 @@ class Session:
             if waiting is None:
                 self._awaiting_pong_since = now
             self.queue.wake()
+
+    def _check_expiry(self) -> bool:
+        """Close with 4401 once the token expired (True); warn once shortly before."""
+        assert self.expires_at is not None
+        left = self.expires_at - time.time()
+        if left <= 0:
+            self._fail(
+                CloseCode.TOKEN_EXPIRED,
+                "token_expired",
+                'the access token expired; send {"type": "auth", "token": ...} before expiry',
+            )
+            return True
+        if not self._expiry_warned and left <= EXPIRY_WARNING_S:
+            self._expiry_warned = True
+            self._enqueue_json(
+                {"type": "auth.expiring", "expires_at": _iso_unix(self.expires_at), "ts": iso_ts()}
+            )
+        return False
+
+    async def _reauthenticate(self, token: str) -> None:
+        if self._renew is not None:
+            try:
+                expires = await self._renew(token)
+            except AuthRefused as exc:
+                self._fail(CloseCode.POLICY_VIOLATION, "invalid_token", str(exc))
+                return
+            self.expires_at = expires
+            self._expiry_warned = False
+        self._enqueue_json(
+            {"type": "authenticated", "expires_at": _iso_unix(self.expires_at), "ts": iso_ts()}
+        )
 
     def _fail(self, code: int, error: str, detail: str) -> None:
         """Send ``{"type": "error", "code": error, "detail"}``, then close with ``code``."""
@@ -245,6 +311,7 @@ class Session:
                 "ping_interval_s": self._settings.ping_interval_s,
                 "pong_timeout_s": self._settings.pong_timeout_s,
                 "replay_limit": self._settings.replay_limit,
+                "token_expires_at": _iso_unix(self.expires_at),
                 "ts": iso_ts(),
             }
         )
@@ -325,6 +392,8 @@ class Session:
             self._awaiting_pong_since = None
         elif isinstance(msg, SubscribeMsg):
             await self._subscribe(msg)
+        elif isinstance(msg, AuthMsg):
+            await self._reauthenticate(msg.token)
         else:
             self._unsubscribe(msg)
 
@@ -334,11 +403,9 @@ class Session:
     async def _check(self, job_id: str) -> bool:
         """Look the job up; queue an ``error`` and return False when it may not be watched."""
         owner = await self._lookup(job_id)
-        if owner is None:
+        if owner is None or not (self.is_admin or owner == self.principal_id):
+            # Another user's job looks exactly like a missing one (no existence leak).
             self._error("unknown_job", f"no job {job_id[:100]!r}", job_id=job_id[:100])
-            return False
-        if not (self.is_admin or owner == self.principal_id):
-            self._error("forbidden", "the job belongs to another user", job_id=job_id)
             return False
         return True
 
@@ -573,6 +640,10 @@ def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any
 
 async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     await _resume(coro, waiting)
+
+
+def _iso_unix(ts: float | None) -> str | None:
+    return None if ts is None else iso_ts(datetime.fromtimestamp(ts, UTC))
 
 
 def _is_terminal(wire: str) -> bool:

@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callannotate.config import QueueSettings
 from callannotate.errors import Conflict, NotFound
@@ -53,6 +54,9 @@ from callannotate.jobs.fsutil import (
     unlock,
 )
 from callannotate.jobs.models import CallbackAttempt, Job, JobState, StepProgress, utcnow
+
+if TYPE_CHECKING:
+    from callannotate.security.atrest import Vault
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +121,10 @@ def _safe_audio_name(name: str, src: Path) -> str:
 class FileQueue:
     """A job queue in plain folders, safe across threads and processes on one filesystem."""
 
-    def __init__(self, root: Path, settings: QueueSettings) -> None:
+    def __init__(self, root: Path, settings: QueueSettings, vault: Vault | None = None) -> None:
         self.root = Path(root)
         self.settings = settings
+        self.vault = vault  # encrypts result.json at rest (audio is encrypted as it is staged)
         for name in (*FOLDERS, STAGING):
             private_dir(self.root / name)  # 0700, parents too (data is private)
         self._queue_lock_path = self.root / ".queue.lock"
@@ -251,10 +256,26 @@ class FileQueue:
             ):
                 raise Conflict(f"job {job_id} is {job.state.value}; it has no result")
             try:
-                return result.read_bytes()
+                return self._open_result(result.read_bytes())
             except FileNotFoundError:
                 continue
         raise Conflict(f"job {job_id} result is not available")
+
+    def _open_result(self, data: bytes) -> bytes:
+        from callannotate.security.envelope import decrypt_bytes, is_encrypted_prefix
+
+        if not is_encrypted_prefix(data):
+            return data  # written before encryption at rest, or with it off
+        if self.vault is None:
+            raise Conflict("the job result is encrypted and this queue has no keys")
+        return decrypt_bytes(self.vault.ring, data)
+
+    def _seal_result(self, data: bytes) -> bytes:
+        if self.vault is None or not self.vault.enabled:
+            return data
+        from callannotate.security.envelope import encrypt_bytes
+
+        return encrypt_bytes(self.vault.ring, data, chunk_size=self.vault.chunk_size)
 
     def list(
         self,
@@ -458,7 +479,7 @@ class FileQueue:
     def complete(self, job_id: str, result_json: bytes) -> Job:
         with self._locked():
             path, job = self._in_processing(job_id)
-            atomic_write(path / RESULT_FILE, result_json)
+            atomic_write(path / RESULT_FILE, self._seal_result(result_json))
             job.state = JobState.COMPLETED
             job.finished_at = utcnow()
             job.error = None

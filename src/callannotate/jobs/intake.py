@@ -15,8 +15,10 @@ from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import PRIVATE_FILE
 from callannotate.jobs.models import AudioMeta, Job
+from callannotate.observability.logging import request_id_var
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import AnnotateOptions
+from callannotate.security.atrest import vault_for
 
 # ffmpeg container name (first of PyAV's ``format.name`` list) -> (extension, media type).
 AUDIO_TYPES: dict[str, tuple[str, str]] = {
@@ -64,17 +66,19 @@ def new_job(
     ``filename`` is the display name (already made safe by the caller). Blocking: call it
     from a worker thread. The caller announces the job (``job.queued``) once this returns.
     """
-    probe = audio_io.probe(staged_path)
+    vault = vault_for(settings)
+    probe = audio_io.probe(staged_path, vault=vault)
     os.chmod(staged_path, PRIVATE_FILE)
     job = Job(
         id=queue.new_job_id(),
         owner=owner,
         options=options,
         callback_url=callback_url,
+        request_id=request_id_var.get(),  # correlates the worker's log lines with the request
         audio=AudioMeta(
             filename=filename,
             stored_as=stored_name(probe.format),
-            size_bytes=staged_path.stat().st_size,
+            size_bytes=vault.plaintext_size(staged_path),
             format=probe.format,
             codec=probe.codec,
             sample_rate=probe.sample_rate,

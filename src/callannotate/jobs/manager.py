@@ -51,6 +51,7 @@ from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.worker import worker_main
+from callannotate.observability.metrics import observe_model_load, observe_result
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +468,8 @@ class QueueManager:
                         "audio": str(audio),
                         "options": job.options.model_dump(mode="json"),
                         "filename": job.audio.filename,
+                        "request_id": job.request_id,
+                        "owner": job.owner,  # speakers are matched against their voices only
                     }
                 )
             except (OSError, ValueError):
@@ -597,6 +600,7 @@ class QueueManager:
             proc.ready = True
             slot.start_failures = 0
             proc.preload_error = msg.get("preload_error")
+            observe_model_load(msg.get("load_seconds"))
             if proc.preload_error:
                 log.warning(
                     "worker could not load every model",
@@ -697,9 +701,12 @@ class QueueManager:
     async def _complete(self, slot: _Slot, job: Job, result: str) -> None:
         # Final per-step statuses come from the annotation's own step reports.
         try:
-            steps = json.loads(result).get("steps", [])
-        except ValueError:
-            steps = []
+            doc = json.loads(result)
+            steps = doc.get("steps", [])
+        except (ValueError, AttributeError):
+            doc, steps = {}, []
+        if isinstance(doc, dict):
+            observe_result(doc, time.monotonic() - slot.job_started)
         changed = False
         for report in steps:
             name = str(report.get("name", ""))

@@ -83,6 +83,11 @@ class Job(BaseModel):
     error: str | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    request_id: str | None = Field(
+        None,
+        description="X-Request-ID of the request that queued the job; the worker's log lines "
+        "for the job carry it too (http.request.id, trace.id).",
+    )
     callbacks: list[CallbackAttempt] = Field(
         default_factory=list, description="Delivery attempts of callback_url, oldest first."
     )

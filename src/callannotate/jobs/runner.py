@@ -14,6 +14,7 @@ so that no ``except Exception`` inside a step swallows it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ class JobRequest:
     audio: Path
     options: dict[str, Any]  # AnnotateOptions as JSON
     filename: str | None = None
+    owner: str | None = None  # the job's owner: only their enrolled voices are matched
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,14 @@ class JobRunner(Protocol):
 
 
 class PipelineRunner:
-    """The real runner: preloads the configured models, annotates with the pipeline."""
+    """The real runner: preloads the configured models, annotates with the pipeline.
+
+    ``load_seconds`` holds each step's model load time after :meth:`preload` (the worker
+    reports it to its manager, which exports it as ``callannotate_model_load_seconds``).
+    """
+
+    def __init__(self) -> None:
+        self.load_seconds: dict[str, float] = {}
 
     def preload(self, settings: Settings) -> str | None:
         """Load the configured models; a model that cannot load is reported, not fatal."""
@@ -79,8 +88,10 @@ class PipelineRunner:
         except Exception as exc:
             return f"models config: {exc}"
         for step in steps:
+            started = time.perf_counter()
             try:
                 registry.preload(settings, [step])
+                self.load_seconds[step] = time.perf_counter() - started
             except Exception as exc:  # any import/model error: report it, keep serving
                 errors.append(f"{step}: {type(exc).__name__}: {exc}")
         if errors:
@@ -102,5 +113,6 @@ class PipelineRunner:
                 hook=ctx.hook,
                 filename=request.filename,
                 on_words=ctx.on_words,
+                voice_owner=request.owner,
             )
         return annotation.model_dump_json()

@@ -28,6 +28,8 @@ from callannotate.jobs.executors.local import LocalExecutor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.manager import QueueManager
 from callannotate.jobs.runner import JobRunner, PipelineRunner
+from callannotate.observability.export import MetricsExport
+from callannotate.security.atrest import vault_for
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,10 @@ def build_job_service(
 ) -> JobService:
     """Queue, bus and executor for ``settings``; ``embedded``: run jobs in worker processes
     of this process with ``runner`` (the pipeline by default), else leave them to others."""
-    queue = FileQueue(settings.queue_dir, settings.queue)
+    vault = vault_for(settings)
+    if vault.enabled:
+        vault.ring  # noqa: B018 - load (or create) the master keys now: a bad key fails start-up
+    queue = FileQueue(settings.queue_dir, settings.queue, vault)
     bus = create_bus(settings.events, public_url=settings.api.public_url)
     job_runner = runner or PipelineRunner()
 
@@ -121,6 +126,9 @@ def run_standalone_worker(settings: Settings, runner: JobRunner | None = None) -
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         await service.start()
+        # queue/worker gauges + the metrics.port listener (a worker has no HTTP API)
+        metrics = MetricsExport(settings, service.queue, service.executor)
+        metrics.start()
         log.info(
             "worker pool started",
             extra={
@@ -132,6 +140,7 @@ def run_standalone_worker(settings: Settings, runner: JobRunner | None = None) -
         try:
             await stop.wait()
         finally:
+            metrics.stop()
             await service.stop(graceful=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

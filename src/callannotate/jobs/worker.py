@@ -6,12 +6,12 @@ multiprocessing "spawn" context and talks to it over one duplex pipe; what it ru
 production, fakes in tests). Messages are small dicts:
 
 manager -> worker
-    ``{"type": "job", "job_id", "audio", "options", "filename"}``;
+    ``{"type": "job", "job_id", "audio", "options", "filename", "request_id"}``;
     ``{"type": "stop_job", "job_id", "reason"}`` (soft time limit: the job's next progress
     report raises :class:`~callannotate.jobs.runner.JobStopped`, the worker keeps serving);
     ``{"type": "stop"}``
 worker -> manager
-    ``{"type": "ready", "pid", "preload_error"}`` once at start;
+    ``{"type": "ready", "pid", "preload_error", "load_seconds": {step: s}}`` once at start;
     ``{"type": "progress", "job_id", "step", "completed", "total"}`` while a job runs;
     ``{"type": "partial", "job_id", "step", "words": [Word JSON, ...]}`` with transcribed words
     as they are decoded (batched: at most one message per ``PARTIAL_MIN_INTERVAL_S`` or per
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
 from callannotate.jobs.runner import JobContext, JobRequest, JobRunner, JobStopped
-from callannotate.observability.logging import configure_logging
+from callannotate.observability.logging import configure_logging, job_context, request_context
 
 if TYPE_CHECKING:
     from callannotate.pipeline.types import Word
@@ -160,11 +160,16 @@ def _run_job(
         audio=Path(str(msg["audio"])),
         options=dict(msg["options"]),
         filename=msg.get("filename"),
+        owner=msg.get("owner"),
     )
     control.begin(job_id)
     try:
         control.check()
-        result = runner.run(request, JobContext(settings=settings, hook=hook, on_words=on_words))
+        # every log line of the job carries its id and the id of the request that queued it
+        with job_context(job_id), request_context(msg.get("request_id")):
+            result = runner.run(
+                request, JobContext(settings=settings, hook=hook, on_words=on_words)
+            )
         partial.flush()
     except JobStopped as stop:
         log.warning("job stopped in worker", extra={"job_id": job_id, "reason": stop.reason})
@@ -237,7 +242,15 @@ def worker_main(conn: Connection, settings: Settings, name: str, runner: JobRunn
     preload_error = runner.preload(settings)
     log.info("worker ready", extra={"worker": name, "models_ok": preload_error is None})
     try:
-        conn.send({"type": "ready", "pid": os.getpid(), "preload_error": preload_error})
+        load_seconds = getattr(runner, "load_seconds", None)  # per step, for the metrics
+        conn.send(
+            {
+                "type": "ready",
+                "pid": os.getpid(),
+                "preload_error": preload_error,
+                "load_seconds": dict(load_seconds) if isinstance(load_seconds, dict) else {},
+            }
+        )
         while (msg := jobs.get()) is not None:
             conn.send(_run_job(conn, settings, runner, control, msg))
     except (BrokenPipeError, EOFError, OSError):

@@ -37,13 +37,15 @@ def annotate(
     filename: str | None = None,
     on_words: PartialHook | None = None,
     steps: list[PipelineStep] | None = None,
+    voice_owner: str | None = None,
 ) -> Annotation:
     """Annotate one recording (any format ffmpeg decodes) with the steps ``options`` asks for.
 
     ``on_words`` (optional) receives the words of each transcribed segment as soon as it is
     decoded, with its speaker when diarization ran (see :class:`PartialHook`). ``steps``
     replaces the pipeline's own list (:func:`~.steps.default_steps`); it must begin with
-    a decode step.
+    a decode step. ``voice_owner``: speakers are identified among that user's enrolled
+    voices only (a job's owner); ``None`` (the local CLI): every voice in the data folder.
     """
     state = RunState(
         audio_path=audio,
@@ -51,6 +53,7 @@ def annotate(
         settings=settings or Settings(),
         hook=hook,
         on_words=on_words,
+        voice_owner=voice_owner,
     )
     reports = run_steps(steps if steps is not None else default_steps(), state)
     info = state.probe

@@ -90,6 +90,7 @@ class RunState:
     settings: Settings
     hook: ProgressHook = null_hook
     on_words: PartialHook | None = None
+    voice_owner: str | None = None  # identify among this user's voices (None: all of them)
     # decode
     probe: audio_io.ProbeResult | None = None
     buffer: AudioBuffer | None = None
@@ -197,8 +198,10 @@ class DecodeStep(PipelineStep):
 
     def run(self, state: RunState) -> None:
         state.hook(Step.DECODE, completed=0, total=1)
-        state.probe = audio_io.probe(state.audio_path)
-        buffer = audio_io.decode(state.audio_path, sample_rate=audio_io.MODEL_SAMPLE_RATE)
+        state.probe = audio_io.probe(state.audio_path, settings=state.settings)
+        buffer = audio_io.decode(
+            state.audio_path, sample_rate=audio_io.MODEL_SAMPLE_RATE, settings=state.settings
+        )
         state.quality = audio_io.measure_quality(buffer)
         state.layout = channel_layout(buffer)
         mode = state.options.channel_mode
@@ -369,6 +372,8 @@ class IdentifyStep(PipelineStep):
         return self.proc.describe()
 
     def run(self, state: RunState) -> None:
+        from callannotate.security.atrest import vault_for
+
         matches: dict[str, VoiceMatch] = self.proc.identify_speakers(
             state.audio(),
             state.exclusive,
@@ -376,6 +381,8 @@ class IdentifyStep(PipelineStep):
             state.hook,
             voices_dir=state.settings.voices_dir,
             embedder=self.embedder,
+            vault=vault_for(state.settings),
+            owner=state.voice_owner,
         )
         state.speakers = [
             s if matches.get(s.label) is None else s.model_copy(update={"voice": matches[s.label]})

@@ -7,6 +7,7 @@ audio, the word being spoken is highlighted, the timeline shows a playhead.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from html import escape
 from importlib import resources
@@ -34,6 +35,16 @@ def _asset(name: str) -> str:
         .joinpath("templates", name)
         .read_text(encoding="utf-8")
     )
+
+
+def inline_scripts() -> tuple[str, ...]:
+    """The exact text of each inline ``<script>`` of the page (fixed: the viewer's code).
+
+    The API's CSP allows these by hash (:mod:`callannotate.api.headers`), so no other
+    script can run on the report page.
+    """
+    page = Template(_asset("report.html")).safe_substitute(js=_asset("report.js"))
+    return tuple(re.findall(r"<script>(.*?)</script>", page, flags=re.S))
 
 
 def _fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -20,7 +19,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from callannotate.api.deps import CurrentPrincipal, QueueDep, visible_job
+from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, visible_job
+from callannotate.api.encrypted_files import DecryptedFileResponse, plaintext_stat
 from callannotate.api.errors import error_json, error_responses
 from callannotate.errors import NotFound, Unprocessable
 from callannotate.jobs.filequeue import FileQueue
@@ -28,13 +28,11 @@ from callannotate.jobs.intake import AUDIO_TYPES, audio_type
 from callannotate.pipeline.types import Annotation
 from callannotate.reports.exporters import FORMATS, export_filename, get_format
 from callannotate.reports.html import render_html
+from callannotate.security.atrest import vault_for
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["reports"], responses=error_responses(404))
-
-# Audio is never a page: no scripts, no plugins, a unique origin if opened as a document.
-AUDIO_CSP = "default-src 'none'; sandbox"
 
 
 def load_annotation(queue: FileQueue, job_id: str) -> Annotation:
@@ -67,7 +65,7 @@ def _disposition(kind: str, filename: str) -> str:
 async def export_job(
     job_id: str,
     queue: QueueDep,
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     format: Annotated[
         str,
         Query(
@@ -100,7 +98,7 @@ async def export_job(
     responses=error_responses(409),
 )
 async def report_page(
-    job_id: str, request: Request, queue: QueueDep, principal: CurrentPrincipal
+    job_id: str, request: Request, queue: QueueDep, principal: ReadPrincipal
 ) -> HTMLResponse:
     """Audio player, clickable transcript, speaker timeline, analytics and sentiment."""
     visible_job(queue, job_id, principal)
@@ -109,13 +107,7 @@ async def report_page(
     page = await anyio.to_thread.run_sync(lambda: render_html(annotation, audio_url=audio_url))
     return HTMLResponse(
         page,
-        headers={
-            "Cache-Control": "private, no-store",
-            "Content-Security-Policy": (
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                "img-src 'self' data:; media-src 'self'"
-            ),
-        },
+        headers={"Cache-Control": "private, no-store"},  # CSP: api/headers.py
     )
 
 
@@ -157,27 +149,34 @@ def _range_error(request: Request, response: FileResponse, size: int) -> Respons
     },
 )
 async def job_audio(
-    job_id: str, request: Request, queue: QueueDep, principal: CurrentPrincipal
+    job_id: str,
+    request: Request,
+    queue: QueueDep,
+    principal: ReadPrincipal,
+    settings: SettingsDep,
 ) -> Response:
     """Served inline with ``nosniff`` and a sandboxing CSP, so a file that is also HTML
-    (audio with a page appended) can never run as a page on the service's origin."""
+    (audio with a page appended) can never run as a page on the service's origin.
+
+    The stored file is encrypted at rest: it is decrypted as it is sent, chunk by chunk, and
+    a ``Range`` request decrypts only the chunks it covers."""
     job = visible_job(queue, job_id, principal)
     path = queue.audio_path(job_id)
+    vault = vault_for(settings)
     try:
-        stat = await anyio.to_thread.run_sync(os.stat, path)
+        stat = await anyio.to_thread.run_sync(plaintext_stat, vault, path)
     except FileNotFoundError as exc:
         raise NotFound(f"job {job_id} has no stored audio") from exc
     ext, media_type = audio_type(job.audio.format)
     stem = Path(job.audio.filename or "audio").stem or "audio"
-    response = FileResponse(
+    response = DecryptedFileResponse(
         path,
+        vault,
         media_type=media_type,
         stat_result=stat,
         headers={
             "Content-Disposition": _disposition("inline", f"{stem}.{ext}"),
             "Cache-Control": "private, max-age=3600",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": AUDIO_CSP,
-        },
+        },  # nosniff and a sandboxing CSP: api/headers.py
     )
     return _range_error(request, response, stat.st_size) or response

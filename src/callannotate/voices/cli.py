@@ -60,9 +60,11 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from callannotate.security.atrest import vault_for
     from callannotate.voices.store import VoiceStore
 
-    voices = VoiceStore(_settings(args).voices_dir).list()
+    settings = _settings(args)
+    voices = VoiceStore(settings.voices_dir, vault_for(settings)).list()
     if args.json:
         print(json.dumps([v.info().model_dump(mode="json") for v in voices], indent=2))
         return 0
@@ -89,7 +91,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         return 2
     try:
         service = _service(settings)
-        buffer = audio_io.decode(path, sample_rate=audio_io.MODEL_SAMPLE_RATE)
+        buffer = audio_io.decode(path, sample_rate=audio_io.MODEL_SAMPLE_RATE, settings=settings)
         wave = buffer.mono()
         from callannotate.voices.service import check_sample, measure_sample
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Request, Response
 
-from callannotate.api.deps import CurrentPrincipal, QueueDep, SettingsDep, visible_job
+from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, WritePrincipal, visible_job
 from callannotate.api.errors import error_responses
 from callannotate.api.uploads import receive_upload
 from callannotate.config import Settings
@@ -31,7 +31,9 @@ from callannotate.pipeline import registry
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 from callannotate.pipeline.types import Annotation
-from callannotate.voices.schemas import JobEnrollRequest, VoiceInfo, VoiceSample
+from callannotate.security.atrest import Vault, vault_for
+from callannotate.security.principal import Principal
+from callannotate.voices.schemas import JobEnrollRequest, Voice, VoiceInfo, VoiceSample
 from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e
 from callannotate.voices.store import VoiceStore
 
@@ -84,11 +86,22 @@ def voice_service(settings: Settings) -> VoiceService:
         raise ModelUnavailable("the `embedding` step must be a SpeakerEmbedder")
     params = recognition_params(settings)
     ge2e = shared_ge2e(params, settings.model_cache, embedder.threads)
-    return VoiceService(VoiceStore(settings.voices_dir), embedder, params, ge2e)
+    return VoiceService(
+        VoiceStore(settings.voices_dir, vault_for(settings)), embedder, params, ge2e
+    )
+
+
+def visible_voice(store: VoiceStore, voice_id: str, principal: Principal) -> Voice:
+    """The voice when it exists and ``principal`` may see it; 404 otherwise (no existence
+    leak). Blocking: run it in a thread."""
+    voice = store.get(voice_id)
+    if not principal.can_access(voice.owner):
+        raise NotFound(f"voice {voice_id} not found")
+    return voice
 
 
 def _store(settings: Settings) -> VoiceStore:
-    return VoiceStore(settings.voices_dir)
+    return VoiceStore(settings.voices_dir, vault_for(settings))
 
 
 async def _read_samples(
@@ -102,6 +115,7 @@ async def _read_samples(
         settings.api.max_upload_bytes,
         idle_timeout_s=settings.api.body_idle_timeout_s,
         max_files=MAX_FILES,
+        vault=vault_for(settings),
     )
     try:
         unknown = sorted(set(upload.fields) - set(FORM_FIELDS))
@@ -120,7 +134,7 @@ async def _read_samples(
         if not upload.files:
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
         staged = [(f.path, f.filename) for f in upload.files]
-        await anyio.to_thread.run_sync(_check_samples, staged)
+        await anyio.to_thread.run_sync(_check_samples, staged, vault_for(settings))
         service = await anyio.to_thread.run_sync(voice_service, settings)
         samples = await anyio.to_thread.run_sync(service.samples_from_files, staged)
     finally:
@@ -128,13 +142,13 @@ async def _read_samples(
     return samples, fields
 
 
-def _check_samples(staged: list[tuple[Path, str]]) -> None:
+def _check_samples(staged: list[tuple[Path, str]], vault: Vault) -> None:
     """Refuse empty or undecodable samples before any model is loaded."""
     for path, name in staged:
-        if path.stat().st_size == 0:
+        if vault.plaintext_size(path) == 0:
             raise InvalidAudio(f"sample {name!r} is empty (0 bytes)")
         try:
-            audio_io.probe(path)
+            audio_io.probe(path, vault=vault)
         except InvalidAudio as exc:
             raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
 
@@ -148,12 +162,12 @@ def _check_samples(staged: list[tuple[Path, str]]) -> None:
     responses=error_responses(400, 408, 413, 415, 422, 503),
 )
 async def create_voice(
-    request: Request, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
+    request: Request, settings: SettingsDep, queue: QueueDep, principal: WritePrincipal
 ) -> Response:
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
     service = VoiceService(_store(settings), None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(
-        lambda: service.enroll(fields["name"], samples, fields.get("contact_id"))
+        lambda: service.enroll(fields["name"], samples, fields.get("contact_id"), principal.id)
     )
     logger.info("voice %s enrolled with %d sample(s)", voice.id, len(samples))
     return Response(
@@ -177,10 +191,11 @@ async def add_samples(
     request: Request,
     settings: SettingsDep,
     queue: QueueDep,
-    principal: CurrentPrincipal,
+    principal: WritePrincipal,
 ) -> VoiceInfo:
     store = _store(settings)
-    await anyio.to_thread.run_sync(store.get, voice_id)  # 404 before the upload is processed
+    # 404 before the upload is processed
+    await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
     if "name" in fields:
         raise Unprocessable("add samples with 'file' parts only; rename is not supported here")
@@ -190,22 +205,23 @@ async def add_samples(
 
 
 @router.get("/voices", response_model=list[VoiceInfo], summary="List enrolled voices")
-async def list_voices(settings: SettingsDep, principal: CurrentPrincipal) -> list[VoiceInfo]:
+async def list_voices(settings: SettingsDep, principal: ReadPrincipal) -> list[VoiceInfo]:
+    """Your voices (an admin: every voice)."""
     voices = await anyio.to_thread.run_sync(_store(settings).list)
-    return [v.info() for v in voices]
+    return [v.info() for v in voices if principal.can_access(v.owner)]
 
 
 @router.get("/voices/{voice_id}", response_model=VoiceInfo, summary="One enrolled voice")
-async def get_voice(voice_id: str, settings: SettingsDep, principal: CurrentPrincipal) -> VoiceInfo:
-    voice = await anyio.to_thread.run_sync(_store(settings).get, voice_id)
+async def get_voice(voice_id: str, settings: SettingsDep, principal: ReadPrincipal) -> VoiceInfo:
+    voice = await anyio.to_thread.run_sync(visible_voice, _store(settings), voice_id, principal)
     return voice.info()
 
 
 @router.delete("/voices/{voice_id}", status_code=204, summary="Delete a voice and its samples")
-async def delete_voice(
-    voice_id: str, settings: SettingsDep, principal: CurrentPrincipal
-) -> Response:
-    await anyio.to_thread.run_sync(_store(settings).delete, voice_id)
+async def delete_voice(voice_id: str, settings: SettingsDep, principal: WritePrincipal) -> Response:
+    store = _store(settings)
+    await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
+    await anyio.to_thread.run_sync(store.delete, voice_id)
     return Response(status_code=204)
 
 
@@ -215,9 +231,11 @@ async def delete_voice(
     summary="Delete one sample of a voice",
 )
 async def delete_sample(
-    voice_id: str, sample_id: str, settings: SettingsDep, principal: CurrentPrincipal
+    voice_id: str, sample_id: str, settings: SettingsDep, principal: WritePrincipal
 ) -> VoiceInfo:
-    voice = await anyio.to_thread.run_sync(_store(settings).delete_sample, voice_id, sample_id)
+    store = _store(settings)
+    await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
+    voice = await anyio.to_thread.run_sync(store.delete_sample, voice_id, sample_id)
     return voice.info()
 
 
@@ -234,7 +252,7 @@ async def enroll_job_speaker(
     body: Annotated[JobEnrollRequest, Body()],
     settings: SettingsDep,
     queue: QueueDep,
-    principal: CurrentPrincipal,
+    principal: WritePrincipal,
 ) -> Response:
     await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     result = await anyio.to_thread.run_sync(queue.read_result, job_id)  # 409 unless completed
@@ -242,6 +260,8 @@ async def enroll_job_speaker(
     # Refuse what the service would refuse before loading the embedding models for it.
     if (body.name is None) == (body.voice_id is None):
         raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
+    if body.voice_id is not None:  # adding to a voice: it must be the caller's too
+        await anyio.to_thread.run_sync(visible_voice, _store(settings), body.voice_id, principal)
     if not any(s.label == label for s in annotation.speakers):
         raise NotFound(f"speaker {label} not found in job {job_id}")
     audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
@@ -257,6 +277,7 @@ async def enroll_job_speaker(
             name=body.name,
             voice_id=body.voice_id,
             contact_id=body.contact_id,
+            owner=principal.id,
         )
     )
     return Response(

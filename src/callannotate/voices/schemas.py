@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+#: Owner of voices stored before voices had owners: the local user (admins see them too).
+LEGACY_OWNER = "local"
 
 
 def utcnow() -> datetime:
@@ -49,6 +51,7 @@ class VoiceInfo(_Model):
 
     id: str
     name: str
+    owner: str = Field(description="Id of the user the voice belongs to.")
     contact_id: str | None = None
     created_at: datetime
     updated_at: datetime
@@ -62,6 +65,9 @@ class Voice(_Model):
     schema_version: int = SCHEMA_VERSION
     id: str
     name: str = Field(min_length=1, max_length=200)
+    owner: str = Field(
+        LEGACY_OWNER, description="User id the voice belongs to (older files: the local user)."
+    )
     contact_id: str | None = Field(None, max_length=200)
     embedding_model: str = Field(description="Model the embeddings come from.")
     created_at: datetime = Field(default_factory=utcnow)
@@ -72,6 +78,7 @@ class Voice(_Model):
         return VoiceInfo(
             id=self.id,
             name=self.name,
+            owner=self.owner,
             contact_id=self.contact_id,
             created_at=self.created_at,
             updated_at=self.updated_at,

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -64,9 +64,12 @@ from callannotate.pipeline.types import (
     null_hook,
 )
 from callannotate.voices.ge2e import GE2EEmbedder
-from callannotate.voices.schemas import Candidate, IdentifyResult, Voice, VoiceSample
+from callannotate.voices.schemas import LEGACY_OWNER, Candidate, IdentifyResult, Voice, VoiceSample
 from callannotate.voices.scoring import Embeddings, Gallery, build_gallery, score
 from callannotate.voices.store import VoiceStore, new_id
+
+if TYPE_CHECKING:
+    from callannotate.security.atrest import Vault
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +334,13 @@ def sample_record(
 # ----------------------------------------------------------------------------- scoring
 
 
+def voices_of(store: VoiceStore, owner: str | None) -> list[Voice]:
+    """The voices ``owner`` enrolled (every voice for ``None``): a job is only ever matched
+    against its owner's voices, so one user's enrollments never name people in another's
+    calls."""
+    return [v for v in store.list() if owner is None or v.owner == owner]
+
+
 def gallery_of(voices: Sequence[Voice], params: RecognitionParams) -> Gallery:
     """The enrolled voices prepared for scoring with ``params``."""
     return build_gallery(
@@ -431,13 +441,18 @@ class VoiceService:
             raise Unprocessable("send at least one audio sample")
         samples = []
         for path, name in files:
-            buffer = audio_io.decode(path, sample_rate=SAMPLE_RATE)
+            buffer = audio_io.decode(path, sample_rate=SAMPLE_RATE, vault=self.store.vault)
             samples.append(self.make_sample(buffer.mono(), name))
         return samples
 
     def enroll(
-        self, name: str, samples: Sequence[VoiceSample], contact_id: str | None = None
+        self,
+        name: str,
+        samples: Sequence[VoiceSample],
+        contact_id: str | None = None,
+        owner: str = LEGACY_OWNER,
     ) -> Voice:
+        """A new voice of ``owner`` (the API passes the caller's id; the CLI the local user)."""
         name = name.strip()
         if not name:
             raise Unprocessable("the voice needs a name")
@@ -446,6 +461,7 @@ class VoiceService:
         voice = Voice(
             id=new_id(),
             name=name,
+            owner=owner,
             contact_id=(contact_id or "").strip() or None,
             embedding_model=EMBEDDING_MODEL,
             samples=list(samples),
@@ -469,8 +485,10 @@ class VoiceService:
         name: str | None = None,
         voice_id: str | None = None,
         contact_id: str | None = None,
+        owner: str = LEGACY_OWNER,
     ) -> Voice:
-        """Enroll ``label``'s exclusive speech in a finished job (new voice or ``voice_id``)."""
+        """Enroll ``label``'s exclusive speech in a finished job (new voice of ``owner``, or
+        ``voice_id``, whose visibility the caller checked)."""
         from callannotate.pipeline.audio import decode as audio_io
 
         if (name is None) == (voice_id is None):
@@ -481,7 +499,7 @@ class VoiceService:
         turns = annotation.exclusive_turns or annotation.turns
         if not any(t.speaker == label for t in turns):
             raise Unprocessable(f"speaker {label} has no speech turns in job {job_id}")
-        buffer = audio_io.decode(audio_path, sample_rate=SAMPLE_RATE)
+        buffer = audio_io.decode(audio_path, sample_rate=SAMPLE_RATE, vault=self.store.vault)
         per_channel = annotation.recording.channel_mode == "per-channel"
         wave = speaker_audio(
             buffer, turns, label, speaker.channel if per_channel else None, self.params
@@ -490,14 +508,14 @@ class VoiceService:
         if voice_id is not None:
             return self.add_samples(voice_id, [sample])
         assert name is not None
-        return self.enroll(name, [sample], contact_id)
+        return self.enroll(name, [sample], contact_id, owner)
 
     def identify(
-        self, embeddings: Mapping[str, Embeddings | Float32Array]
+        self, embeddings: Mapping[str, Embeddings | Float32Array], owner: str | None = None
     ) -> dict[str, VoiceMatch]:
         """Best enrolled voice (or unknown) for each speaker's embeddings (a bare array is a
-        CAM++ embedding)."""
-        gallery = gallery_of(self.store.list(), self.params)
+        CAM++ embedding), among ``owner``'s voices (``None``: every voice)."""
+        gallery = gallery_of(voices_of(self.store, owner), self.params)
         return {label: match_of(emb, gallery, self.params) for label, emb in embeddings.items()}
 
     def identify_wave(self, wave: npt.NDArray[np.floating[Any]], top: int = 3) -> IdentifyResult:
@@ -564,18 +582,32 @@ class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, 
             from callannotate.config import Settings
 
             self._voices_dir = Settings().voices_dir
-        return VoiceStore(self._voices_dir)
+        return VoiceStore(self._voices_dir, self._vault())
+
+    def _vault(self, vault: Vault | None = None) -> Vault:
+        """``vault``, or the one of the process's default settings (the CLI's data folder)."""
+        if vault is not None:
+            return vault
+        from callannotate.config import Settings
+        from callannotate.security.atrest import vault_for
+
+        return vault_for(Settings())
 
     @property
     def service(self) -> VoiceService:
         return self.voice_service()
 
     def voice_service(
-        self, voices_dir: Path | None = None, embedder: SpeakerEmbedder | None = None
+        self,
+        voices_dir: Path | None = None,
+        embedder: SpeakerEmbedder | None = None,
+        vault: Vault | None = None,
     ) -> VoiceService:
         """The voice service over ``voices_dir`` (default: this processor's store) embedding
-        with ``embedder`` (default: its own)."""
-        store = VoiceStore(voices_dir) if voices_dir is not None else self.store()
+        with ``embedder`` (default: its own); ``vault`` decrypts the voice files."""
+        store = (
+            VoiceStore(voices_dir, self._vault(vault)) if voices_dir is not None else self.store()
+        )
         ge2e = shared_ge2e(self.rparams, self.cache_dir, self.threads)
         return VoiceService(store, embedder or self._get_embedder(), self.rparams, ge2e)
 
@@ -598,16 +630,21 @@ class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, 
         *,
         voices_dir: Path | None = None,
         embedder: SpeakerEmbedder | None = None,
+        vault: Vault | None = None,
+        owner: str | None = None,
     ) -> dict[str, VoiceMatch]:
         """Embed each speaker's exclusive speech and match it against the voices enrolled
-        in ``voices_dir`` (default: this processor's), embedding with ``embedder`` (default:
-        its own).
+        in ``voices_dir`` (default: this processor's) by ``owner`` (``None``: by anyone),
+        embedding with ``embedder`` (default: its own).
 
         Speakers with no usable speech (silent or too short) are left out of the result.
         """
-        if not (VoiceStore(voices_dir) if voices_dir is not None else self.store()).list():
+        store = (
+            VoiceStore(voices_dir, self._vault(vault)) if voices_dir is not None else self.store()
+        )
+        if not voices_of(store, owner):
             return {}  # nothing enrolled: no need to load or run any model
-        service = self.voice_service(voices_dir, embedder)
+        service = self.voice_service(voices_dir, embedder, vault)
         embeddings: dict[str, Embeddings] = {}
         for i, speaker in enumerate(speakers):
             hook(self.name, completed=i, total=len(speakers))
@@ -620,4 +657,4 @@ class Identifier(MLProcessor[Mapping[str, Embeddings | Float32Array], dict[str, 
                 continue
             embeddings[speaker.label] = service.embed([wave])[0]
         hook(self.name, completed=len(speakers), total=len(speakers))
-        return service.identify(embeddings)
+        return service.identify(embeddings, owner)

@@ -5,7 +5,9 @@ Each voice (name, contact id, every sample's embedding and quality) lives in
 see the old or the new version, never a mix, and one file holds the whole voice, so there
 is nothing to keep consistent between files. Read-modify-write updates hold an exclusive
 ``flock`` on ``<root>/.lock`` so concurrent API and worker processes don't lose updates.
-No audio is stored, only embeddings.
+No audio is stored, only embeddings. Given a :class:`~callannotate.security.atrest.Vault`
+the files are encrypted at rest (voiceprints are biometric data); plaintext files written by
+older versions stay readable.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from callannotate.errors import NotFound
 from callannotate.jobs.fsutil import atomic_write, blocking_lock, fsync_dir, private_dir
 from callannotate.voices.schemas import Voice, utcnow
+
+if TYPE_CHECKING:
+    from callannotate.security.atrest import Vault
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +46,9 @@ def valid_id(value: str) -> bool:
 class VoiceStore:
     """CRUD over the voice files in ``root`` (created on first write)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, vault: Vault | None = None) -> None:
         self.root = root
+        self.vault = vault
 
     def _path(self, voice_id: str) -> Path:
         if not valid_id(voice_id):
@@ -55,10 +62,21 @@ class VoiceStore:
             yield
 
     def _write(self, voice: Voice) -> None:
-        atomic_write(self._path(voice.id), voice.model_dump_json().encode("utf-8"))
+        data = voice.model_dump_json().encode("utf-8")
+        if self.vault is not None and self.vault.enabled:
+            from callannotate.security.envelope import encrypt_bytes
+
+            data = encrypt_bytes(self.vault.ring, data, chunk_size=self.vault.chunk_size)
+        atomic_write(self._path(voice.id), data)
 
     def _read(self, path: Path) -> Voice:
-        return Voice.model_validate_json(path.read_bytes())
+        data = path.read_bytes()
+        if self.vault is not None:
+            from callannotate.security.envelope import decrypt_bytes, is_encrypted_prefix
+
+            if is_encrypted_prefix(data):
+                data = decrypt_bytes(self.vault.ring, data)
+        return Voice.model_validate_json(data)
 
     def get(self, voice_id: str) -> Voice:
         path = self._path(voice_id)

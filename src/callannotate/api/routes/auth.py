@@ -1,7 +1,7 @@
 """``/auth``: OAuth2 tokens (password, refresh, client credentials), logout, API keys.
 
-These routes work whatever ``auth.enabled`` says, so accounts can be set up and tried before
-authentication is switched on for the rest of the API. Token responses carry
+These routes work whatever ``auth.enabled`` says (they always need a real account's
+credential, never the local admin of an auth-off laptop). Token responses carry
 ``Cache-Control: no-store`` (RFC 6749 §5.1); errors use the usual body with the OAuth2 error
 code in ``error`` (``invalid_grant``, ``invalid_client``, ``invalid_scope``,
 ``unsupported_grant_type``).
@@ -11,28 +11,36 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Form, Query, Response
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
+from callannotate.api.audit_middleware import audit_log_for
 from callannotate.api.errors import error_responses
 from callannotate.config import Settings
 from callannotate.db.engine import Database
 from callannotate.db.models import ApiKey
 from callannotate.errors import BadRequest, NotFound
 from callannotate.security.authenticate import authenticate
-from callannotate.security.errors import AuthenticationFailed, PermissionDenied
+from callannotate.security.errors import (
+    AuthenticationFailed,
+    InsufficientScope,
+    PermissionDenied,
+)
 from callannotate.security.principal import Principal
-from callannotate.security.scopes import WRITE, format_scopes, parse_scopes
+from callannotate.security.scopes import READ, WRITE, format_scopes, parse_scopes
 from callannotate.security.service import AuthService, InvalidClient, TokenPair
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+logger = logging.getLogger(__name__)
 
 _service_lock = threading.Lock()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -47,15 +55,42 @@ def build_auth_service(settings: Settings) -> AuthService:
     return AuthService(settings, db)
 
 
-def _service_for(conn: HTTPConnection) -> AuthService:
-    state = conn.app.state
+def shared_auth_service(state: Any) -> AuthService:
+    """``state.auth_service`` (an app's state), built (database migrated) on first use.
+
+    Blocking: call it from a worker thread (the app's lifespan builds it at start).
+    """
     with _service_lock:
         service = getattr(state, "auth_service", None)
         if service is None:
             service = build_auth_service(state.settings)
+            service.audit = audit_log_for(state)  # the app's background audit writer
             state.auth_service = service
     assert isinstance(service, AuthService)
     return service
+
+
+NO_USERS_HINT = (
+    "authentication is on and there are no user accounts yet: create the first admin with "
+    "`callannotate users create NAME --role admin`"
+)
+
+
+async def open_auth(state: Any) -> None:
+    """At the app's start (``auth.enabled``): build the service (migrating the database) and
+    say how to create the first admin when there is no account yet."""
+    if not state.settings.auth.enabled:
+        return
+    service = await anyio.to_thread.run_sync(shared_auth_service, state)
+    if not await anyio.to_thread.run_sync(service.has_users):
+        logger.warning(NO_USERS_HINT)
+
+
+def close_auth(state: Any) -> None:
+    """At the app's end: close the store's connections (the engine is disposed)."""
+    service = getattr(state, "auth_service", None)
+    if isinstance(service, AuthService):
+        service.db.dispose()
 
 
 async def get_auth_service(conn: HTTPConnection) -> AuthService:
@@ -63,7 +98,7 @@ async def get_auth_service(conn: HTTPConnection) -> AuthService:
     service = getattr(conn.app.state, "auth_service", None)
     if isinstance(service, AuthService):
         return service
-    return await anyio.to_thread.run_sync(_service_for, conn)
+    return await anyio.to_thread.run_sync(shared_auth_service, conn.app.state)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
@@ -91,6 +126,21 @@ async def require_principal(conn: HTTPConnection, service: AuthServiceDep) -> Pr
 
 
 AuthenticatedPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def _scoped(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def scoped(principal: AuthenticatedPrincipal) -> Principal:
+        if not principal.has_scope(scope):
+            raise InsufficientScope(scope)
+        return principal
+
+    scoped.__name__ = f"require_{scope}_account"
+    return scoped
+
+
+#: A real account's credential holding ``read`` / ``write`` (the /auth key routes).
+AccountReader = Annotated[Principal, Depends(_scoped(READ))]
+AccountWriter = Annotated[Principal, Depends(_scoped(WRITE))]
 
 
 # --------------------------------------------------------------------------- schemas
@@ -278,10 +328,8 @@ async def me(principal: AuthenticatedPrincipal) -> Me:
     responses=error_responses(400, 401, 403, 404),
 )
 async def create_api_key(
-    body: ApiKeyCreate, principal: AuthenticatedPrincipal, service: AuthServiceDep
+    body: ApiKeyCreate, principal: AccountWriter, service: AuthServiceDep
 ) -> ApiKeyCreated:
-    if not principal.has_scope(WRITE):
-        raise PermissionDenied("creating a key needs the 'write' scope")
     scopes = " ".join(body.scopes) if body.scopes is not None else None
     row, key = await anyio.to_thread.run_sync(
         lambda: service.create_api_key(principal.id, body.name, scopes, principal.scopes)
@@ -296,7 +344,7 @@ async def create_api_key(
     responses=error_responses(401, 403),
 )
 async def list_api_keys(
-    principal: AuthenticatedPrincipal,
+    principal: AccountReader,
     service: AuthServiceDep,
     user: str | None = None,
     all_users: Annotated[bool, Query(alias="all")] = False,
@@ -316,7 +364,7 @@ async def list_api_keys(
     responses=error_responses(401, 404),
 )
 async def revoke_api_key(
-    key_id: str, principal: AuthenticatedPrincipal, service: AuthServiceDep
+    key_id: str, principal: AccountWriter, service: AuthServiceDep
 ) -> Response:
     if len(key_id) > 64:
         raise NotFound("API key not found")

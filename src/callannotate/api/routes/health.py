@@ -1,9 +1,17 @@
-"""Liveness, readiness and service information."""
+"""Liveness, readiness and service information: public routes.
+
+They answer without credentials (load balancers, probes, version checks), so what an
+anonymous or non-admin caller gets holds nothing internal: no paths, no worker processes,
+no queue figures, no step classes or parameters, and a failing ``/ready`` names only the
+checks that fail. An admin (or anyone with ``auth.enabled`` off, the local admin) gets the
+full picture.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter
@@ -11,14 +19,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from callannotate import __version__
-from callannotate.api.deps import CurrentPrincipal, ExecutorDep, QueueDep, SettingsDep
+from callannotate.api.deps import ExecutorDep, OptionalPrincipal, QueueDep, SettingsDep
 from callannotate.api.errors import error_json, error_responses
 from callannotate.api.schemas import HealthBody, InfoBody, ReadyBody, StepModel
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
+from callannotate.observability.health import dependency_outcomes
 from callannotate.pipeline import registry
 from callannotate.pipeline.readiness import check_configured_models
 from callannotate.pipeline.settings import ModelsSettings, load_models_settings
+from callannotate.security.principal import Principal
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +58,7 @@ def check_models(settings: Settings) -> dict[str, str]:
     responses=error_responses(503),
 )
 def ready(
-    settings: SettingsDep, queue: QueueDep, executor: ExecutorDep, principal: CurrentPrincipal
+    settings: SettingsDep, queue: QueueDep, executor: ExecutorDep, principal: OptionalPrincipal
 ) -> ReadyBody | JSONResponse:
     """Models configured and present, queue folder writable, and a job submitted now would
     start: a worker process has loaded its models (or jobs run in external workers).
@@ -57,6 +67,7 @@ def ready(
     """
     checks = check_models(settings)
     checks["queue"] = "ok" if queue.writable() else f"queue folder {queue.root} is not writable"
+    checks.update(dependency_outcomes(settings, queue))  # disk, database, Redis, heartbeats
     workers_ready, checks["workers"] = executor.readiness()
     if not workers_ready and checks["workers"].startswith("ok"):
         checks["workers"] = f"not ready: {checks['workers']}"
@@ -67,8 +78,26 @@ def ready(
     if failing:
         detail = "; ".join(f"{name}: {outcome}" for name, outcome in failing.items())
         logger.warning("not ready: %s", detail)
+        if not _detailed(principal):
+            detail = "failing checks: " + ", ".join(failing)
         return error_json(503, "not_ready", detail)
+    if not _detailed(principal):
+        checks = {name: "ok" for name in checks}
     return ReadyBody(checks=checks)
+
+
+def _detailed(principal: Principal | None) -> bool:
+    """Whether the caller may see internals (paths, processes, failing details)."""
+    return principal is not None and principal.is_admin
+
+
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?[^\s,()]*[\\/]")
+
+
+def _public_model_name(model: str | None) -> str | None:
+    """A model's description without folders (``whisper /srv/m/big (...)`` -> ``whisper
+    big (...)``)."""
+    return None if model is None else _FOLDERS.sub("", model)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -83,8 +112,11 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 @router.get("/info", response_model=InfoBody, summary="Version, models, queue and workers")
 def info(
-    settings: SettingsDep, queue: QueueDep, executor: ExecutorDep, principal: CurrentPrincipal
+    settings: SettingsDep, queue: QueueDep, executor: ExecutorDep, principal: OptionalPrincipal
 ) -> InfoBody:
+    """Version and configured models; for an admin also the models file, step classes and
+    parameters, queue depth and worker processes."""
+    detailed = _detailed(principal)
     models: list[StepModel] = []
     try:
         configured = load_models_settings(settings.models_config)
@@ -95,14 +127,20 @@ def info(
         section = configured.section(step)
         cls = registry.processor_class(step)
         describe = getattr(section, "describe_model", None)
+        model = describe() if callable(describe) else None
+        if not detailed:
+            models.append(StepModel(step=step, model=_public_model_name(model)))
+            continue
         models.append(
             StepModel(
                 step=step,
                 processor=f"{cls.__module__}:{cls.__qualname__}",
-                model=describe() if callable(describe) else None,
+                model=model,
                 params=section.model_dump(mode="json"),
             )
         )
+    if not detailed:
+        return InfoBody(version=__version__, models=models)
     workers = [_as_dict(w) for w in executor.workers()]
     return InfoBody(
         version=__version__,

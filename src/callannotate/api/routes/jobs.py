@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from callannotate.api.deps import (
-    CurrentPrincipal,
     ExecutorDep,
     QueueDep,
+    ReadPrincipal,
     SettingsDep,
+    WritePrincipal,
     visible_job,
 )
 from callannotate.api.errors import error_responses
@@ -27,6 +28,7 @@ from callannotate.jobs.intake import new_job
 from callannotate.jobs.models import Job, JobState
 from callannotate.observability.logging import job_context
 from callannotate.pipeline.types import AnnotateOptions
+from callannotate.security.atrest import vault_for
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +193,7 @@ def _job_response(request: Request, job: Job, status: int) -> Response:
     },
 )
 async def submit_job(
-    request: Request, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
+    request: Request, settings: SettingsDep, queue: QueueDep, principal: WritePrincipal
 ) -> Response:
     """Stream the upload to the staging folder, validate it, and queue it durably."""
     upload: StagedUpload | None = None
@@ -201,6 +203,7 @@ async def submit_job(
             queue.staging_dir(),
             settings.api.max_upload_bytes,
             idle_timeout_s=settings.api.body_idle_timeout_s,
+            vault=vault_for(settings),
         )
         options, callback = parse_options(upload.fields)
         if callback is not None:  # no private, loopback or link-local targets (SSRF)
@@ -262,7 +265,7 @@ def _parse_states(values: list[str] | None) -> set[JobState] | None:
 @router.get("", response_model=JobPage, summary="List jobs")
 def list_jobs(
     queue: QueueDep,
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     status: Annotated[
         list[str],
         Query(
@@ -284,7 +287,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, summary="Job status and progress")
-async def get_job(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Response:
+async def get_job(job_id: str, queue: QueueDep, principal: ReadPrincipal) -> Response:
     # Reading one small job.json is cheaper inline than a thread hop (hot polling path).
     job = visible_job(queue, job_id, principal)
     return Response(content=job.model_dump_json(), media_type="application/json")
@@ -299,7 +302,7 @@ async def get_job(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> 
         **error_responses(409),
     },
 )
-def get_result(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Response:
+def get_result(job_id: str, queue: QueueDep, principal: ReadPrincipal) -> Response:
     """409 while the job is not completed."""
     visible_job(queue, job_id, principal)
     return Response(content=queue.read_result(job_id), media_type="application/json")
@@ -312,7 +315,7 @@ def get_result(job_id: str, queue: QueueDep, principal: CurrentPrincipal) -> Res
     response_class=Response,
 )
 async def delete_job(
-    job_id: str, queue: QueueDep, executor: ExecutorDep, principal: CurrentPrincipal
+    job_id: str, queue: QueueDep, executor: ExecutorDep, principal: WritePrincipal
 ) -> Response:
     job = await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     with job_context(job_id):
@@ -334,7 +337,7 @@ async def delete_job(
     responses=error_responses(409),
 )
 def retry_job(
-    request: Request, job_id: str, queue: QueueDep, principal: CurrentPrincipal
+    request: Request, job_id: str, queue: QueueDep, principal: WritePrincipal
 ) -> Response:
     """409 unless the job is failed or cancelled."""
     visible_job(queue, job_id, principal)

@@ -17,6 +17,13 @@ Protocol (JSON text messages, audio as binary messages):
    ``final`` message holding every word (and ``job_id`` when ``create_job`` was true: the saved
    stream was queued as a normal annotation job), then closes with 1000.
 
+Authentication: the token comes with the handshake (``Sec-WebSocket-Protocol: bearer,
+<token>``, the server answering ``bearer``, or ``?access_token=``) and needs the ``write``
+scope; a refused one closes with 1008 before any message. A stream that outlives its access
+token is closed with 4401 (``token_expired``) unless the client sends
+``{"type": "auth", "token": "<fresh token of the same user>"}`` before the expiry (answered
+``{"type": "authenticated", "expires_at"}``; a bad one closes with 1008 ``invalid_token``).
+
 Errors are ``{"type": "error", "error": <code>, "detail"}`` followed by a close: 1003 bad data
 (``bad_request``, ``invalid_audio``), 1007 text that is not JSON or nests deeper than
 ``api.ws_max_json_depth`` (``invalid_payload``), 1008 bad config or no message for
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from contextlib import suppress
@@ -46,17 +54,21 @@ import anyio
 from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from callannotate.api.deps import CurrentPrincipal, QueueDep, SettingsDep
+from callannotate.api.deps import QueueDep, SettingsDep, WritePrincipal, ws_subprotocol
 from callannotate.api.origin import origin_allowed
 from callannotate.api.routes.jobs import announce_queued
+from callannotate.api.ws import token_renewer
 from callannotate.config import Settings
 from callannotate.errors import BadRequest, CallAnnotateError, PayloadTooLarge
 from callannotate.events.limits import parse_message
+from callannotate.events.session import AuthRefused, Renew
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import new_job
+from callannotate.observability.metrics import observe_stream_latency
 from callannotate.pipeline.asr.streaming import StreamEvent, StreamingTranscriber, open_stream
 from callannotate.pipeline.audio.stream_decode import StreamDecoder, make_decoder
 from callannotate.pipeline.types import SAMPLE_RATE, AnnotateOptions, Float32Array
+from callannotate.security.scopes import WRITE
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
@@ -88,6 +100,22 @@ class IdleTimeout(CallAnnotateError):
 
     status_code = 408
     code = "idle_timeout"
+    close_code = 1008
+
+
+class TokenExpired(CallAnnotateError):
+    """The access token expired during the stream and was not renewed (close 4401)."""
+
+    status_code = 401
+    code = "token_expired"
+    close_code = 4401
+
+
+class TokenRefused(CallAnnotateError):
+    """A token sent in an ``auth`` message was refused (close 1008)."""
+
+    status_code = 401
+    code = "invalid_token"
     close_code = 1008
 
 
@@ -201,8 +229,12 @@ class _Session:
         transcriber: StreamingTranscriber,
         decoder: StreamDecoder,
         settings: Settings,
+        expires_at: float | None = None,
+        renew: Renew | None = None,
     ) -> None:
         self.ws = ws
+        self.expires_at = expires_at  # Unix time the caller's token expires (None: never)
+        self.renew = renew
         self.transcriber = transcriber
         self.decoder = decoder
         self.api = settings.api
@@ -211,6 +243,8 @@ class _Session:
         self.sample_limit = int(settings.stream.max_duration_s * SAMPLE_RATE)
         self.raw: list[bytes] = []  # received, not yet decoded
         self.raw_bytes = 0
+        self.raw_since: float | None = None  # monotonic arrival of the oldest undecoded bytes
+        self.arrived: float | None = None  # ... of the bytes being transcribed now (metrics)
         self.received_bytes = 0
         self.samples = 0  # decoded samples handed to the transcriber
         self.wake = anyio.Event()  # process: there is work
@@ -242,6 +276,8 @@ class _Session:
                 if self.received_bytes > self.byte_limit:
                     raise StreamTooLong(f"a stream may send at most {self.byte_limit} bytes")
                 if data:
+                    if self.raw_since is None:
+                        self.raw_since = time.monotonic()
                     self.raw.append(data)
                     self.raw_bytes += len(data)
                     self.wake.set()
@@ -258,7 +294,36 @@ class _Session:
                 self.ended = True
                 self.wake.set()
                 return
+            if isinstance(payload, dict) and payload.get("type") == "auth":
+                await self._reauthenticate(payload.get("token"))
+                continue
             raise BadRequest('unknown message; send audio as binary or {"type": "end"}')
+
+    async def _reauthenticate(self, token: object) -> None:
+        if not isinstance(token, str) or not token:
+            raise TokenRefused('an auth message needs {"type": "auth", "token": "..."}')
+        if self.renew is not None:
+            try:
+                self.expires_at = await self.renew(token)
+            except AuthRefused as exc:
+                raise TokenRefused(str(exc)) from exc
+        expires = self.expires_at
+        await self.ws.send_json(
+            {
+                "type": "authenticated",
+                "expires_at": None if expires is None else int(expires),
+            }
+        )
+
+    async def watch_expiry(self) -> None:
+        """Raise :class:`TokenExpired` once the token expired and no ``auth`` renewed it."""
+        while self.expires_at is not None:
+            left = self.expires_at - time.time()
+            if left <= 0:
+                raise TokenExpired(
+                    'the access token expired; send {"type": "auth", "token": ...} before expiry'
+                )
+            await anyio.sleep(min(left, 60.0))
 
     async def _push(self, samples: Float32Array) -> None:
         """Hand ``samples`` to the transcriber in bounded pieces; send the events."""
@@ -270,6 +335,8 @@ class _Session:
             events = await anyio.to_thread.run_sync(self.transcriber.push, piece)
             for event in events:
                 await self.ws.send_json(_event_message(event))
+            if events and self.arrived is not None:
+                observe_stream_latency(time.monotonic() - self.arrived)
 
     async def process(self) -> list[StreamEvent]:
         """Decode received audio until the client ends; returns the closing events."""
@@ -280,6 +347,7 @@ class _Session:
                 blob = b"".join(self.raw)
                 self.raw.clear()
                 self.raw_bytes = 0
+                self.arrived, self.raw_since = self.raw_since, None
                 self.drained.set()
                 self.busy = True
                 try:
@@ -305,7 +373,9 @@ async def _run_session(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(session.receive)
+            tg.start_soon(session.watch_expiry)
             closing = await session.process()
+            tg.cancel_scope.cancel()  # the receiver returned at "end"; stop the expiry watch
     except* WebSocketDisconnect as group:
         stopped = _first(group.exceptions, WebSocketDisconnect)
     except* CallAnnotateError as group:
@@ -322,7 +392,7 @@ def _first(errors: Sequence[BaseException], kind: type[_E]) -> _E:
 
 @router.websocket("/stream")
 async def stream_transcription(
-    websocket: WebSocket, settings: SettingsDep, queue: QueueDep, principal: CurrentPrincipal
+    websocket: WebSocket, settings: SettingsDep, queue: QueueDep, principal: WritePrincipal
 ) -> None:
     """Live transcription; see the module docstring for the protocol."""
     if not origin_allowed(websocket, settings.api):
@@ -330,7 +400,7 @@ async def stream_transcription(
         logger.info("stream: origin %.200r refused", websocket.headers.get("origin"))
         await websocket.close(1008, "origin not allowed")
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=ws_subprotocol(websocket))
     try:
         cfg = await _read_config(websocket, settings)
         if cfg.format == "pcm_s16le" and cfg.sample_rate != 16000:
@@ -370,7 +440,14 @@ async def stream_transcription(
             }
         )
         decoder = make_decoder(cfg.format)
-        session = _Session(websocket, transcriber, decoder, settings)
+        session = _Session(
+            websocket,
+            transcriber,
+            decoder,
+            settings,
+            expires_at=principal.expires_at,
+            renew=token_renewer(websocket, principal, WRITE),
+        )
 
         outcome = await _run_session(session)
         if isinstance(outcome, WebSocketDisconnect):

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import struct
 import threading
 import time
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 
@@ -59,6 +61,9 @@ from callannotate.pipeline.settings import (
     TranscriptionSettings,
 )
 from callannotate.pipeline.types import SAMPLE_RATE, Float32Array, Word
+
+if TYPE_CHECKING:
+    from callannotate.security.atrest import Vault
 
 logger = logging.getLogger(__name__)
 
@@ -161,24 +166,73 @@ def cut_repetition_loop(words: list[Word]) -> list[Word]:
 
 
 class WavRecorder:
-    """Appends float32 audio to a 16-bit mono WAV file."""
+    """Appends float32 audio to a 16-bit mono WAV file.
 
-    def __init__(self, path: Path, sample_rate: int = SAMPLE_RATE) -> None:
+    With a ``vault`` whose encryption is on, the capture is encrypted as it is written: the
+    PCM goes to an encrypted ``<name>.pcm`` file and :meth:`close` writes the final encrypted
+    WAV (header with the real sizes, then the PCM) and removes it. Nothing is in the clear on
+    disk at any time.
+    """
+
+    def __init__(
+        self, path: Path, sample_rate: int = SAMPLE_RATE, vault: Vault | None = None
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(sample_rate)
+        self.sample_rate = sample_rate
         self.frames = 0
+        self._vault = vault if vault is not None and vault.enabled else None
+        self._wav: wave.Wave_write | None = None
+        self._pcm: BinaryIO | None = None
+        if self._vault is not None:
+            self._pcm_path = path.with_name(path.name + ".pcm")
+            self._pcm = self._vault.open_write(self._pcm_path)
+        else:
+            self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(sample_rate)
 
     def write(self, samples: Float32Array) -> None:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-        self._wav.writeframes(pcm.tobytes())
+        if self._pcm is not None:
+            self._pcm.write(pcm.tobytes())
+        elif self._wav is not None:
+            self._wav.writeframes(pcm.tobytes())
         self.frames += int(samples.shape[0])
 
     def close(self) -> None:
-        self._wav.close()
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+        if self._pcm is None or self._vault is None:
+            return
+        self._pcm.close()
+        self._pcm = None
+        try:
+            with (
+                self._vault.open_read(self._pcm_path) as src,
+                self._vault.open_write(self.path) as dst,
+            ):
+                dst.write(wav_header(self.frames * 2, self.sample_rate))
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+        finally:
+            self._pcm_path.unlink(missing_ok=True)
+
+
+def wav_header(data_bytes: int, sample_rate: int, channels: int = 1, width: int = 2) -> bytes:
+    """The 44-byte header of a PCM WAV file holding ``data_bytes`` of samples."""
+    block = channels * width
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVEfmt "
+        + struct.pack(
+            "<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 8 * width
+        )
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 @dataclass
@@ -208,11 +262,12 @@ class StreamingTranscriber:
         options: StreamingOptions,
         vad: VadStreamLike | None = None,
         record_to: Path | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self.engine = engine
         self.options = options
         self.vad = vad
-        self.recorder = WavRecorder(record_to) if record_to is not None else None
+        self.recorder = WavRecorder(record_to, vault=vault) if record_to is not None else None
         self.language = options.language if options.language not in (None, "", "auto") else None
         if not engine.multilingual:
             self.language = "en"
@@ -631,7 +686,11 @@ def open_stream(
     options = StreamingOptions(
         **tuning, language=None if lang == "auto" else lang, initial_prompt=initial_prompt
     )
-    return StreamingTranscriber(engine, options, vad=vad, record_to=record_to)
+    from callannotate.security.atrest import vault_for
+
+    return StreamingTranscriber(
+        engine, options, vad=vad, record_to=record_to, vault=vault_for(settings)
+    )
 
 
 def release_engines() -> None:

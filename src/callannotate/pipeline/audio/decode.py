@@ -2,17 +2,28 @@
 
 ``probe`` checks that bytes really are audio (not the file extension) and ``decode`` turns
 anything ffmpeg reads into float32 samples, keeping the original channels.
+
+Files encrypted at rest (see :mod:`callannotate.security.atrest`) are decrypted on the fly:
+ffmpeg reads them through a decrypting, seekable Python stream (PyAV's file-object input), so
+no plaintext copy of the audio is ever written to disk. ``settings`` names the master keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from callannotate.errors import InvalidAudio
 from callannotate.pipeline.types import SAMPLE_RATE, AudioBuffer, AudioQuality
+
+if TYPE_CHECKING:
+    from callannotate.config import Settings
+    from callannotate.security.atrest import Vault
 
 MODEL_SAMPLE_RATE = SAMPLE_RATE  # the name the pipeline entry point uses
 
@@ -32,7 +43,32 @@ def _reason(exc: Exception, path: Path) -> str:
     return text.replace(str(path), "<file>").replace(path.name, "<file>")
 
 
-def probe(path: Path) -> ProbeResult:
+@contextlib.contextmanager
+def _source(
+    path: Path, settings: Settings | None, vault: Vault | None = None
+) -> Iterator[str | BinaryIO]:
+    """What PyAV opens: the path of a plaintext file, a decrypting stream otherwise."""
+    from callannotate.security.envelope import is_encrypted_file
+
+    try:
+        encrypted = is_encrypted_file(path)
+    except OSError:
+        encrypted = False  # let PyAV report the missing file as it always did
+    if not encrypted:
+        yield str(path)
+        return
+    from callannotate.config import Settings
+    from callannotate.security.atrest import vault_for
+
+    if vault is None:
+        vault = vault_for(settings or Settings())
+    with vault.open_read(path) as stream:
+        yield stream
+
+
+def probe(
+    path: Path, *, settings: Settings | None = None, vault: Vault | None = None
+) -> ProbeResult:
     """Open the container, find an audio stream and decode it fully enough to be sure.
 
     Raises ``InvalidAudio`` for non-audio content, truncated streams that yield no samples,
@@ -41,7 +77,7 @@ def probe(path: Path) -> ProbeResult:
     import av
 
     try:
-        with av.open(str(path), mode="r") as container:
+        with _source(path, settings, vault) as source, av.open(source, mode="r") as container:
             if not container.streams.audio:
                 raise InvalidAudio("the file holds no audio stream")
             stream = container.streams.audio[0]
@@ -65,7 +101,13 @@ def probe(path: Path) -> ProbeResult:
     return ProbeResult(fmt, codec, rate, channels, frames / rate)
 
 
-def decode(path: Path, sample_rate: int | None = MODEL_SAMPLE_RATE) -> AudioBuffer:
+def decode(
+    path: Path,
+    sample_rate: int | None = MODEL_SAMPLE_RATE,
+    *,
+    settings: Settings | None = None,
+    vault: Vault | None = None,
+) -> AudioBuffer:
     """Decode ``path`` to float32 ``(channels, frames)``; resample when ``sample_rate`` is set.
 
     Channels are kept as they are (a stereo call keeps one party per channel).
@@ -74,7 +116,7 @@ def decode(path: Path, sample_rate: int | None = MODEL_SAMPLE_RATE) -> AudioBuff
 
     chunks: list[np.ndarray] = []
     try:
-        with av.open(str(path), mode="r") as container:
+        with _source(path, settings, vault) as source, av.open(source, mode="r") as container:
             if not container.streams.audio:
                 raise InvalidAudio("the file holds no audio stream")
             stream = container.streams.audio[0]
