@@ -95,6 +95,37 @@ def test_expired_token_is_refused(codec: TokenCodec) -> None:
         codec.decode(token)
 
 
+def test_remembered_token_is_refused_once_it_expires(
+    codec: TokenCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, claims = codec.encode("user-1", SCOPES, ttl_s=60)
+    assert codec.decode(token) == claims  # verified and remembered
+    assert codec.decode(token) == claims  # answered from memory
+    later = time.time() + 60 + codec.settings.leeway_s + 1
+    monkeypatch.setattr("callannotate.security.tokens.time.time", lambda: later)
+    with pytest.raises(AuthenticationFailed):
+        codec.decode(token)
+
+
+def test_remembered_token_is_refused_once_its_key_stops_verifying(
+    codec: TokenCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = codec.encode("user-1", SCOPES)
+    codec.decode(token)
+    monkeypatch.setattr(codec.keyring, "verification_key", lambda kid: None)
+    with pytest.raises(AuthenticationFailed):
+        codec.decode(token)
+
+
+def test_remembered_tokens_are_bounded(codec: TokenCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("callannotate.security.tokens.VERIFIED_CACHE_SIZE", 3)
+    tokens = [codec.encode(f"user-{i}", SCOPES)[0] for i in range(5)]
+    for token in tokens:
+        codec.decode(token)
+    assert list(codec._verified) == tokens[-3:]
+    assert codec.decode(tokens[0]).subject == "user-0"  # evicted, verified again
+
+
 def test_unknown_kid_is_refused(codec: TokenCodec) -> None:
     token, _ = codec.encode("user-1", SCOPES)
     _, payload, _ = _parts(token)

@@ -3,10 +3,16 @@
 Every decode checks the signature with the key named by ``kid`` (unknown or expired key:
 refused), the algorithm (only HS256; ``alg=none`` and others are refused), and the claims
 ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, ``jti``, ``sub`` (all required).
+
+A token that verified is remembered (bounded, per process) until its ``exp``: the same token
+on the next request skips PyJWT's parsing and HMAC, which cost more than the rest of a small
+request together. A hit still checks the expiry and that the signing key still verifies, so a
+retired key or an expired token is refused exactly as on the first decode.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from callannotate.security.scopes import format_scopes, parse_scopes
 ALGORITHM = "HS256"
 TOKEN_TYPE = "access"
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class TokenCodec:
     def __init__(self, settings: AuthSettings, keyring: KeyRing) -> None:
         self.settings = settings
         self.keyring = keyring
+        # token -> (claims, kid) of tokens that verified; insertion order = eviction order
+        self._verified: dict[str, tuple[AccessClaims, str]] = {}
+        self._verified_lock = threading.Lock()
 
     def encode(
         self,
@@ -70,6 +80,24 @@ class TokenCodec:
 
     def decode(self, token: str) -> AccessClaims:
         """The verified claims, or :class:`AuthenticationFailed` (never says what was wrong)."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            claims, kid = hit
+            if time.time() < claims.expires_at + self.settings.leeway_s and (
+                self.keyring.verification_key(kid) is not None
+            ):
+                return claims
+            with self._verified_lock:
+                self._verified.pop(token, None)
+            raise AuthenticationFailed()
+        verified, kid = self._verify(token)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = (verified, kid)
+        return verified
+
+    def _verify(self, token: str) -> tuple[AccessClaims, str]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -95,10 +123,11 @@ class TokenCodec:
         if claims.get("typ") != TOKEN_TYPE or not isinstance(claims.get("sub"), str):
             raise AuthenticationFailed()
         cid = claims.get("cid")
-        return AccessClaims(
+        verified = AccessClaims(
             subject=claims["sub"],
             jti=str(claims["jti"]),
             scopes=parse_scopes(str(claims.get("scope", ""))),
             expires_at=int(claims["exp"]),
             client_id=cid if isinstance(cid, str) else None,
         )
+        return verified, kid
