@@ -1,0 +1,187 @@
+"""The same fake jobs through the local and the Celery executor: jobs per hour and
+enqueue-to-start latency p50/p99, plus recovery time after a Celery worker child is killed.
+
+Jobs use the fake ``SleepRunner`` of tests/jobs/fake_runners.py (``--steps`` x ``--step-s``
+seconds each, no models), so the figures show the executors' overhead, not the pipeline's.
+Both executors run ``--concurrency`` worker processes; Celery needs Redis
+(``--broker``, default a dedicated database 14 with a unique queue prefix).
+
+    .venv/bin/python benchmarks/executors.py [--jobs 20] [--concurrency 2] [--steps 5]
+        [--step-s 0.1] [--idle 10] [--broker redis://127.0.0.1:6379/14]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+
+from celery_testing import celery_worker, cleanup_broker  # noqa: E402
+from fake_runners import SleepRunner  # noqa: E402
+from queue_testing import new_job  # noqa: E402
+
+from callannotate.config import Settings  # noqa: E402
+from callannotate.jobs.executors.celery import CeleryExecutor  # noqa: E402
+from callannotate.jobs.filequeue import FileQueue  # noqa: E402
+from callannotate.jobs.models import JobState  # noqa: E402
+from callannotate.jobs.service import JobService, build_job_service  # noqa: E402
+
+FINAL = {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def settings_for(data: Path, executor: str, args: argparse.Namespace, prefix: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "data_dir": data,
+            "jobs": {
+                "executor": executor,
+                "broker_url": args.broker,
+                "queue_prefix": prefix,
+                "ping_interval_s": 0.5,
+            },
+            "workers": {"preload_models": False, "concurrency": args.concurrency},
+            "queue": {"poll_interval": 0.5},
+            "events": {"backend": "memory"},
+        }
+    )
+
+
+async def wait_all(queue: FileQueue, ids: list[str]) -> float:
+    while not all(queue.get(j).state in FINAL for j in ids):
+        await asyncio.sleep(0.01)
+    return time.monotonic()
+
+
+async def idle_latency(name: str, svc: JobService, count: int) -> None:
+    """Enqueue-to-start when a worker is idle: one job at a time."""
+    waits = []
+    for _ in range(count):
+        job = new_job(svc.queue)
+        svc.executor.submit(job.id)
+        await wait_all(svc.queue, [job.id])
+        final = svc.queue.get(job.id)
+        assert final.started_at is not None
+        waits.append((final.started_at - final.created_at).total_seconds())
+    print(
+        f"{name:7s} idle worker, {count} jobs one at a time: enqueue-to-start "
+        f"p50 {statistics.median(waits) * 1000:7.1f} ms, "
+        f"p99 {percentile(waits, 0.99) * 1000:7.1f} ms"
+    )
+
+
+def report(name: str, queue: FileQueue, ids: list[str], wall: float) -> float:
+    jobs = [queue.get(j) for j in ids]
+    done = sum(j.state == JobState.COMPLETED for j in jobs)
+    waits = [
+        (j.started_at - j.created_at).total_seconds() for j in jobs if j.started_at is not None
+    ]
+    per_hour = done / wall * 3600
+    print(
+        f"{name:7s} {done}/{len(ids)} completed in {wall:6.2f} s = {per_hour:8.0f} jobs/h; "
+        f"enqueue-to-start p50 {statistics.median(waits) * 1000:7.1f} ms, "
+        f"p99 {percentile(waits, 0.99) * 1000:7.1f} ms"
+    )
+    return per_hour
+
+
+async def run_local(args: argparse.Namespace, data: Path) -> float:
+    settings = settings_for(data, "local", args, "unused")
+    svc = build_job_service(
+        settings, embedded=True, runner=SleepRunner(steps=args.steps, step_s=args.step_s)
+    )
+    await svc.start()
+    try:
+        while not svc.executor.readiness()[0]:
+            await asyncio.sleep(0.05)
+        start = time.monotonic()
+        ids = []
+        for _ in range(args.jobs):
+            job = new_job(svc.queue)
+            svc.executor.submit(job.id)
+            ids.append(job.id)
+        end = await wait_all(svc.queue, ids)
+        per_hour = report("local", svc.queue, ids, end - start)
+        await idle_latency("local", svc, args.idle)
+        return per_hour
+    finally:
+        await svc.stop()
+
+
+async def run_celery(args: argparse.Namespace, data: Path) -> float:
+    prefix = f"cabench-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(data, "celery", args, prefix)
+    svc = build_job_service(settings, embedded=False)
+    executor = svc.executor
+    assert isinstance(executor, CeleryExecutor)
+    await svc.start()
+    try:
+        with celery_worker(
+            settings, concurrency=args.concurrency, steps=args.steps, step_s=args.step_s
+        ):
+            while not executor.readiness()[0]:
+                await asyncio.sleep(0.05)
+            start = time.monotonic()
+            ids = []
+            for _ in range(args.jobs):
+                job = new_job(svc.queue)
+                executor.submit(job.id)
+                ids.append(job.id)
+            end = await wait_all(svc.queue, ids)
+            per_hour = report("celery", svc.queue, ids, end - start)
+            await idle_latency("celery", svc, args.idle)
+
+            # recovery: SIGKILL the child running a job; time until that job completes
+            job = new_job(svc.queue)
+            executor.submit(job.id)
+            lease = None
+            while lease is None:
+                lease = svc.queue.lease(job.id)
+                await asyncio.sleep(0.005)
+            killed = time.monotonic()
+            os.kill(int(str(lease["pid"])), signal.SIGKILL)
+            await wait_all(svc.queue, [job.id])
+            final = svc.queue.get(job.id)
+            print(
+                f"celery  recovery after SIGKILL of a worker child: job {final.state.value} "
+                f"(attempt {final.attempts}) {time.monotonic() - killed:.2f} s after the kill "
+                f"(job length {args.steps * args.step_s:.2f} s)"
+            )
+            return per_hour
+    finally:
+        await svc.stop()
+        cleanup_broker(prefix, args.broker)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--step-s", type=float, default=0.1)
+    parser.add_argument("--idle", type=int, default=10, help="jobs sent one at a time")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/14")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = await run_local(args, Path(tmp) / "local")
+        celery = await run_celery(args, Path(tmp) / "celery")
+    print(f"Celery throughput vs local: {100.0 * (celery - local) / local:+.1f} %")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

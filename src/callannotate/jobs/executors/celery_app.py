@@ -1,0 +1,78 @@
+"""The Celery application of executor ``celery``, built from the settings tree.
+
+Delivery semantics (docs/scale-out.md):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only when it
+  returned; a worker child that dies mid-job puts its message back on the queue;
+* ``worker_prefetch_multiplier = 1``: a busy child does not sit on waiting jobs;
+* the Redis ``visibility_timeout`` is longer than the longest allowed job
+  (``workers.job_timeout_s + workers.timeout_grace_s + jobs.visibility_margin_s``), so a
+  message is redelivered only when its worker is really gone;
+* soft limit ``workers.job_timeout_s``, hard limit ``+ workers.timeout_grace_s``: both end
+  the job as failed with reason ``timeout``;
+* two queues, ``<prefix>.heavy`` (annotation jobs) and ``<prefix>.light`` (short work), so
+  a backlog of long calls never delays short work served by a worker on the light queue.
+
+The job id is the only payload; no result backend (results stay in the job folder).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from callannotate.config import Settings
+
+RUN_JOB = "callannotate.run_job"
+
+
+def heavy_queue(settings: Settings) -> str:
+    return f"{settings.jobs.queue_prefix}.heavy"
+
+
+def light_queue(settings: Settings) -> str:
+    return f"{settings.jobs.queue_prefix}.light"
+
+
+def visibility_timeout_s(settings: Settings) -> float:
+    """Seconds before the broker redelivers an unacknowledged task."""
+    workers = settings.workers
+    return workers.job_timeout_s + workers.timeout_grace_s + settings.jobs.visibility_margin_s
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    """A Celery app for ``settings`` (not the process-wide default app)."""
+    jobs, workers = settings.jobs, settings.workers
+    heavy, light = heavy_queue(settings), light_queue(settings)
+    app = Celery(f"{jobs.queue_prefix}", broker=jobs.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout_s(settings),
+            "global_keyprefix": f"{jobs.queue_prefix}:",
+        },
+        broker_connection_retry_on_startup=True,
+        task_soft_time_limit=workers.job_timeout_s,
+        task_time_limit=workers.job_timeout_s + max(workers.timeout_grace_s, 1.0),
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=(
+            Queue(heavy, routing_key=heavy),  # type: ignore[no-untyped-call]
+            Queue(light, routing_key=light),  # type: ignore[no-untyped-call]
+        ),
+        task_default_queue=heavy,
+        task_routes={RUN_JOB: {"queue": heavy}},
+        # broadcast commands (ping, revoke) stay among the workers of this prefix
+        control_exchange=f"{jobs.queue_prefix}.control",
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+    )
+    return app

@@ -1,0 +1,207 @@
+"""Executor ``celery``: the job side in this process (no broker) and the app's settings.
+
+The real workers on the real Redis are in tests/integration/test_celery_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fake_runners import FailingRunner, SleepRunner
+from queue_testing import new_job
+
+from callannotate.config import Settings
+from callannotate.jobs.executors.celery import JobHost, timeout_reason
+from callannotate.jobs.executors.celery_app import (
+    RUN_JOB,
+    create_celery_app,
+    heavy_queue,
+    light_queue,
+    visibility_timeout_s,
+)
+from callannotate.jobs.filequeue import LOCK_FILE, FileQueue
+from callannotate.jobs.fsutil import try_lock, unlock
+from callannotate.jobs.models import JobState
+
+
+def _settings(tmp_path: Path, **workers: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "data_dir": tmp_path,
+            "jobs": {"executor": "celery", "queue_prefix": "t1"},
+            "workers": {"preload_models": False, **workers},
+            "events": {"backend": "memory"},
+        }
+    )
+
+
+def test_app_delivery_semantics(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, job_timeout_s=120.0, timeout_grace_s=10.0)
+    conf = create_celery_app(settings).conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_soft_time_limit == 120.0
+    assert conf.task_time_limit == 130.0
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility == visibility_timeout_s(settings) > 130.0
+    assert {q.name for q in conf.task_queues} == {"t1.heavy", "t1.light"}
+    assert conf.task_routes[RUN_JOB]["queue"] == heavy_queue(settings) == "t1.heavy"
+    assert light_queue(settings) == "t1.light"
+
+
+def test_claim_job_takes_the_given_job_once(queue: FileQueue) -> None:
+    first = new_job(queue)
+    second = new_job(queue)
+    claimed = queue.claim_job(second.id, "w1")
+    assert claimed is not None and claimed.id == second.id and claimed.attempts == 1
+    assert queue.get(second.id).state == JobState.RUNNING
+    assert queue.get(first.id).state == JobState.QUEUED  # not the oldest: the given one
+    # a second delivery while it runs (here or in another process) is a no-op
+    assert queue.claim_job(second.id, "w2") is None
+    other = FileQueue(queue.root, queue.settings)
+    assert other.claim_job(second.id, "w3") is None
+    queue.complete(second.id, b"{}")
+    assert queue.claim_job(second.id, "w1") is None  # finished: no-op
+    assert queue.claim_job("0" * 32, "w1") is None  # unknown: no-op
+
+
+def test_claim_job_takes_over_an_orphan(queue: FileQueue) -> None:
+    job = new_job(queue)
+    runner = FileQueue(queue.root, queue.settings)
+    assert runner.claim_job(job.id, "dead") is not None
+    # the runner "dies": its run lock is released by the kernel
+    runner.forget(job.id)
+    again = queue.claim_job(job.id, "w2")
+    assert again is not None and again.attempts == 2 and again.worker == "w2"
+    assert queue.get(job.id).state == JobState.RUNNING
+
+
+def test_claim_job_finalises_cancelled_and_exhausted_orphans(queue: FileQueue) -> None:
+    cancelled = new_job(queue)
+    runner = FileQueue(queue.root, queue.settings)
+    assert runner.claim_job(cancelled.id, "dead") is not None
+    queue.cancel(cancelled.id)  # flagged: a live runner holds it
+    runner.forget(cancelled.id)
+    assert queue.claim_job(cancelled.id, "w2") is None
+    assert queue.get(cancelled.id).state == JobState.CANCELLED
+
+    exhausted = new_job(queue)
+    for _ in range(queue.settings.max_attempts):
+        assert runner.claim_job(exhausted.id, "dead") is not None
+        runner.forget(exhausted.id)
+    assert queue.claim_job(exhausted.id, "w2") is None
+    final = queue.get(exhausted.id)
+    assert final.state == JobState.FAILED and "gave up" in (final.error or "")
+
+
+def _host(tmp_path: Path, runner: object, **workers: object) -> tuple[JobHost, list[str]]:
+    settings = _settings(tmp_path, **workers)
+    host = JobHost(settings, runner)  # type: ignore[arg-type]
+    seen: list[str] = []
+    host.announcer.bus.on_job_event = lambda e: seen.append(e.type)  # type: ignore[method-assign]
+    return host, seen
+
+
+def test_job_host_runs_the_job_function_and_redelivery_is_a_noop(tmp_path: Path) -> None:
+    host, seen = _host(tmp_path, SleepRunner(steps=2, step_s=0.0))
+    try:
+        queue = host.announcer.queue
+        job = new_job(queue)
+        assert host.run(job.id) == "completed"
+        done = queue.get(job.id)
+        assert done.state == JobState.COMPLETED and done.attempts == 1
+        assert [(p.step, p.status, p.percent) for p in done.progress] == [("decode", "done", 100.0)]
+        assert b'"pid": %d' % os.getpid() in queue.read_result(job.id)
+        assert seen[0] == "job.started" and seen[-1] == "job.completed"
+        assert "job.progress" in seen
+        before = (queue.job_dir(job.id) / "job.json").read_bytes()
+        seen.clear()
+        assert host.run(job.id) == "skipped"  # a redelivered task for a finished job
+        assert seen == []
+        assert (queue.job_dir(job.id) / "job.json").read_bytes() == before
+    finally:
+        host.close()
+
+
+def test_job_host_failures_and_timeout(tmp_path: Path) -> None:
+    host, seen = _host(tmp_path, FailingRunner())
+    try:
+        queue = host.announcer.queue
+        job = new_job(queue)
+        assert host.run(job.id) == "failed"
+        assert "the fake step broke" in (queue.get(job.id).error or "")
+        assert seen[-1] == "job.failed"
+    finally:
+        host.close()
+    host, seen = _host(tmp_path / "t", SleepRunner(steps=5, step_s=0.05), job_timeout_s=0.01)
+    try:
+        queue = host.announcer.queue
+        job = new_job(queue)
+        assert host.run(job.id) == "failed"
+        final = queue.get(job.id)
+        assert final.error == timeout_reason(host.settings, killed=False)
+        assert final.error.startswith("timeout:")
+    finally:
+        host.close()
+
+
+def test_job_host_stops_a_job_cancelled_elsewhere(tmp_path: Path) -> None:
+    class CancelInside(SleepRunner):
+        def run(self, request, ctx):  # type: ignore[no-untyped-def]
+            FileQueue(queue.root, queue.settings).cancel(request.job_id)  # another process
+            return super().run(request, ctx)
+
+    host, seen = _host(tmp_path, CancelInside(steps=30, step_s=0.05))
+    try:
+        queue = host.announcer.queue
+        job = new_job(queue)
+        assert host.run(job.id) == "cancelled"
+        assert queue.get(job.id).state == JobState.CANCELLED
+        fd = try_lock(queue.job_dir(job.id) / LOCK_FILE)
+        assert fd is not None  # the run lock was released
+        unlock(fd)
+        assert seen[-1] == "job.failed"
+    finally:
+        host.close()
+
+
+def test_submit_while_the_broker_is_down_is_kept_and_sent_later(tmp_path: Path) -> None:
+    """The upload never fails on the broker: the id is kept and sent once Redis answers."""
+    import redis
+    from celery_testing import BROKER_URL, cleanup_broker, redis_or_skip, unique_prefix
+
+    from callannotate.jobs.executors.celery import CeleryExecutor, build_app
+
+    redis_or_skip()
+    prefix = unique_prefix()
+    down = _settings(tmp_path).model_copy(
+        update={
+            "jobs": _settings(tmp_path).jobs.model_copy(
+                update={"broker_url": "redis://127.0.0.1:1/0", "queue_prefix": prefix}
+            )
+        }
+    )
+    queue = FileQueue(down.queue_dir, down.queue)
+    executor = CeleryExecutor(down, queue)
+    job = new_job(queue)
+    executor.submit(job.id)  # no exception
+    assert executor._unsent == {job.id}
+    # the broker is back
+    up = down.model_copy(update={"jobs": down.jobs.model_copy(update={"broker_url": BROKER_URL})})
+    executor.app = build_app(up)
+    try:
+        executor._resend()
+        assert executor._unsent == set()
+        client = redis.Redis.from_url(BROKER_URL)
+        key = f"{prefix}:{prefix}.heavy"
+        assert client.llen(key) == 1
+        assert job.id in client.lindex(key, 0).decode()
+    finally:
+        cleanup_broker(prefix)
+    # a job no longer queued is dropped from the ids to send
+    executor._unsent.add(job.id)
+    queue.cancel(job.id)
+    executor._resend()
+    assert executor._unsent == set()
