@@ -37,6 +37,11 @@ class CircuitBreaker:
         with self._lock:
             return key in self._opened
 
+    def open_keys(self) -> list[str]:
+        """Keys whose breaker is open or half-open now (read by the built-in alerts)."""
+        with self._lock:
+            return sorted(self._opened)
+
     def success(self, key: str) -> None:
         with self._lock:
             self._count.pop(key, None)

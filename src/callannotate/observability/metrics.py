@@ -133,6 +133,18 @@ MODEL_LOAD = Histogram(
     buckets=LOAD_BUCKETS,
 )
 
+ALERT_NOTIFICATIONS = Counter(
+    f"{PREFIX}_alert_notifications",
+    "Built-in alert deliveries by channel (webhook, email) and outcome (delivered, retried: "
+    "an attempt failed and will be retried, failed: given up, dropped: too many in flight).",
+    ["channel", "outcome"],
+)
+ALERTS_FIRING = Gauge(
+    f"{PREFIX}_alerts_firing",
+    "Built-in alerts firing now (1) or not (0), by alert name.",
+    ["alert"],
+)
+
 # --------------------------------------------------------------------------- failure reasons
 
 TIMEOUT = "timeout"
