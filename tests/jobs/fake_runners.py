@@ -78,3 +78,29 @@ class FailingRunner(SleepRunner):
     def run(self, request: JobRequest, ctx: JobContext) -> str:
         ctx.hook("decode", completed=0, total=1)
         raise RuntimeError("the fake step broke")
+
+
+class AnnotationRunner(SleepRunner):
+    """Returns a small real annotation whose first speaker's voice is recognised and linked
+    to ``contact_id`` (the speakers/contacts tests), the second unknown."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(steps=1)
+        self.contact_id = contact_id
+
+    def run(self, request: JobRequest, ctx: JobContext) -> str:
+        from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, VoiceMatch
+
+        ctx.hook("decode", completed=1, total=1)
+        voice = VoiceMatch(
+            voice_id="v1",
+            name="Maria",
+            contact_id=self.contact_id,
+            score=0.9,
+            threshold=0.5,
+            accepted=True,
+        )
+        return Annotation(
+            recording=RecordingInfo(duration=1.0, sample_rate=16000, channels=1),
+            speakers=[Speaker(label="SPEAKER_00", voice=voice), Speaker(label="SPEAKER_01")],
+        ).model_dump_json()

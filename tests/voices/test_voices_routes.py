@@ -66,13 +66,16 @@ GEORGE = [FSDD / f"{d}_george_0.wav" for d in range(5)]
 @pytest.mark.models
 @needs_fsdd
 async def test_voice_crud(client: httpx.AsyncClient, settings: Settings) -> None:
+    # contact_id must name one of your contacts (tests/contacts/test_speakers_api.py)
     r = await client.post(
-        "/voices", data={"name": "Jackson", "contact_id": "c-42"}, files=files_of(*JACKSON[:3])
+        "/voices", data={"name": "Jackson", "contact_id": "c-42"}, files=files_of(*JACKSON[:1])
     )
+    assert r.status_code == 422 and "not one of your contacts" in r.json()["detail"]
+    r = await client.post("/voices", data={"name": "Jackson"}, files=files_of(*JACKSON[:3]))
     assert r.status_code == 201, r.text
     voice = r.json()
     assert r.headers["location"] == f"/voices/{voice['id']}"
-    assert voice["name"] == "Jackson" and voice["contact_id"] == "c-42"
+    assert voice["name"] == "Jackson" and voice["contact_id"] is None
     assert len(voice["samples"]) == 3 and "embedding" not in voice["samples"][0]
     assert voice["samples"][0]["source"] == JACKSON[0].name
     assert voice["samples"][0]["speech_duration"] > 0.2
@@ -153,6 +156,31 @@ def _completed_job(queue: FileQueue, audio: Path, annotation: Annotation) -> str
     return job_id
 
 
+def _offline_address_book(settings: Settings) -> None:
+    """An address book of the local user whose CardDAV server does not answer."""
+    from callannotate.contacts.service import ContactsService
+    from callannotate.db.contact_models import ContactAccount, ContactBook
+    from callannotate.db.engine import Database
+    from callannotate.db.migrate import upgrade_database
+
+    db = Database.from_settings(settings)
+    upgrade_database(db)
+    account = "a" * 32
+    sealed = ContactsService(settings, db)._seal(account, "app-password")
+    with db.session() as session:
+        session.add(
+            ContactAccount(
+                id=account,
+                owner="local",
+                url="http://127.0.0.1:9/",
+                username="u",
+                password_sealed=sealed,
+            )
+        )
+        session.add(ContactBook(id="b" * 32, account_id=account, owner="local", url="/b/"))
+    db.dispose()
+
+
 @pytest.mark.models
 @needs_fsdd
 async def test_enroll_speaker_of_a_job(
@@ -192,6 +220,30 @@ async def test_enroll_speaker_of_a_job(
     assert r.status_code == 201 and len(r.json()["samples"]) == 2
     r = await client.post(f"/jobs/{'f' * 32}/speakers/S0/enroll", json={"name": "X"})
     assert r.status_code == 404
+
+    # "S1 is George of Acme": the contact is created with the voice and linked to it (the
+    # address book's server is down here: the contact waits in the outbox)
+    _offline_address_book(settings)
+    r = await client.post(
+        f"/jobs/{job_id}/speakers/S1/enroll",
+        json={"name": "George", "contact": {"org": "Acme", "phones": [{"value": "+79161234567"}]}},
+    )
+    assert r.status_code == 201, r.text
+    contact_id = r.json()["contact_id"]
+    r = await client.get(f"/contacts/{contact_id}")
+    assert r.status_code == 200, r.text
+    assert (r.json()["fields"]["fn"], r.json()["fields"]["org"]) == ("George", "Acme")
+    assert r.json()["pending"] is True
+    # an existing contact links an existing voice
+    r = await client.post(
+        f"/jobs/{job_id}/speakers/S0/enroll",
+        json={"voice_id": voice["id"], "contact_id": contact_id},
+    )
+    assert r.status_code == 201 and r.json()["contact_id"] == contact_id
+    r = await client.post(
+        f"/jobs/{job_id}/speakers/S0/enroll", json={"name": "X", "contact_id": "f" * 32}
+    )
+    assert r.status_code == 422
 
     # The store the API wrote is the one identification reads.
     from callannotate.pipeline import registry

@@ -188,11 +188,49 @@ class VoiceMatch(_Model):
     accepted: bool = Field(description="True when score passed the threshold.")
 
 
+class ContactRef(_Model):
+    """An address-book contact a speaker is (or is expected to be); filled in by the jobs
+    layer after the pipeline, never by the pipeline itself."""
+
+    id: str = Field(description="Contact id (`GET /contacts/{id}`).")
+    name: str
+    organization: str | None = None
+    phone: str | None = Field(None, description="The matching or first phone number, E.164.")
+
+
+class ExpectedContact(ContactRef):
+    """Who the call's phone number says a speaker is, and what voice recognition says."""
+
+    role: Literal["caller", "callee"] = Field(description="Which number matched.")
+    match: Literal["confirmed", "contradicted", "unverified"] = Field(
+        description="confirmed: the speaker's recognised voice is linked to this contact; "
+        "contradicted: the voice was recognised as someone else; unverified: no voice "
+        "recognised."
+    )
+
+
+class CallParty(_Model):
+    """One of the call's numbers (``caller``/``callee`` of the job) and its contacts."""
+
+    role: Literal["caller", "callee"]
+    number: str = Field(description="E.164.")
+    contacts: list[ContactRef] = Field(
+        default_factory=list, description="Contacts with this number (none: unknown)."
+    )
+    speaker: str | None = Field(None, description="Label of the speaker expected to be them.")
+
+
 class Speaker(_Model):
     label: str
     channel: int | None = Field(None, description="Channel index for per-channel diarization.")
     speech_duration: float = 0.0
     voice: VoiceMatch | None = None
+    contact: ContactRef | None = Field(
+        None, description="The contact the recognised voice is linked to."
+    )
+    expected_contact: ExpectedContact | None = Field(
+        None, description="The contact the call's phone number points to for this speaker."
+    )
 
 
 class Turn(_Model):
@@ -302,4 +340,7 @@ class Annotation(_Model):
     words: list[Word] = Field(default_factory=list)
     utterances: list[Utterance] = Field(default_factory=list)
     statistics: ConversationStats | None = None
+    call: list[CallParty] = Field(
+        default_factory=list, description="The call's phone numbers and their contacts."
+    )
     steps: list[StepReport] = Field(default_factory=list)

@@ -38,12 +38,20 @@ def speaker_colors(annotation: Annotation) -> dict[str, str]:
 
 
 def speaker_names(annotation: Annotation) -> dict[str, str]:
-    """Display name per label: the recognised person's name, else the label."""
+    """Display name per label, best first: the contact the recognised voice is linked to, the
+    recognised voice's name, the contact the call's number points to (confirmed, or marked
+    "(by number)" while no voice confirms it), else the label."""
     names = {label: label for label in speaker_order(annotation)}
     for speaker in annotation.speakers:
         voice = speaker.voice
-        if voice is not None and voice.accepted and voice.name:
+        expected = speaker.expected_contact
+        if speaker.contact is not None and speaker.contact.name:
+            names[speaker.label] = speaker.contact.name
+        elif voice is not None and voice.accepted and voice.name:
             names[speaker.label] = voice.name
+        elif expected is not None and expected.name and expected.match != "contradicted":
+            suffix = "" if expected.match == "confirmed" else " (by number)"
+            names[speaker.label] = expected.name + suffix
     return names
 
 

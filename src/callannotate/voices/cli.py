@@ -35,6 +35,20 @@ def _fail(exc: CallAnnotateError) -> int:
     return 2
 
 
+def _check_contact(settings: Settings, contact_id: str) -> None:
+    from callannotate.contacts.routes import build_contacts_service
+    from callannotate.errors import NotFound, Unprocessable
+    from callannotate.voices.schemas import LEGACY_OWNER
+
+    service = build_contacts_service(settings)
+    try:
+        service.get(LEGACY_OWNER, contact_id.strip())
+    except NotFound as exc:
+        raise Unprocessable(f"contact_id {contact_id!r} is not one of your contacts") from exc
+    finally:
+        service.db.dispose()
+
+
 def _cmd_enroll(args: argparse.Namespace) -> int:
     settings = _settings(args)
     files = [Path(f) for f in args.files]
@@ -43,6 +57,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         print(f"callannotate: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        if args.contact_id:  # one of the local user's contacts (as the API checks)
+            _check_contact(settings, args.contact_id)
         service = _service(settings)
         samples = service.samples_from_files([(f, f.name) for f in files])
         if args.voice_id:

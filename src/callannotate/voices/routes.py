@@ -33,7 +33,15 @@ from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
 from callannotate.pipeline.types import Annotation
 from callannotate.security.atrest import Vault, vault_for
 from callannotate.security.principal import Principal
-from callannotate.voices.schemas import JobEnrollRequest, Voice, VoiceInfo, VoiceSample
+from callannotate.voices.contact_links import check_contact, create_contact
+from callannotate.voices.schemas import (
+    JobEnrollRequest,
+    Voice,
+    VoiceInfo,
+    VoicePatch,
+    VoiceSample,
+    utcnow,
+)
 from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e
 from callannotate.voices.store import VoiceStore
 
@@ -165,9 +173,10 @@ async def create_voice(
     request: Request, settings: SettingsDep, queue: QueueDep, principal: WritePrincipal
 ) -> Response:
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
+    contact_id = await check_contact(request, principal.id, fields.get("contact_id"))
     service = VoiceService(_store(settings), None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(
-        lambda: service.enroll(fields["name"], samples, fields.get("contact_id"), principal.id)
+        lambda: service.enroll(fields["name"], samples, contact_id, principal.id)
     )
     logger.info("voice %s enrolled with %d sample(s)", voice.id, len(samples))
     return Response(
@@ -197,8 +206,10 @@ async def add_samples(
     # 404 before the upload is processed
     await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
-    if "name" in fields:
-        raise Unprocessable("add samples with 'file' parts only; rename is not supported here")
+    if "name" in fields or "contact_id" in fields:
+        raise Unprocessable(
+            "add samples with 'file' parts only; rename or link with PATCH /voices/{voice_id}"
+        )
     service = VoiceService(store, None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(service.add_samples, voice_id, samples)
     return voice.info()
@@ -214,6 +225,38 @@ async def list_voices(settings: SettingsDep, principal: ReadPrincipal) -> list[V
 @router.get("/voices/{voice_id}", response_model=VoiceInfo, summary="One enrolled voice")
 async def get_voice(voice_id: str, settings: SettingsDep, principal: ReadPrincipal) -> VoiceInfo:
     voice = await anyio.to_thread.run_sync(visible_voice, _store(settings), voice_id, principal)
+    return voice.info()
+
+
+@router.patch(
+    "/voices/{voice_id}",
+    response_model=VoiceInfo,
+    summary="Rename a voice, link it to one of your contacts, or unlink it",
+    responses=error_responses(422),
+)
+async def update_voice(
+    voice_id: str,
+    request: Request,
+    body: Annotated[VoicePatch, Body()],
+    settings: SettingsDep,
+    principal: WritePrincipal,
+) -> VoiceInfo:
+    store = _store(settings)
+    voice = await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
+    changes: dict[str, Any] = {}
+    if "name" in body.model_fields_set:
+        if body.name is None or not body.name.strip():
+            raise Unprocessable("name cannot be empty")
+        changes["name"] = body.name.strip()
+    if "contact_id" in body.model_fields_set:
+        # the link names a contact of the voice's owner (an admin edits for that owner)
+        changes["contact_id"] = await check_contact(request, voice.owner, body.contact_id)
+    if changes:
+        voice = await anyio.to_thread.run_sync(
+            store.update,
+            voice_id,
+            lambda v: v.model_copy(update={**changes, "updated_at": utcnow()}),
+        )
     return voice.info()
 
 
@@ -249,6 +292,7 @@ async def delete_sample(
 async def enroll_job_speaker(
     job_id: str,
     label: str,
+    request: Request,
     body: Annotated[JobEnrollRequest, Body()],
     settings: SettingsDep,
     queue: QueueDep,
@@ -260,14 +304,23 @@ async def enroll_job_speaker(
     # Refuse what the service would refuse before loading the embedding models for it.
     if (body.name is None) == (body.voice_id is None):
         raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
+    if body.contact_id is not None and body.contact is not None:
+        raise Unprocessable("give either contact_id (an existing contact) or contact (a new one)")
     if body.voice_id is not None:  # adding to a voice: it must be the caller's too
         await anyio.to_thread.run_sync(visible_voice, _store(settings), body.voice_id, principal)
     if not any(s.label == label for s in annotation.speakers):
         raise NotFound(f"speaker {label} not found in job {job_id}")
+    contact_id = await check_contact(request, principal.id, body.contact_id)
     audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
     if not audio_path.is_file():
         raise NotFound(f"the audio of job {job_id} is no longer stored")
     service = await anyio.to_thread.run_sync(voice_service, settings)
+    if body.contact is not None:  # created only once the request is known to be valid
+        name = body.name
+        if name is None:
+            assert body.voice_id is not None
+            name = (await anyio.to_thread.run_sync(service.store.get, body.voice_id)).name
+        contact_id = await create_contact(request, principal.id, body.contact, name)
     voice = await anyio.to_thread.run_sync(
         lambda: service.enroll_from_job(
             annotation,
@@ -276,10 +329,16 @@ async def enroll_job_speaker(
             label,
             name=body.name,
             voice_id=body.voice_id,
-            contact_id=body.contact_id,
+            contact_id=contact_id,
             owner=principal.id,
         )
     )
+    if body.voice_id is not None and contact_id is not None:  # (re)link the existing voice
+        voice = await anyio.to_thread.run_sync(
+            service.store.update,
+            voice.id,
+            lambda v: v.model_copy(update={"contact_id": contact_id, "updated_at": utcnow()}),
+        )
     return Response(
         voice.info().model_dump_json(),
         status_code=201,

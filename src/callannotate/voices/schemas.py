@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from callannotate.contacts.schemas import ContactCreate
+
 SCHEMA_VERSION = 1
 #: Owner of voices stored before voices had owners: the local user (admins see them too).
 LEGACY_OWNER = "local"
@@ -92,12 +94,37 @@ class Voice(_Model):
         )
 
 
+class NewContact(ContactCreate):
+    """A contact created together with a voice (``fn`` defaults to the voice's name)."""
+
+    fn: str = Field("", max_length=500, description="Formatted name; default: the voice's name.")
+
+
 class JobEnrollRequest(_Model):
     """Body of ``POST /jobs/{id}/speakers/{label}/enroll``: a new voice or an existing one."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
     voice_id: str | None = Field(None, description="Add the sample to this voice instead.")
-    contact_id: str | None = Field(None, max_length=200)
+    contact_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Link the voice to this contact of yours (422 when it is not yours). "
+        "With voice_id: (re)links that voice.",
+    )
+    contact: NewContact | None = Field(
+        None,
+        description="Create this contact and link the voice to it (not with contact_id); "
+        "fn defaults to the voice's name. Needs a connected address book.",
+    )
+
+
+class VoicePatch(_Model):
+    """Body of ``PATCH /voices/{id}``: rename, link to a contact or unlink (``null``)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    contact_id: str | None = Field(
+        None, max_length=200, description="A contact of yours; null removes the link."
+    )
 
 
 class Candidate(_Model):
