@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from callannotate import __version__
 from callannotate.config import Settings
 
@@ -41,21 +43,33 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+def settings_error(exc: ValidationError) -> CliError:
+    """One line per invalid setting, named as its environment variable."""
+    problems = []
+    for err in exc.errors():
+        path = "__".join(str(part) for part in err["loc"]).upper()
+        problems.append(f"CALLANNOTATE_{path}: {err['msg']}")
+    return CliError("invalid settings: " + "; ".join(problems))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment with the given top-level/nested overrides applied."""
-    settings = Settings()
-    if not overrides:
-        return settings
-    data = settings.model_dump()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, field = key.partition("__")
-        if field:
-            data[section][field] = value
-        else:
-            data[key] = value
-    return Settings.model_validate(data)
+    try:
+        settings = Settings()
+        if not overrides:
+            return settings
+        data = settings.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, field = key.partition("__")
+            if field:
+                data[section][field] = value
+            else:
+                data[key] = value
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise settings_error(exc) from None
 
 
 # --------------------------------------------------------------------------- serve / worker
@@ -113,9 +127,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from callannotate.observability.logging import configure_logging
     from callannotate.security.startup import prepare_store
 
-    settings = load_settings(workers__concurrency=args.workers)
+    concurrency = args.concurrency or args.workers
+    settings = load_settings(workers__concurrency=concurrency, jobs__executor=args.executor)
     configure_logging(settings.log)
     prepare_store(settings)  # migrations run on start (the store is shared with the API)
+    if settings.jobs.executor == "celery":  # docs/scale-out.md
+        from callannotate.jobs.executors.celery import run_celery_worker
+
+        queues = [q.strip() for q in (args.queues or "").split(",") if q.strip()] or None
+        return run_celery_worker(settings, queues=queues)
     run_standalone_worker(settings)
     return 0
 
@@ -411,6 +431,15 @@ def add_parser(subparsers: Any) -> None:
         "to the configured event bus (use events.backend=redis next to `serve --no-workers`)",
     )
     worker.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    worker.add_argument(
+        "--executor",
+        choices=["local", "celery"],
+        help="'celery': run a Celery worker on jobs.broker_url (CALLANNOTATE_JOBS__EXECUTOR)",
+    )
+    worker.add_argument("--concurrency", type=int, help="same as --workers")
+    worker.add_argument(
+        "--queues", help="Celery queues to serve, comma-separated: heavy,light (default both)"
+    )
     worker.set_defaults(func=_cmd_worker)
 
     ann = subparsers.add_parser(

@@ -21,7 +21,14 @@ def _repo_config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "config"
 
 
-class ApiSettings(BaseModel):
+class Section(BaseModel):
+    """A group of settings: an unknown key (a typo in YAML or in ``CALLANNOTATE_X__Y``) is an
+    error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, description="Port the HTTP server listens on.")
     max_upload_bytes: int = Field(GIB, description="Largest accepted upload, in bytes.")
@@ -94,7 +101,7 @@ class ApiSettings(BaseModel):
         return value
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(Section):
     max_attempts: int = Field(3, ge=1, description="Attempts before a job is failed for good.")
     retention_hours: float = Field(
         168.0, ge=0, description="Hours completed/failed jobs stay before moving to archived."
@@ -105,7 +112,7 @@ class QueueSettings(BaseModel):
     poll_interval: float = Field(0.5, gt=0, description="Seconds between queue scans.")
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(Section):
     concurrency: int = Field(1, ge=1, description="Worker processes in the embedded pool.")
     job_timeout_s: float = Field(3600.0, gt=0, description="Per-job time limit in seconds.")
     threads: int = Field(2, ge=1, description="CPU threads each worker's models may use.")
@@ -127,7 +134,40 @@ class WorkerSettings(BaseModel):
     )
 
 
-class EventSettings(BaseModel):
+class JobsSettings(Section):
+    """Which executor runs queued jobs (docs/scale-out.md)."""
+
+    executor: Literal["local", "celery"] = Field(
+        "local",
+        description=(
+            "'local': worker processes of `serve` / `callannotate worker` poll the queue folder; "
+            "'celery': the API sends each job id to Celery workers (`worker --executor celery`)."
+        ),
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Celery broker (Redis) URL of executor 'celery'."
+    )
+    queue_prefix: str = Field(
+        "callannotate",
+        description="Prefix of the Celery queues (<prefix>.heavy, <prefix>.light) and broker keys.",
+    )
+    visibility_margin_s: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Broker visibility timeout = workers.job_timeout_s + workers.timeout_grace_s + this: "
+            "an unacknowledged job is redelivered only after the longest allowed job."
+        ),
+    )
+    ping_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between the API's pings of the Celery workers (/ready)."
+    )
+    worker_lost_after_s: float = Field(
+        30.0, gt=0, description="A Celery worker unanswered for this long counts as lost."
+    )
+
+
+class EventSettings(Section):
     """Job event bus and the ``/ws/{client_id}`` WebSocket channel."""
 
     backend: Literal["memory", "redis"] = Field(
@@ -154,7 +194,7 @@ class EventSettings(BaseModel):
     )
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(Section):
     """Limits of one live transcription stream (``WS /stream``)."""
 
     max_duration_s: float = Field(
@@ -175,7 +215,7 @@ class StreamSettings(BaseModel):
         return self.max_bytes or int(self.max_duration_s * 32000) + 65536
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(Section):
     """The relational store (users, keys, tokens; later audit, contacts, call index)."""
 
     url: str = Field(
@@ -192,7 +232,7 @@ class DatabaseSettings(BaseModel):
     )
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(Section):
     """Authentication: accounts, JWT access tokens, refresh tokens, API keys."""
 
     enabled: bool = Field(
@@ -247,7 +287,7 @@ class AuthSettings(BaseModel):
     )
 
 
-class CallbackSettings(BaseModel):
+class CallbackSettings(Section):
     """Delivery of a job's ``callback_url`` when it completes, fails or is cancelled."""
 
     secret: SecretStr | None = Field(
@@ -275,7 +315,7 @@ class CallbackSettings(BaseModel):
     backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
 
 
-class EncryptionSettings(BaseModel):
+class EncryptionSettings(Section):
     """Encryption at rest of recordings, captures, results, exports and voiceprints."""
 
     enabled: bool = Field(
@@ -305,7 +345,7 @@ class EncryptionSettings(BaseModel):
     )
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(Section):
     """The audit log: an append-only, hash-chained table plus one ECS log line per record."""
 
     queue_size: int = Field(
@@ -320,7 +360,7 @@ class AuditSettings(BaseModel):
     log_records: bool = Field(True, description="Also write each record as an ECS log line.")
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     """Prometheus metrics (see docs/observability.md). Never public: a token or a local port."""
 
     token: SecretStr | None = Field(
@@ -350,7 +390,7 @@ class MetricsSettings(BaseModel):
     )
 
 
-class BucketSettings(BaseModel):
+class BucketSettings(Section):
     """One token bucket: ``burst`` requests at once, refilled at ``per_second``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -365,7 +405,7 @@ def _bucket(burst: int, per_second: float) -> BucketSettings:
     return BucketSettings(burst=burst, per_second=per_second)
 
 
-class RoleRateLimits(BaseModel):
+class RoleRateLimits(Section):
     """The budgets of one role (see docs/security.md "Rate limits")."""
 
     model_config = ConfigDict(extra="forbid")
@@ -401,7 +441,7 @@ class AnonymousRateLimits(RoleRateLimits):
     ws_messages: BucketSettings = Field(default_factory=lambda: _bucket(100, 20.0))
 
 
-class RoleRateLimitTable(BaseModel):
+class RoleRateLimitTable(Section):
     model_config = ConfigDict(extra="forbid")
 
     admin: AdminRateLimits = Field(default_factory=AdminRateLimits)
@@ -412,7 +452,7 @@ class RoleRateLimitTable(BaseModel):
     )
 
 
-class RateLimitSettings(BaseModel):
+class RateLimitSettings(Section):
     """Token-bucket rate limits per principal (per client IP when anonymous)."""
 
     enabled: bool = Field(True, description="Apply the limits (429 / WebSocket close 1008).")
@@ -442,7 +482,7 @@ class RateLimitSettings(BaseModel):
     roles: RoleRateLimitTable = Field(default_factory=RoleRateLimitTable)
 
 
-class ContactsSettings(BaseModel):
+class ContactsSettings(Section):
     """Address books over CardDAV: cache, sync, circuit breaker, conflicts, phone numbers."""
 
     default_region: str = Field(
@@ -476,7 +516,97 @@ class ContactsSettings(BaseModel):
     )
 
 
-class LogSettings(BaseModel):
+class CallSettings(Section):
+    """The call's phone numbers on a job (``caller``/``callee``) and how speakers become people
+    (see docs/contacts.md, "Speakers become people")."""
+
+    filename_pattern: str | None = Field(
+        None,
+        description="Regular expression with named groups `caller` and/or `callee`, searched "
+        "in the uploaded file name when the form fields are absent, e.g. "
+        r"`^\d{8}-\d{6}_(?P<caller>\+?\d+)_(?P<callee>\+?\d+)`.",
+    )
+    caller_channel: int | None = Field(
+        None,
+        ge=0,
+        description="On per-channel recordings, the channel of the caller (the other one is "
+        "the callee); unset: speakers are matched to numbers by voice only.",
+    )
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        if not {"caller", "callee"} & set(compiled.groupindex):
+            raise ValueError("needs a named group (?P<caller>...) or (?P<callee>...)")
+        return value
+
+
+class AlertSettings(Section):
+    """Built-in alerts for installations without Prometheus (docs/observability.md)."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Watch the service's conditions and notify; runs only where a queue manager runs "
+            "(API with embedded workers, `callannotate worker`) and a webhook or e-mail is set."
+        ),
+    )
+    interval_s: float = Field(30.0, gt=0, description="Seconds between two checks.")
+    repeat_interval_s: float = Field(
+        14400.0, gt=0, description="Seconds before a notice of a still-firing alert is repeated."
+    )
+    window_s: float = Field(
+        900.0, gt=0, description="Window of the failed-jobs and finished-over-SLA counts (s)."
+    )
+    failed_min_count: int = Field(
+        3, ge=1, description="Failed jobs (cancellations excluded) in the window that fire."
+    )
+    failed_ratio: float = Field(
+        0.1, ge=0, le=1, description="Least share of failed among the jobs ended in the window."
+    )
+    disk_free_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Fire when the data folder's free space is below this share."
+    )
+    webhook_urls: list[str] = Field(
+        default_factory=list, description="URLs receiving each notice as signed JSON (POST)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC-SHA256 key of X-CallAnnotate-Signature on alert webhooks; unset: "
+            "callbacks.secret; both unset: unsigned (a warning is logged)."
+        ),
+    )
+    email_to: list[str] = Field(default_factory=list, description="Recipients of e-mail notices.")
+    email_from: str = Field("callannotate@localhost", description="From address of e-mails.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP server (submission) host.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    smtp_starttls: bool = Field(
+        True, description="Require STARTTLS before AUTH and sending (certificate verified)."
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="Extra CA (PEM) trusted for the SMTP server's certificate."
+    )
+    smtp_username: str = Field("", description="SMTP AUTH user; empty: no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    timeout_s: float = Field(10.0, gt=0, description="Seconds one delivery attempt may take.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per notice and receiver.")
+    backoff_initial_s: float = Field(
+        2.0, gt=0, description="Wait before the first retry; doubles per retry (with jitter)."
+    )
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
+    max_pending: int = Field(
+        100, ge=1, description="Deliveries in flight; beyond, new ones are dropped and counted."
+    )
+
+
+class LogSettings(Section):
     level: str = Field("INFO", description="Log level name.")
     json_format: bool = Field(True, description="Structured JSON (ECS) lines when true.")
 
@@ -505,6 +635,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
@@ -517,6 +648,8 @@ class Settings(BaseSettings):
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     contacts: ContactsSettings = Field(default_factory=ContactsSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    call: CallSettings = Field(default_factory=CallSettings)
 
     @property
     def queue_dir(self) -> Path:
