@@ -92,7 +92,7 @@ async def test_docs_load_nothing_from_outside(client: httpx.AsyncClient, page: s
         ("/jobs/" + "0" * 32, {"GET", "DELETE"}),
         ("/jobs/" + "0" * 32 + "/retry", {"POST"}),
         ("/voices", {"GET", "POST"}),
-        ("/voices/" + "0" * 32, {"GET", "DELETE"}),
+        ("/voices/" + "0" * 32, {"GET", "PATCH", "DELETE"}),
     ],
 )
 async def test_options_and_405_list_every_method(

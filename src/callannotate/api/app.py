@@ -34,6 +34,7 @@ from callannotate.api.ws import EventService
 from callannotate.config import Settings
 from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.service import build_job_service
+from callannotate.observability.alerts.watcher import build_watcher, open_breakers
 from callannotate.observability.export import MetricsExport
 from callannotate.observability.middleware import MetricsMiddleware
 
@@ -77,10 +78,19 @@ def create_app(settings: Settings | None = None, *, job_runner: JobRunner | None
         await open_auth(app.state)  # migrates the store; says how to make the first admin
         metrics = MetricsExport(settings, queue, jobs.executor)  # gauges + metrics.port
         metrics.start()
+        # built-in alerts: where the queue manager runs (docs/observability.md "Built-in alerts")
+        alerts = None
+        if settings.api.embedded_workers:
+            breakers = lambda: open_breakers(app.state)  # noqa: E731
+            alerts = build_watcher(settings, queue, jobs.executor, breakers=breakers)
+        if alerts is not None:
+            await alerts.start()
         logger.info("job executor %s started", jobs.executor.name)
         try:
             yield
         finally:
+            if alerts is not None:
+                await alerts.stop()
             metrics.stop()
             await jobs.stop(graceful=True)
             logger.info("job executor %s stopped", jobs.executor.name)

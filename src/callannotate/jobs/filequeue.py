@@ -461,6 +461,50 @@ class FileQueue:
                 return job
         return None
 
+    def claim_job(self, job_id: str, worker_id: str) -> Job | None:
+        """Take one given job (the payload of a Celery task): queued, or left in processing
+        by a runner that died (its run lock is free), counting an attempt.
+
+        None when the job is gone, finished, or run by a live process: a duplicate or
+        redelivered task is then a no-op. An orphan flagged cancelled, or out of attempts,
+        is finalised here instead of run.
+        """
+        with self._locked():
+            try:
+                folder, path, job = self._find(job_id)
+            except NotFound:
+                return None
+            if folder not in (INCOMING, PROCESSING) or job_id in self._held:
+                return None
+            fd = try_lock(path / LOCK_FILE)
+            if fd is None:
+                return None  # a live process runs it
+            try:
+                if folder == PROCESSING and job.cancel_requested:
+                    self._finish_cancel(path, job)
+                    unlock(fd)
+                    return None
+                if folder == PROCESSING and job.attempts >= job.max_attempts:
+                    self._give_up_orphan(path, job)
+                    unlock(fd)
+                    return None
+                job.state = JobState.RUNNING
+                job.attempts += 1
+                job.started_at = utcnow()
+                job.finished_at = None
+                job.worker = worker_id
+                self._write_lease(fd, job_id, worker_id)
+                if folder == INCOMING:
+                    self._transition(path, job, PROCESSING)
+                else:
+                    self._save(path, job)
+            except BaseException:
+                unlock(fd)
+                raise
+            self._held[job_id] = fd
+        log.info("job claimed", extra={"job_id": job_id, "worker": worker_id})
+        return job
+
     def renew(self, job_id: str, worker_id: str) -> None:
         """Extend the lease of a job this process runs."""
         with self._tlock:
@@ -619,14 +663,7 @@ class FileQueue:
                     if job.cancel_requested:
                         self._finish_cancel(path, job)
                     elif job.attempts >= job.max_attempts:
-                        job.state = JobState.FAILED
-                        job.error = (
-                            "interrupted: the process running the job died; "
-                            f"gave up after {job.attempts} attempts"
-                        )
-                        job.finished_at = utcnow()
-                        job.worker = None
-                        self._transition(path, job, FAILED)
+                        self._give_up_orphan(path, job)
                     else:
                         job.state = JobState.QUEUED
                         job.error = (
@@ -645,6 +682,16 @@ class FileQueue:
                     unlock(fd)
             self._clean_staging()
         return recovered
+
+    def _give_up_orphan(self, path: Path, job: Job) -> None:
+        """Fail a job whose runner died once too often (caller holds its lock)."""
+        job.state = JobState.FAILED
+        job.error = (
+            f"interrupted: the process running the job died; gave up after {job.attempts} attempts"
+        )
+        job.finished_at = utcnow()
+        job.worker = None
+        self._transition(path, job, FAILED)
 
     def _clean_staging(self) -> None:
         now = time.time()

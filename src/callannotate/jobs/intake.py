@@ -15,6 +15,7 @@ from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import PRIVATE_FILE
 from callannotate.jobs.models import AudioMeta, Job
+from callannotate.jobs.speaker_contacts import numbers_from_filename
 from callannotate.observability.logging import request_id_var
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.types import AnnotateOptions
@@ -59,13 +60,22 @@ def new_job(
     options: AnnotateOptions,
     owner: str,
     callback_url: str | None = None,
+    caller: str | None = None,
+    callee: str | None = None,
 ) -> Job:
     """Probe ``staged_path`` (``InvalidAudio`` when it is not audio), build the job record and
     queue it durably (the staged file is moved into the job folder, mode 0600).
 
-    ``filename`` is the display name (already made safe by the caller). Blocking: call it
+    ``filename`` is the display name (already made safe by the caller). ``caller`` and
+    ``callee`` are E.164 numbers; when neither is given they are read from ``filename`` with
+    ``call.filename_pattern`` (when set). Blocking: call it
     from a worker thread. The caller announces the job (``job.queued``) once this returns.
     """
+    if caller is None and callee is None:  # a call recorder's file name may carry them
+        numbers = numbers_from_filename(
+            filename, settings.call.filename_pattern, settings.contacts.default_region
+        )
+        caller, callee = numbers.get("caller"), numbers.get("callee")
     vault = vault_for(settings)
     probe = audio_io.probe(staged_path, vault=vault)
     os.chmod(staged_path, PRIVATE_FILE)
@@ -74,6 +84,8 @@ def new_job(
         owner=owner,
         options=options,
         callback_url=callback_url,
+        caller=caller,
+        callee=callee,
         request_id=request_id_var.get(),  # correlates the worker's log lines with the request
         audio=AudioMeta(
             filename=filename,

@@ -50,6 +50,7 @@ from callannotate.jobs.executors.base import WorkerInfo
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner
+from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.jobs.worker import worker_main
 from callannotate.observability.metrics import observe_model_load, observe_result
 
@@ -73,6 +74,18 @@ CANCEL_CHECK_INTERVAL_S = 0.5
 ARCHIVE_INTERVAL_S = 300.0
 MAX_RESPAWN_DELAY_S = 30.0
 TIMEOUT = "timeout"  # the reason of a job over its time limit (error text starts with it)
+
+
+def timeout_reason(settings: Settings, *, killed: bool) -> str:
+    """The error of a job over its time limit (every executor words it the same)."""
+    limit, grace = settings.workers.job_timeout_s, settings.workers.timeout_grace_s
+    reason = f"{TIMEOUT}: the job ran longer than workers.job_timeout_s ({limit:g} s)"
+    if killed:
+        reason += (
+            f" and did not stop within workers.timeout_grace_s ({grace:g} s); "
+            "its worker process was killed"
+        )
+    return reason
 
 
 @dataclass
@@ -476,16 +489,6 @@ class QueueManager:
                 # The pipe broke: the worker is dead; the inbox loop sees EOF and requeues.
                 log.warning("could not hand a job to its worker", extra={"job_id": job.id})
 
-    def _timeout_reason(self, *, killed: bool) -> str:
-        limit, grace = self.settings.workers.job_timeout_s, self.settings.workers.timeout_grace_s
-        reason = f"{TIMEOUT}: the job ran longer than workers.job_timeout_s ({limit:g} s)"
-        if killed:
-            reason += (
-                f" and did not stop within workers.timeout_grace_s ({grace:g} s); "
-                "its worker process was killed"
-            )
-        return reason
-
     async def _over_time_limit(self, slot: _Slot, job: Job, now: float) -> bool:
         """Soft, then hard time limit of a running job; True when the job was ended here."""
         workers = self.settings.workers
@@ -503,7 +506,7 @@ class QueueManager:
         slot.job = None
         await self._kill(slot)
         log.warning("job ignored its time limit; worker killed", extra={"job_id": job.id})
-        reason = self._timeout_reason(killed=True)
+        reason = timeout_reason(self.settings, killed=True)
         await self._finish(job, lambda jid: self.queue.fail(jid, reason))
         await self._respawn(slot)
         return True
@@ -640,7 +643,7 @@ class QueueManager:
             else:
                 error = str(msg.get("error") or "unknown error")
                 if msg.get("reason") == TIMEOUT:
-                    error = self._timeout_reason(killed=False)
+                    error = timeout_reason(self.settings, killed=False)
                 await self._finish(job, lambda jid: self.queue.fail(jid, error))
             slot.jobs_done += 1
             if retire:
@@ -722,5 +725,6 @@ class QueueManager:
         if changed:
             slot.progress_dirty = True
             await self._write_progress(slot, job)
-        payload = result.encode()
+        # speakers become people: contacts from linked voices and the call's numbers
+        payload = await asyncio.to_thread(resolve_result, self.settings, job, result.encode())
         await self._finish(job, lambda jid: self.queue.complete(jid, payload))

@@ -72,6 +72,10 @@ class Job(BaseModel):
     state: JobState = JobState.QUEUED
     options: AnnotateOptions = Field(default_factory=AnnotateOptions)
     callback_url: str | None = None
+    caller: str | None = Field(
+        None, description="The calling number (E.164), from the upload or the file name."
+    )
+    callee: str | None = Field(None, description="The called number (E.164).")
     audio: AudioMeta
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

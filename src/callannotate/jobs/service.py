@@ -91,6 +91,10 @@ def build_job_service(
     job_runner = runner or PipelineRunner()
 
     def make_executor(queue: FileQueue, publish: EventCallback) -> Executor:
+        if settings.jobs.executor == "celery":
+            from callannotate.jobs.executors.celery import CeleryExecutor
+
+            return CeleryExecutor(settings, queue, on_event=publish)
         if not embedded:
             return ExternalExecutor(queue, on_event=publish)
         manager = QueueManager(queue, settings, job_runner, on_event=publish, grace_s=grace_s)
@@ -129,6 +133,11 @@ def run_standalone_worker(settings: Settings, runner: JobRunner | None = None) -
         # queue/worker gauges + the metrics.port listener (a worker has no HTTP API)
         metrics = MetricsExport(settings, service.queue, service.executor)
         metrics.start()
+        from callannotate.observability.alerts.watcher import build_watcher
+
+        alerts = build_watcher(settings, service.queue, service.executor)  # built-in alerts
+        if alerts is not None:
+            await alerts.start()
         log.info(
             "worker pool started",
             extra={
@@ -140,6 +149,8 @@ def run_standalone_worker(settings: Settings, runner: JobRunner | None = None) -
         try:
             await stop.wait()
         finally:
+            if alerts is not None:
+                await alerts.stop()
             metrics.stop()
             await service.stop(graceful=True)
             for sig in (signal.SIGTERM, signal.SIGINT):

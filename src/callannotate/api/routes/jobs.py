@@ -26,6 +26,7 @@ from callannotate.errors import InvalidAudio, Unprocessable
 from callannotate.jobs.callback_targets import check_callback_url
 from callannotate.jobs.intake import new_job
 from callannotate.jobs.models import Job, JobState
+from callannotate.jobs.speaker_contacts import call_numbers
 from callannotate.observability.logging import job_context
 from callannotate.pipeline.types import AnnotateOptions
 from callannotate.security.atrest import vault_for
@@ -41,7 +42,7 @@ LIST_FIELDS = frozenset(
     for name, info in AnnotateOptions.model_fields.items()
     if get_origin(info.annotation) is list
 )
-FORM_FIELDS = (*OPTION_FIELDS, "callback_url")
+FORM_FIELDS = (*OPTION_FIELDS, "callback_url", "caller", "callee")
 MAX_CALLBACK_URL = 2048
 
 
@@ -98,6 +99,14 @@ def _upload_schema() -> dict[str, Any]:
         "format": "uri",
         "description": "http(s) URL called when the job finishes.",
     }
+    for role, who in (("caller", "calling"), ("callee", "called")):
+        properties[role] = {
+            "type": "string",
+            "maxLength": 64,
+            "description": f"The {who} phone number, any notation (stored in E.164; read "
+            "without a country code in contacts.default_region). Omitted: taken from the "
+            "file name when call.filename_pattern is set. Looked up in your contacts.",
+        }
     return {
         "requestBody": {
             "required": True,
@@ -206,6 +215,8 @@ async def submit_job(
             vault=vault_for(settings),
         )
         options, callback = parse_options(upload.fields)
+        staged_name = upload.file.filename if upload.file is not None else ""
+        caller, callee = call_numbers(upload.fields, staged_name, settings)
         if callback is not None:  # no private, loopback or link-local targets (SSRF)
             check_callback_url(callback, settings.callbacks.allowed_hosts)
         staged = upload.file
@@ -222,6 +233,8 @@ async def submit_job(
                 options=options,
                 owner=principal.id,
                 callback_url=callback,
+                caller=caller,
+                callee=callee,
             )
         )
     except BaseException as exc:
