@@ -8,13 +8,29 @@ Server subprocesses started by tests inherit the environment, so they run with a
 Settings built with an explicit ``auth=AuthSettings(...)`` are not affected by the variable
 (constructor arguments win over the environment): such a test has authentication on unless
 it passes ``enabled=False`` itself.
+
+``database`` is the relational store on each backend: SQLite always, the local PostgreSQL
+when it answers (one throw-away database per test session, dropped afterwards; every test
+starts from empty tables). Under ``CI=true`` an unreachable PostgreSQL fails the run.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
+
+from callannotate.db.engine import Database
+from callannotate.db.migrate import upgrade_database
+from callannotate.db.models import Base
+from callannotate.db.testing import (
+    postgres_admin_url,
+    postgres_required,
+    temporary_postgres_database,
+)
 
 AUTH_ENV = "CALLANNOTATE_AUTH__ENABLED"
 
@@ -40,3 +56,46 @@ def _auth_off_unless_asked(request: pytest.FixtureRequest, monkeypatch: pytest.M
 def auth_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Authentication as it is by default (on): the variable is removed for this test."""
     monkeypatch.delenv(AUTH_ENV, raising=False)
+
+
+# ------------------------------------------------------------------ relational store
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    url, why = postgres_admin_url()
+    if url is None:
+        if postgres_required():
+            pytest.fail(f"CI=true needs PostgreSQL: {why}")
+        pytest.skip(why)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    with temporary_postgres_database(postgres_admin) as url:
+        db = Database(url)
+        upgrade_database(db)
+        db.dispose()
+        yield url
+
+
+def empty_tables(db: Database) -> None:
+    with db.session() as s:
+        for table in reversed(Base.metadata.sorted_tables):
+            s.execute(delete(table))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'callannotate.db'}")
+        upgrade_database(db)
+    else:
+        db = Database(request.getfixturevalue("postgres_url"))
+        empty_tables(db)
+    try:
+        yield db
+    finally:
+        db.dispose()

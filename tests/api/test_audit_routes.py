@@ -6,13 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import sys
-import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from fastapi import FastAPI
 
@@ -26,21 +24,11 @@ from callannotate.security.service import AuthService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports"))
 
+from apiseed import tone_wav
 from reports_sample import completed_job, russian_annotation
 
 PASSWORD = "correct horse battery"
 CLIENT_IP = "203.0.113.9"
-
-
-def tone_wav(path: Path, seconds: float = 1.0, rate: int = 8000) -> Path:
-    t = np.arange(int(rate * seconds)) / rate
-    data = (0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(data.tobytes())
-    return path
 
 
 def _settings(tmp_path: Path, *, auth: bool) -> Settings:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import time
 import uuid
-import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from apiseed import one_word_annotation, tone_wav
 from authtesting import Accounts, auth_settings
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -38,12 +37,6 @@ from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import new_job
 from callannotate.pipeline.types import (
     AnnotateOptions,
-    Annotation,
-    RecordingInfo,
-    Speaker,
-    Turn,
-    Utterance,
-    Word,
 )
 from callannotate.voices.routes import _store as voice_store
 from callannotate.voices.schemas import Voice, VoiceSample
@@ -111,31 +104,9 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
-def _wav(path: Path) -> Path:
-    t = np.arange(8000) / 8000
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes((0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype("<i2").tobytes())
-    return path
-
-
-def _annotation() -> Annotation:
-    return Annotation(
-        recording=RecordingInfo(
-            filename="call.wav", duration=1.0, sample_rate=8000, channels=1, format="wav"
-        ),
-        speakers=[Speaker(label="SPEAKER_00", speech_duration=0.8)],
-        turns=[Turn(start=0.1, end=0.9, speaker="SPEAKER_00")],
-        words=[Word(text="hello", start=0.1, end=0.5, probability=0.9, speaker="SPEAKER_00")],
-        utterances=[Utterance(start=0.1, end=0.5, speaker="SPEAKER_00", text="hello", word_end=1)],
-    )
-
-
 def completed_job(queue: FileQueue, settings: Settings, owner: str) -> str:
     staged = queue.staging_dir() / f"{uuid.uuid4().hex}.part"
-    _wav(staged)
+    tone_wav(staged)
     job = new_job(
         queue,
         settings,
@@ -146,7 +117,7 @@ def completed_job(queue: FileQueue, settings: Settings, owner: str) -> str:
     )
     claimed = queue.claim("isolation")
     assert claimed is not None and claimed.id == job.id
-    queue.complete(job.id, _annotation().model_dump_json().encode())
+    queue.complete(job.id, one_word_annotation().model_dump_json().encode())
     return job.id
 
 
@@ -477,7 +448,7 @@ def test_enrolling_into_someone_elses_voice_is_404(
 def test_uploads_and_voices_belong_to_the_caller(
     client: TestClient, settings: Settings, tmp_path: Path, accounts: Accounts
 ) -> None:
-    with open(_wav(tmp_path / "call.wav"), "rb") as fh:
+    with open(tone_wav(tmp_path / "call.wav"), "rb") as fh:
         r = client.post(
             "/jobs", files={"file": ("call.wav", fh, "audio/wav")}, headers=accounts.headers("bob")
         )

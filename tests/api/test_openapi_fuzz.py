@@ -18,6 +18,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from apiseed import one_word_annotation, tone_wav  # noqa: E402
 from authtesting import Accounts, auth_settings  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -34,12 +35,6 @@ from callannotate.jobs.filequeue import FileQueue  # noqa: E402
 from callannotate.jobs.intake import new_job  # noqa: E402
 from callannotate.pipeline.types import (  # noqa: E402
     AnnotateOptions,
-    Annotation,
-    RecordingInfo,
-    Speaker,
-    Turn,
-    Utterance,
-    Word,
 )
 
 MAX_EXAMPLES = 25
@@ -49,32 +44,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-
-
-def _tone_wav(path: Path) -> Path:
-    import wave
-
-    import numpy as np
-
-    t = np.arange(8000) / 8000
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes((0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype("<i2").tobytes())
-    return path
-
-
-def _annotation() -> Annotation:
-    return Annotation(
-        recording=RecordingInfo(
-            filename="call.wav", duration=1.0, sample_rate=8000, channels=1, format="wav"
-        ),
-        speakers=[Speaker(label="SPEAKER_00", speech_duration=0.8)],
-        turns=[Turn(start=0.1, end=0.9, speaker="SPEAKER_00")],
-        words=[Word(text="hello", start=0.1, end=0.5, probability=0.9, speaker="SPEAKER_00")],
-        utterances=[Utterance(start=0.1, end=0.5, speaker="SPEAKER_00", text="hello", word_end=1)],
-    )
 
 
 class Seeder:
@@ -104,7 +73,7 @@ class Seeder:
             owner=self.owner,
         )
         assert self.queue.claim("fuzz") is not None
-        self.queue.complete(job.id, _annotation().model_dump_json().encode())
+        self.queue.complete(job.id, one_word_annotation().model_dump_json().encode())
         self.job_id = job.id
 
 
@@ -117,7 +86,7 @@ def fuzz_target(
     assert app_settings.auth.enabled
     accounts = Accounts.create(app_settings)
     app = accounts.attach(create_app(app_settings))
-    audio = _tone_wav(root / "call.wav")
+    audio = tone_wav(root / "call.wav")
     seeder = Seeder(app.state.queue, app_settings, audio, accounts.ids["root"])
     yield schemathesis.openapi.from_asgi("/openapi.json", app), seeder, accounts.headers("root")
     accounts.service.db.dispose()
