@@ -88,6 +88,23 @@ def timeout_reason(settings: Settings, *, killed: bool) -> str:
     return reason
 
 
+def apply_step_reports(progress: dict[str, StepProgress], steps: object) -> bool:
+    """Final per-step statuses from an annotation's step reports (its ``steps`` list), for
+    every executor; True when any step was set."""
+    changed = False
+    for report in steps if isinstance(steps, list) else []:
+        name, status = str(report.get("name", "")), str(report.get("status", ""))
+        if not name or status not in ("done", "skipped", "failed"):
+            continue
+        entry = progress.get(name) or StepProgress(step=name)
+        entry.status = status
+        if status == "done":
+            entry.percent = 100.0
+        progress[name] = entry
+        changed = True
+    return changed
+
+
 @dataclass
 class _Proc:
     """One worker process and the thread that reads its pipe."""
@@ -710,19 +727,7 @@ class QueueManager:
             doc, steps = {}, []
         if isinstance(doc, dict):
             observe_result(doc, time.monotonic() - slot.job_started)
-        changed = False
-        for report in steps:
-            name = str(report.get("name", ""))
-            status = str(report.get("status", ""))
-            if not name or status not in ("done", "skipped", "failed"):
-                continue
-            entry = slot.progress.get(name) or StepProgress(step=name)
-            entry.status = status
-            if status == "done":
-                entry.percent = 100.0
-            slot.progress[name] = entry
-            changed = True
-        if changed:
+        if apply_step_reports(slot.progress, steps):
             slot.progress_dirty = True
             await self._write_progress(slot, job)
         # speakers become people: contacts from linked voices and the call's numbers

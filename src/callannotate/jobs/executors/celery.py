@@ -52,7 +52,7 @@ from callannotate.jobs.executors.celery_app import (
 from callannotate.jobs.executors.external import ExternalExecutor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import try_lock, unlock
-from callannotate.jobs.manager import TIMEOUT, timeout_reason
+from callannotate.jobs.manager import TIMEOUT, apply_step_reports, timeout_reason
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner, JobStopped, PipelineRunner
 from callannotate.jobs.speaker_contacts import resolve_result
@@ -264,15 +264,7 @@ class JobHost:
             steps = json.loads(result).get("steps", [])
         except (ValueError, AttributeError):
             return
-        for report in steps if isinstance(steps, list) else []:
-            name, status = str(report.get("name", "")), str(report.get("status", ""))
-            if not name or status not in ("done", "skipped", "failed"):
-                continue
-            entry = channel.progress.get(name) or StepProgress(step=name)
-            entry.status = status
-            if status == "done":
-                entry.percent = 100.0
-            channel.progress[name] = entry
+        apply_step_reports(channel.progress, steps)
 
     def _finish(self, job: Job, channel: _TaskChannel, out: dict[str, Any]) -> str:
         queue = self.announcer.queue
