@@ -1,12 +1,11 @@
 """Unit tests beside the real-server ones: vCard parsing, normalising, duplicates, merging,
-the circuit breaker, and client behaviours no local server shows (Digest, expired tokens)."""
+and client behaviours no local server shows (Digest, expired tokens)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from callannotate.contacts.breaker import CircuitBreaker
 from callannotate.contacts.davclient import (
     CardDAVClient,
     PreconditionFailed,
@@ -176,20 +175,6 @@ def test_three_way_policies() -> None:
     assert merged.title == "t-local" and conflicts[0].resolution == "client"
     with pytest.raises(ValueError):
         three_way(base, local, server, "coin-flip")
-
-
-def test_breaker_opens_and_half_opens() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(failures=2, reset_s=10, clock=lambda: now[0])
-    breaker.failure("a")
-    assert breaker.allow("a")
-    breaker.failure("a")
-    assert not breaker.allow("a") and breaker.is_open("a")
-    now[0] = 11
-    assert breaker.allow("a")  # one trial
-    assert not breaker.allow("a")
-    breaker.success("a")
-    assert breaker.allow("a") and not breaker.is_open("a")
 
 
 def test_digest_auth_answers_the_challenge() -> None:

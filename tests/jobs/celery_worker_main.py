@@ -2,8 +2,9 @@
 
 ``python tests/jobs/celery_worker_main.py CONCURRENCY STEPS STEP_S [QUEUES [RUNNER]]``
 (RUNNER: ``sleep``, default; ``stubborn``: blocks without progress reports; ``deaf``: also
-ignores the soft time limit, so only the hard limit ends it); settings come
-from the environment (``CALLANNOTATE_DATA_DIR``, ``CALLANNOTATE_JOBS__BROKER_URL``,
+ignores the soft time limit, so only the hard limit ends it; ``flaky``: the first two
+attempts fail with a transient I/O error, counted in ``DATA_DIR/flaky-failures``); settings
+come from the environment (``CALLANNOTATE_DATA_DIR``, ``CALLANNOTATE_JOBS__BROKER_URL``,
 ``CALLANNOTATE_JOBS__QUEUE_PREFIX``, ...). The runner is :class:`fake_runners.SleepRunner`,
 inherited by the worker's forked children, so jobs are short and need no models.
 """
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import time
 
 from fake_runners import SleepRunner, StubbornRunner
+from flaky_runners import FlakyIORunner
 
 from callannotate.config import Settings
 from callannotate.jobs.executors.celery import run_celery_worker
@@ -46,6 +48,7 @@ def main() -> int:
     runners = {"sleep": SleepRunner(steps=steps, step_s=step_s)}
     runners["stubborn"] = StubbornRunner(block_s=600.0)
     runners["deaf"] = DeafRunner()
+    runners["flaky"] = FlakyIORunner(Path(settings.data_dir) / "flaky-failures", failures=2)
     runner = runners[kind]
     return run_celery_worker(settings, runner, concurrency=concurrency, queues=queues)
 

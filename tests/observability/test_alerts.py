@@ -10,6 +10,7 @@ interval and the window is a manual clock, so nothing sleeps for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import json
 import socket
@@ -29,7 +30,6 @@ from pydantic import SecretStr
 from queue_testing_local import submit_and_claim
 
 from callannotate.config import AlertSettings, MetricsSettings, QueueSettings, Settings
-from callannotate.contacts.breaker import CircuitBreaker
 from callannotate.jobs.callbacks import SIGNATURE_HEADER, verify_signature
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
@@ -38,6 +38,7 @@ from callannotate.jobs.service import JobService, build_job_service
 from callannotate.observability.alerts.conditions import Conditions
 from callannotate.observability.alerts.watcher import AlertWatcher, build_watcher
 from callannotate.observability.metrics import ALERT_NOTIFICATIONS
+from callannotate.resilience.breakers import Breaker
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
@@ -293,7 +294,8 @@ async def test_conditions_read_from_a_real_queue(tmp_path: Path) -> None:
     settings = alert_settings(tmp_path, disk_free_ratio=0.1)
     settings.metrics.job_duration_sla_s = 0.001  # any running job is over it
     queue = FileQueue(settings.queue_dir, settings.queue)
-    breaker = CircuitBreaker(failures=2, reset_s=60)
+    now = [0.0]
+    breaker = Breaker("contacts", failures=2, reset_s=60, clock=lambda: now[0], register=False)
     conditions = Conditions(
         settings, queue, None, breakers=lambda: {"contacts": breaker.open_keys()}
     )
@@ -309,8 +311,9 @@ async def test_conditions_read_from_a_real_queue(tmp_path: Path) -> None:
     lease["expires_at"] = "2000-01-01T00:00:00+00:00"
     lock.write_text(json.dumps(lease))
     waiting = submit(queue, waited_s=120)  # queued for longer than the 60 s SLA
-    breaker.failure("account-1")
-    breaker.failure("account-1")
+    for _ in range(2):
+        with contextlib.suppress(ConnectionError), breaker.guard("account-1"):
+            raise ConnectionError("CardDAV server down")
     by_name = {c.alert: c for c in conditions.evaluate()}
     assert {a for a, c in by_name.items() if c.firing} == {
         "queue_wait_sla",
@@ -328,7 +331,9 @@ async def test_conditions_read_from_a_real_queue(tmp_path: Path) -> None:
     queue.complete(running.name, b"{}")
     assert queue.claim("host:1:w1") is not None
     queue.complete(waiting.id, b"{}")
-    breaker.success("account-1")
+    now[0] += 61
+    with breaker.guard("account-1"):  # the trial call succeeds
+        pass
     assert firing() == set()
 
     # a nearly full disk: every filesystem is "nearly full" at a 99.9999 % threshold

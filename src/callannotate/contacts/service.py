@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from callannotate.config import Settings
 from callannotate.contacts import davclient as dav
-from callannotate.contacts.breaker import CircuitBreaker
 from callannotate.contacts.duplicates import Suggestion, find_duplicates
 from callannotate.contacts.merge import FieldConflict, merge_duplicates, three_way
 from callannotate.contacts.normalize import fold_query, name_key, normalize_phone, search_text
@@ -44,6 +44,8 @@ from callannotate.db.contact_models import (
 )
 from callannotate.db.engine import Database
 from callannotate.errors import BadRequest, CallAnnotateError, Conflict, NotFound
+from callannotate.observability.metrics import CONTACTS_LAST_SYNC, CONTACTS_SYNC
+from callannotate.resilience.breakers import Breaker, CircuitOpen
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,13 @@ class ContactsService:
         self.settings = settings
         self.cfg = settings.contacts
         self.db = db
-        self.breaker = CircuitBreaker(self.cfg.breaker_failures, self.cfg.breaker_reset_s)
+        # one circuit per account; only "server down" errors (dav.Unreachable) count
+        self.breaker = Breaker(
+            "contacts",
+            failures=self.cfg.breaker_failures,
+            reset_s=self.cfg.breaker_reset_s,
+            is_failure=lambda exc: isinstance(exc, dav.Unreachable),
+        )
         self.last_requests = 0  # HTTP requests of the last sync (benchmarks read it)
         self._stop = threading.Event()
         self._periodic: threading.Thread | None = None
@@ -275,40 +283,23 @@ class ContactsService:
         """Replay the outbox, then bring every book of the account up to date."""
         account = self.account(owner, account_id)
         result = SyncResult(account_id=account_id, ok=False)
-        if not self.breaker.allow(account_id):
-            result.error = "the server failed repeatedly; waiting before the next try"
-            result.outbox_left = self.pending_writes(owner, account_id)
-            return result
         client = self._client_for(account)
         try:
-            replayed, conflicts = self._replay(client, account)
-            result.outbox_replayed, result.conflicts = replayed, conflicts
-            with self.db.session() as session:
-                books = list(
-                    session.scalars(select(ContactBook).where(ContactBook.account_id == account_id))
-                )
-            for book in books:
-                before = client.requests
-                stats = self._sync_book(client, book)
-                result.books.append(
-                    SyncBookResult(
-                        book_id=book.id,
-                        mode=stats.mode,
-                        changed=stats.changed,
-                        removed=stats.removed,
-                        skipped=stats.skipped,
-                        requests=client.requests - before,
-                    )
-                )
-            result.ok = True
-            self.breaker.success(account_id)
+            with self.breaker.guard(account_id):
+                self._sync_account(client, account, result)
+            CONTACTS_SYNC.labels("ok").inc()
+            CONTACTS_LAST_SYNC.set(time.time())
             self._mark(account_id, reachable=True, error=None, synced=True)
+        except CircuitOpen as exc:
+            CONTACTS_SYNC.labels("circuit_open").inc()
+            result.error = f"the server failed repeatedly; waiting before the next try ({exc})"
         except dav.Unreachable as exc:
-            self.breaker.failure(account_id)
+            CONTACTS_SYNC.labels("failed").inc()
             result.error = f"server unreachable: {_short(exc)}"
             self._mark(account_id, reachable=False, error=result.error)
             logger.warning("contacts sync of %s stopped: %s", account_id, result.error)
         except dav.CardDAVError as exc:
+            CONTACTS_SYNC.labels("failed").inc()
             result.error = _short(exc)
             self._mark(account_id, reachable=True, error=result.error)
             logger.warning("contacts sync of %s failed: %s", account_id, result.error)
@@ -317,6 +308,32 @@ class ContactsService:
             client.close()
         result.outbox_left = self.pending_writes(owner, account_id)
         return result
+
+    def _sync_account(
+        self, client: dav.CardDAVClient, account: ContactAccount, result: SyncResult
+    ) -> None:
+        """The outbox, then every book of ``account``, into ``result`` (raises on failure)."""
+        account_id = account.id
+        replayed, conflicts = self._replay(client, account)
+        result.outbox_replayed, result.conflicts = replayed, conflicts
+        with self.db.session() as session:
+            books = list(
+                session.scalars(select(ContactBook).where(ContactBook.account_id == account_id))
+            )
+        for book in books:
+            before = client.requests
+            stats = self._sync_book(client, book)
+            result.books.append(
+                SyncBookResult(
+                    book_id=book.id,
+                    mode=stats.mode,
+                    changed=stats.changed,
+                    removed=stats.removed,
+                    skipped=stats.skipped,
+                    requests=client.requests - before,
+                )
+            )
+        result.ok = True
 
     def _mark(
         self, account_id: str, *, reachable: bool, error: str | None, synced: bool = False
@@ -677,16 +694,15 @@ class ContactsService:
 
     def _flush_soon(self, owner: str, account_id: str) -> None:
         """Try to push the outbox now; a down server leaves it for the next sync."""
-        if not self.breaker.allow(account_id):
-            return
         account = self.account(owner, account_id)
         client = self._client_for(account)
         try:
-            self._replay(client, account)
-            self.breaker.success(account_id)
+            with self.breaker.guard(account_id):
+                self._replay(client, account)
             self._mark(account_id, reachable=True, error=None)
+        except CircuitOpen:
+            return
         except dav.Unreachable as exc:
-            self.breaker.failure(account_id)
             self._mark(account_id, reachable=False, error=f"server unreachable: {_short(exc)}")
         except dav.CardDAVError as exc:
             self._mark(account_id, reachable=True, error=_short(exc))

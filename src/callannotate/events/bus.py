@@ -9,6 +9,11 @@ Two implementations share one interface:
   server) can publish. One Lua script per event increments the job's counter, appends the
   record to a capped list with a TTL and publishes it on one channel, atomically; every API
   process subscribes to that channel and fans events out to its own WebSocket connections.
+  A publish that meets a Redis blip is retried (``events.publish_attempts``, backoff with
+  jitter); the ``events_redis`` circuit breaker stops trying after ``events.breaker_failures``
+  failures in a row, so while Redis is down events are dropped at once (counted, logged once
+  per outage) instead of each waiting for a refused connection, and jobs go on. The
+  subscription reconnects by itself and tells WebSocket clients to resync.
 
 Publishing order: ``publish_nowait``/``publish_threadsafe`` put drafts on one outbox that a
 single task drains, so events from one producer keep their order (and so their sequence
@@ -32,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from callannotate.config import EventSettings
 from callannotate.events.models import BusEvent, EventDraft, Replay, iso_ts
-from callannotate.observability.metrics import observe_job_event
+from callannotate.observability.metrics import EVENTS_DROPPED, observe_job_event
+from callannotate.resilience.breakers import Breaker, CircuitOpen
+from callannotate.resilience.retry import RetryPolicy, async_retrying, is_transient
 
 if TYPE_CHECKING:
     from callannotate.jobs.events import JobEvent
@@ -154,8 +161,17 @@ class EventBus(ABC):
             draft = await outbox.get()
             try:
                 await self._publish(draft)
-            except Exception:
-                log.exception("publishing %s failed", draft.type, extra={"job_id": draft.job_id})
+            except CircuitOpen:
+                EVENTS_DROPPED.inc()  # the bus's dependency is down: logged when it opened
+                log.debug("event %s dropped: circuit open", draft.type)
+            except Exception as exc:
+                EVENTS_DROPPED.inc()
+                log.warning(
+                    "publishing %s failed: %s",
+                    draft.type,
+                    f"{type(exc).__name__}: {exc}"[:300],
+                    extra={"job_id": draft.job_id},
+                )
             finally:
                 outbox.task_done()
             # A burst must not starve the connections' writers: let them run between events.
@@ -279,6 +295,14 @@ class RedisEventBus(EventBus):
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self.client_name = ""
+        self.breaker = Breaker(
+            "events_redis",
+            failures=settings.breaker_failures,
+            reset_s=settings.breaker_reset_s,
+            is_failure=is_transient,
+        )
+        # a blip (a dropped connection, Redis restarting) is short: retry fast, in order
+        self.retry = RetryPolicy(settings.publish_attempts, initial_s=0.05, max_s=1.0)
 
     def _keys(self, job_id: str) -> tuple[str, str]:
         return f"{self._key_prefix}{job_id}:seq", f"{self._key_prefix}{job_id}:log"
@@ -359,15 +383,20 @@ class RedisEventBus(EventBus):
         if self._script is None:
             raise RuntimeError("Redis event bus is not started")
         seq_key, log_key = self._keys(draft.job_id)
-        seq = await self._script(
-            keys=[seq_key, log_key],
-            args=[
-                draft.record_body(),
-                self.settings.replay_limit,
-                max(1, math.ceil(self.settings.replay_ttl_s)),
-                self.channel,
-            ],
-        )
+        args = [
+            draft.record_body(),
+            self.settings.replay_limit,
+            max(1, math.ceil(self.settings.replay_ttl_s)),
+            self.channel,
+        ]
+        seq = 0
+        # One publish is one call through the breaker; inside it, a blip (a pooled connection
+        # Redis closed when it restarted, a reset) is retried at once with backoff, so only an
+        # event that could not be published at all counts towards opening the circuit.
+        with self.breaker.guard():
+            async for attempt in async_retrying(self.retry):
+                with attempt:
+                    seq = await self._script(keys=[seq_key, log_key], args=args)
         # Local listeners get the event through the channel subscription, like every process.
         return BusEvent.build(draft, int(seq))
 

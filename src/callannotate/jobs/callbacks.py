@@ -6,9 +6,14 @@ each ``job.completed`` / ``job.failed`` is announced once, by one process, howev
 processes share the Redis bus. Delivery runs in its own task: a slow or failing receiver never
 delays or fails the job.
 
-Each announcement is retried with exponential backoff and jitter (``callbacks.*`` settings)
-on network errors, timeouts, 408, 429 and 5xx, until ``max_attempts`` or ``max_elapsed_s``;
-any other answer is final. Every attempt is recorded in the job (``Job.callbacks``).
+Each announcement is retried with exponential backoff and jitter (tenacity, see
+:mod:`callannotate.resilience.retry`; ``callbacks.*`` settings) on network errors, timeouts,
+408, 425, 429 and 5xx, until ``max_attempts`` or ``max_elapsed_s``; any other answer is final.
+A circuit breaker per receiving host (``callbacks`` in :mod:`callannotate.resilience.breakers`)
+stops calling a host after ``breaker_failures`` failures in a row, for ``breaker_reset_s``;
+attempts meanwhile are recorded as not sent ("circuit open") and retried later. Every attempt
+is recorded in the job (``Job.callbacks``) and counted in
+``callannotate_webhook_deliveries_total{kind="callback", result}``.
 
 Signature (``X-CallAnnotate-Signature: t=<unix seconds>,v1=<hex>``): HMAC-SHA256 with key
 ``callbacks.secret`` over ``"<t>." + body``. A receiver recomputes it over the raw body,
@@ -23,13 +28,12 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
+import tenacity
 
 from callannotate import __version__
 from callannotate.config import Settings
@@ -38,6 +42,15 @@ from callannotate.jobs.callback_targets import Target, TargetPolicy, TargetRefus
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import CallbackAttempt, Job, JobState, utcnow
+from callannotate.observability.metrics import WEBHOOK_DELIVERIES
+from callannotate.resilience.breakers import Breaker, CircuitOpen
+from callannotate.resilience.retry import (
+    RetryPolicy,
+    TransientError,
+    async_retrying,
+    is_transient,
+    retryable_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +58,6 @@ SIGNATURE_HEADER = "X-CallAnnotate-Signature"
 EVENT_HEADER = "X-CallAnnotate-Event"
 DELIVERY_HEADER = "X-CallAnnotate-Delivery"
 ANNOUNCED = frozenset({"job.completed", "job.failed"})
-RETRY_STATUSES = frozenset({408, 425, 429})
 STOP_GRACE_S = 5.0
 
 
@@ -90,21 +102,34 @@ def summary(job: Job, event: str, public_url: str) -> dict[str, Any]:
     }
 
 
+def _count_retry(state: tenacity.RetryCallState) -> None:
+    """Count a failed attempt that will be tried again (tenacity's ``before_sleep``)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    result = "circuit_open" if isinstance(exc, CircuitOpen) else "retried"
+    WEBHOOK_DELIVERIES.labels("callback", result).inc()
+
+
 class CallbackDispatcher:
     """Delivers callbacks for the job events of this process, each in its own task."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        queue: FileQueue,
-        *,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, settings: Settings, queue: FileQueue) -> None:
         self.settings = settings
         self.config = settings.callbacks
         self.queue = queue
         self.policy = TargetPolicy(self.config.allowed_hosts)
-        self._jitter = jitter
+        self.retry = RetryPolicy(
+            attempts=self.config.max_attempts,
+            initial_s=self.config.backoff_initial_s,
+            max_s=self.config.backoff_max_s,
+            max_elapsed_s=self.config.max_elapsed_s,
+        )
+        # one circuit per receiving host; a 4xx answer proves the host is up
+        self.breaker = Breaker(
+            "callbacks",
+            failures=self.config.breaker_failures,
+            reset_s=self.config.breaker_reset_s,
+            is_failure=is_transient,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,11 +182,6 @@ class CallbackDispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def backoff(self, attempt: int) -> float:
-        """Wait after failed attempt ``attempt`` (1-based): exponential, half of it jittered."""
-        step = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2.0 ** (attempt - 1))
-        return float(step / 2 + self._jitter() * step / 2)
-
     async def _deliver(self, event: JobEvent) -> None:
         try:
             await self._announce(event)
@@ -179,51 +199,66 @@ class CallbackDispatcher:
             summary(job, event.type, self.settings.api.public_url), separators=(",", ":")
         ).encode()
         delivery = uuid.uuid4().hex
-        deadline = time.monotonic() + self.config.max_elapsed_s
-        for number in range(1, self.config.max_attempts + 1):
-            attempt, retry = await self._attempt(job.callback_url, event.type, delivery, body)
-            attempt.attempt = number
-            try:
-                await asyncio.to_thread(self.queue.record_callback, job.id, attempt)
-            except NotFound:
-                return
-            if attempt.delivered or not retry:
-                if not attempt.delivered:
-                    log.warning(
-                        "callback refused", extra={"job_id": job.id, "reason": attempt.error}
+        number = 0
+        try:
+            async for attempt in async_retrying(self.retry, before_sleep=_count_retry):
+                with attempt:
+                    number += 1
+                    record, error = await self._attempt(
+                        job.callback_url, event.type, delivery, body
                     )
-                return
-            delay = self.backoff(number)
-            if number == self.config.max_attempts or time.monotonic() + delay >= deadline:
-                break
-            await asyncio.sleep(delay)
-        log.warning("callback not delivered; giving up", extra={"job_id": job.id})
+                    record.attempt = number
+                    try:
+                        await asyncio.to_thread(self.queue.record_callback, job.id, record)
+                    except NotFound:
+                        return  # deleted meanwhile
+                    if error is not None:
+                        raise error
+        except CircuitOpen as exc:
+            WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
+            log.warning(
+                "callback not delivered; giving up",
+                extra={"job_id": job.id, "reason": str(exc), "attempts": number},
+            )
+        except Exception as exc:
+            WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
+            final = "callback not delivered; giving up" if is_transient(exc) else "callback refused"
+            log.warning(final, extra={"job_id": job.id, "reason": str(exc), "attempts": number})
+        else:
+            WEBHOOK_DELIVERIES.labels("callback", "delivered").inc()
 
     async def _attempt(
         self, url: str, event: str, delivery: str, body: bytes
-    ) -> tuple[CallbackAttempt, bool]:
-        """One POST; returns its record and whether a failure is worth retrying."""
+    ) -> tuple[CallbackAttempt, Exception | None]:
+        """One POST through the host's circuit; returns its record and, when it failed, the
+        error to raise (:func:`is_transient` decides whether it is retried)."""
         started_at = utcnow()
         t0 = time.monotonic()
         status: int | None = None
-        error: str | None = None
-        retry = False
+        failure: Exception | None = None
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 target = await self.policy.resolve(url)
-                response = await self._post(url, target, event, delivery, body)
-            status = response.status_code
+            # the timeout inside the guard: a receiver that hangs counts against its host
+            with self.breaker.guard(target.host):
+                async with asyncio.timeout(self.config.timeout_s):
+                    response = await self._post(url, target, event, delivery, body)
+                status = response.status_code
+                if retryable_status(status):  # counts against the host's circuit
+                    raise TransientError(f"HTTP {status}")
             if not 200 <= status < 300:
-                error = f"HTTP {status}"
-                retry = status >= 500 or status in RETRY_STATUSES
-        except TargetRefused as exc:
-            error = f"refused: {exc}"
+                failure = ValueError(f"HTTP {status}")  # 4xx: final
+        except (TargetRefused, CircuitOpen, TransientError) as exc:
+            failure = exc
         except TimeoutError:
-            error = f"timed out after {self.config.timeout_s:g} s"
-            retry = True
+            failure = TimeoutError(f"timed out after {self.config.timeout_s:g} s")
         except (httpx.HTTPError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
-            retry = True
+            failure = ConnectionError(f"{type(exc).__name__}: {exc}"[:300])
+        error: str | None = None
+        if isinstance(failure, TargetRefused):
+            error = f"refused: {failure}"
+        elif failure is not None:
+            error = str(failure)
         record = CallbackAttempt(
             event=event,
             attempt=0,
@@ -231,9 +266,9 @@ class CallbackDispatcher:
             status_code=status,
             error=error,
             duration_ms=round((time.monotonic() - t0) * 1000.0, 1),
-            delivered=error is None,
+            delivered=failure is None,
         )
-        return record, retry
+        return record, failure
 
     async def _post(
         self, url: str, target: Target, event: str, delivery: str, body: bytes

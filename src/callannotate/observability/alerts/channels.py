@@ -2,8 +2,10 @@
 
 A channel's :meth:`send` makes one attempt and raises :class:`DeliveryError` (saying whether
 another attempt could succeed); :func:`deliver` retries with exponential backoff and jitter
-(``alerts.max_attempts``, ``alerts.backoff_*``) and counts every outcome in
-``callannotate_alert_notifications_total{channel, outcome}``.
+(tenacity; ``alerts.max_attempts``, ``alerts.backoff_*``) through the receiver's circuit
+breaker (``alerts_webhook`` per URL, ``alerts_email``; ``alerts.breaker_*``), and counts every
+outcome in ``callannotate_alert_notifications_total{channel, outcome}`` and
+``callannotate_webhook_deliveries_total{kind="alert"}`` / ``callannotate_email_deliveries_total``.
 
 Webhook bodies are signed exactly like job callbacks (:func:`callannotate.jobs.callbacks.sign`,
 header ``X-CallAnnotate-Signature: t=<unix seconds>,v1=<hex>``), so one receiver verifies
@@ -18,22 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 import httpx
+import tenacity
 
 from callannotate import __version__
 from callannotate.config import AlertSettings, Settings
 from callannotate.jobs.callbacks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from callannotate.observability.alerts.notice import Notice
-from callannotate.observability.metrics import ALERT_NOTIFICATIONS
+from callannotate.observability.metrics import (
+    ALERT_NOTIFICATIONS,
+    EMAIL_DELIVERIES,
+    WEBHOOK_DELIVERIES,
+)
+from callannotate.resilience.breakers import Breaker, CircuitOpen
+from callannotate.resilience.retry import RetryPolicy, async_retrying
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,17 @@ class DeliveryError(Exception):
         self.retry = retry
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, DeliveryError):
+        return exc.retry
+    return isinstance(exc, TimeoutError | CircuitOpen)
+
+
 class Channel(Protocol):
     name: str  # the metric label: "webhook" or "email"
     target: str  # for logs: the URL or the recipients
+    breaker: Breaker  # alerts_webhook (one circuit per URL) or alerts_email
+    key: str  # the circuit's key
 
     async def send(self, notice: Notice) -> None: ...
 
@@ -58,9 +73,13 @@ class Channel(Protocol):
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, url: str, cfg: AlertSettings, secret: bytes | None) -> None:
+    def __init__(
+        self, url: str, cfg: AlertSettings, secret: bytes | None, breaker: Breaker
+    ) -> None:
         self.target = url
         self.url = url
+        self.breaker = breaker
+        self.key = url
         self.secret = secret
         # No proxies from the environment, no redirects: the operator's URL, as configured.
         self._client = httpx.AsyncClient(
@@ -93,9 +112,11 @@ class WebhookChannel:
 class EmailChannel:
     name = "email"
 
-    def __init__(self, cfg: AlertSettings) -> None:
+    def __init__(self, cfg: AlertSettings, breaker: Breaker) -> None:
         self.cfg = cfg
         self.target = ", ".join(cfg.email_to)
+        self.breaker = breaker
+        self.key = ""
 
     def message(self, notice: Notice) -> EmailMessage:
         msg = EmailMessage()
@@ -152,18 +173,33 @@ def build_channels(settings: Settings) -> list[Channel]:
     cfg = settings.alerts
     secret_setting = cfg.webhook_secret or settings.callbacks.secret
     secret = secret_setting.get_secret_value().encode() if secret_setting else None
-    channels: list[Channel] = [WebhookChannel(url, cfg, secret) for url in cfg.webhook_urls]
+    channels: list[Channel] = []
+    if cfg.webhook_urls:
+        hooks = Breaker(
+            "alerts_webhook",
+            failures=cfg.breaker_failures,
+            reset_s=cfg.breaker_reset_s,
+            is_failure=_worth_retrying,
+        )
+        channels += [WebhookChannel(url, cfg, secret, hooks) for url in cfg.webhook_urls]
     if cfg.webhook_urls and secret is None:
         log.warning("alerts.webhook_secret and callbacks.secret unset: alert webhooks unsigned")
     if cfg.email_to:
-        channels.append(EmailChannel(cfg))
+        smtp = Breaker(
+            "alerts_email",
+            failures=cfg.breaker_failures,
+            reset_s=cfg.breaker_reset_s,
+            is_failure=_worth_retrying,
+        )
+        channels.append(EmailChannel(cfg, smtp))
     return channels
 
 
-def backoff(cfg: AlertSettings, attempt: int, jitter: Callable[[], float] = random.random) -> float:
-    """Wait after failed attempt ``attempt`` (1-based): exponential, half of it jittered."""
-    step = min(cfg.backoff_max_s, cfg.backoff_initial_s * 2.0 ** (attempt - 1))
-    return float(step / 2 + jitter() * step / 2)
+def _count(channel: Channel, result: str) -> None:
+    if channel.name == "email":
+        EMAIL_DELIVERIES.labels(result).inc()
+    else:
+        WEBHOOK_DELIVERIES.labels("alert", result).inc()
 
 
 async def deliver(channel: Channel, notice: Notice, cfg: AlertSettings) -> bool:
@@ -174,22 +210,32 @@ async def deliver(channel: Channel, notice: Notice, cfg: AlertSettings) -> bool:
         "channel": channel.name,
         "target": channel.target,
     }
-    for attempt in range(1, cfg.max_attempts + 1):
-        try:
-            async with asyncio.timeout(cfg.timeout_s + 5):
-                await channel.send(notice)
-        except (DeliveryError, TimeoutError) as exc:
-            retry = exc.retry if isinstance(exc, DeliveryError) else True
-            error = str(exc) or "timed out"
-            if retry and attempt < cfg.max_attempts:
-                ALERT_NOTIFICATIONS.labels(channel.name, "retried").inc()
-                log.info("alert delivery failed; retrying", extra={**extra, "error": error})
-                await asyncio.sleep(backoff(cfg, attempt))
-                continue
-            ALERT_NOTIFICATIONS.labels(channel.name, "failed").inc()
-            log.warning("alert not delivered", extra={**extra, "error": error, "attempts": attempt})
-            return False
-        ALERT_NOTIFICATIONS.labels(channel.name, "delivered").inc()
-        log.info("alert delivered", extra={**extra, "attempts": attempt})
-        return True
-    return False  # pragma: no cover - the loop always returns
+    policy = RetryPolicy(cfg.max_attempts, cfg.backoff_initial_s, cfg.backoff_max_s)
+    attempts = 0
+
+    def retrying(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        ALERT_NOTIFICATIONS.labels(channel.name, "retried").inc()
+        _count(channel, "circuit_open" if isinstance(exc, CircuitOpen) else "retried")
+        error = str(exc) or "timed out"
+        log.info("alert delivery failed; retrying", extra={**extra, "error": error})
+
+    try:
+        async for attempt in async_retrying(
+            policy, retry_if=_worth_retrying, before_sleep=retrying
+        ):
+            with attempt:
+                attempts += 1
+                with channel.breaker.guard(channel.key):
+                    async with asyncio.timeout(cfg.timeout_s + 5):
+                        await channel.send(notice)
+    except (DeliveryError, TimeoutError, CircuitOpen) as exc:
+        ALERT_NOTIFICATIONS.labels(channel.name, "failed").inc()
+        _count(channel, "failed")
+        error = str(exc) or "timed out"
+        log.warning("alert not delivered", extra={**extra, "error": error, "attempts": attempts})
+        return False
+    ALERT_NOTIFICATIONS.labels(channel.name, "delivered").inc()
+    _count(channel, "delivered")
+    log.info("alert delivered", extra={**extra, "attempts": attempts})
+    return True

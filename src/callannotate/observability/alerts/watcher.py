@@ -31,6 +31,7 @@ from callannotate.observability.alerts.channels import Channel, build_channels, 
 from callannotate.observability.alerts.conditions import BreakerReader, Condition, Conditions
 from callannotate.observability.alerts.notice import Notice
 from callannotate.observability.metrics import ALERT_NOTIFICATIONS, ALERTS_FIRING
+from callannotate.resilience.breakers import breakers
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,13 @@ def build_watcher(
     return AlertWatcher(settings, queue, executor, breakers=breakers)
 
 
-def open_breakers(state: Any) -> dict[str, list[str]]:
-    """Open circuit breakers of the services an app built so far (``app.state``); a service
-    not used yet (contacts never asked for) has no breaker to read, and is not built here."""
-    contacts = getattr(state, "contacts_service", None)
-    breaker = getattr(contacts, "breaker", None)
-    return {"contacts": breaker.open_keys()} if breaker is not None else {}
+WATCHED_BREAKERS = ("contacts", "events_redis")
+
+
+def open_breakers(state: Any = None) -> dict[str, list[str]]:
+    """Open circuits of every breaker this process built so far
+    (:mod:`callannotate.resilience.breakers`); a service not used yet (contacts never asked
+    for) has no breaker to read, and is not built here. Only the service's own dependencies
+    alert: the alert receivers' breakers are left out (a notice about them could not be
+    delivered), and so are job callbacks (a client's receiver being down is the client's)."""
+    return {b.name: b.open_keys() for b in breakers() if b.name in WATCHED_BREAKERS}
