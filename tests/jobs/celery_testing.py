@@ -72,6 +72,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "CALLANNOTATE_WORKERS__JOB_TIMEOUT_S": str(settings.workers.job_timeout_s),
             "CALLANNOTATE_WORKERS__TIMEOUT_GRACE_S": str(settings.workers.timeout_grace_s),
             "CALLANNOTATE_EVENTS__BACKEND": "memory",
+            "CALLANNOTATE_JOBS__HEARTBEAT_INTERVAL_S": str(settings.jobs.heartbeat_interval_s),
         }
     )
     return env

@@ -30,6 +30,7 @@ def new_job(
     options: AnnotateOptions | None = None,
     stored_as: str = "audio.wav",
     callback_url: str | None = None,
+    priority: int = 5,
 ) -> Job:
     """Stage an upload the way the API does and submit it."""
     job_id = queue.new_job_id()
@@ -54,5 +55,6 @@ def new_job(
         audio=meta,
         options=options or AnnotateOptions(),
         callback_url=callback_url,
+        priority=priority,
     )
     return queue.submit(job, staged)

@@ -173,6 +173,7 @@ def test_submit_while_the_broker_is_down_is_kept_and_sent_later(tmp_path: Path) 
     from celery_testing import BROKER_URL, cleanup_broker, redis_or_skip, unique_prefix
 
     from callannotate.jobs.executors.celery import CeleryExecutor, build_app
+    from callannotate.jobs.executors.celery_app import message_priority
 
     redis_or_skip()
     prefix = unique_prefix()
@@ -195,7 +196,8 @@ def test_submit_while_the_broker_is_down_is_kept_and_sent_later(tmp_path: Path) 
         executor._resend()
         assert executor._unsent == set()
         client = redis.Redis.from_url(BROKER_URL)
-        key = f"{prefix}:{prefix}.heavy"
+        # one Redis list per priority step: the default priority 5 is sent as step 4
+        key = f"{prefix}:{prefix}.heavy\x06\x16{message_priority(job.priority)}"
         assert client.llen(key) == 1
         assert job.id in client.lindex(key, 0).decode()
     finally:

@@ -41,6 +41,11 @@ class HealthBody(BaseModel):
 class ReadyBody(BaseModel):
     status: str = "ready"
     checks: dict[str, str] = Field(description="Each check and its outcome ('ok' or why not).")
+    breakers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Admins: each circuit breaker of this process and its state (closed, open, "
+        "half_open). An open breaker degrades an optional feature; it never makes /ready 503.",
+    )
 
 
 class StepModel(BaseModel):

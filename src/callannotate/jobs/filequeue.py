@@ -132,7 +132,9 @@ class FileQueue:
         self._depth = 0
         self._qfd: int | None = None
         self._held: dict[str, int] = {}  # job id -> fd holding its .lock (jobs this process runs)
-        self._cache: dict[Path, tuple[tuple[int, int, int], Job]] = {}
+        # job.json -> (stat key, its bytes, the parsed record). The parsed record is shared
+        # and never mutated (``_peek``); callers get fresh copies from the bytes (``_read``).
+        self._cache: dict[Path, tuple[tuple[int, int, int], bytes, Job]] = {}
         self._host = socket.gethostname()
 
     # ------------------------------------------------------------------ locking helpers
@@ -206,22 +208,37 @@ class FileQueue:
                     return folder, path
         return None
 
-    def _read(self, folder: str, path: Path) -> Job:
+    def _load(self, path: Path) -> tuple[bytes, Job]:
+        """The record's bytes and its parsed form, cached by (inode, mtime, size)."""
         file = path / JOB_FILE
         st = file.stat()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(file)
         if cached is not None and cached[0] == key:
-            job = cached[1].model_copy(deep=True)
-        else:
-            job = Job.model_validate_json(file.read_bytes())
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[file] = (key, job.model_copy(deep=True))
+            return cached[1], cached[2]
+        raw = file.read_bytes()
+        job = Job.model_validate_json(raw)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[file] = (key, raw, job)
+        return raw, job
+
+    def _peek(self, folder: str, path: Path) -> tuple[Job, JobState]:
+        """A read-only view of the record (shared: do not mutate) and its state as its folder
+        says. Cheap: for scans (list, claim) that only look at a few fields."""
+        job = self._load(path)[1]
+        allowed = _STATES_IN_FOLDER[folder]
+        # The folder is the truth: a crash between the job.json write and the rename
+        # leaves the record one step ahead of its folder.
+        return job, job.state if job.state in allowed else allowed[0]
+
+    def _read(self, folder: str, path: Path) -> Job:
+        """A fresh, mutable copy of the record (parsed again from the cached bytes, which
+        costs a fifth of a deep copy)."""
+        raw, _ = self._load(path)
+        job = Job.model_validate_json(raw)
         allowed = _STATES_IN_FOLDER[folder]
         if job.state not in allowed:
-            # The folder is the truth: a crash between the job.json write and the rename
-            # leaves the record one step ahead of its folder.
             job.state = allowed[0]
         return job
 
@@ -289,11 +306,11 @@ class FileQueue:
         folders = FOLDERS
         if states:
             folders = tuple(f for f in FOLDERS if set(_STATES_IN_FOLDER[f]) & states)
-        jobs: builtins.list[Job] = []
+        seen: dict[str, tuple[datetime, str, str, Path]] = {}
         for folder in folders:
             for path in self._job_dirs(folder):
                 try:
-                    job = self._read(folder, path)
+                    job, state = self._peek(folder, path)
                 except FileNotFoundError:
                     continue  # moved to another folder meanwhile
                 except ValueError:
@@ -301,15 +318,23 @@ class FileQueue:
                     continue
                 if owner is not None and job.owner != owner:
                     continue
-                if states and job.state not in states:
+                if states and state not in states:
                     continue
-                jobs.append(job)
-        # A job renamed between two folder scans can be seen twice: keep one.
-        unique = {job.id: job for job in jobs}
-        ordered = sorted(unique.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+                # A job renamed between two folder scans can be seen twice: keep one.
+                seen[job.id] = (job.created_at, job.id, folder, path)
+        ordered = sorted(seen.values(), key=lambda c: (c[0], c[1]), reverse=True)
         offset = max(0, offset)
         limit = max(0, limit)
-        return ordered[offset : offset + limit], len(ordered)
+        page: builtins.list[Job] = []
+        for _, job_id, folder, path in ordered[offset : offset + limit]:
+            try:
+                page.append(self._read(folder, path))
+            except (FileNotFoundError, ValueError):
+                try:  # moved since the scan: read it where it is now
+                    page.append(self.get(job_id))
+                except NotFound:
+                    continue
+        return page, len(ordered)
 
     def counts(self) -> dict[str, int]:
         return {folder: sum(1 for _ in self._job_dirs(folder)) for folder in FOLDERS}
@@ -360,6 +385,8 @@ class FileQueue:
 
     def _transition(self, path: Path, job: Job, folder: str) -> Job:
         """Write the new record into the job folder, then rename the folder into ``folder``."""
+        if folder != PROCESSING:
+            job.end_attempt()  # the attempt's outcome follows from the job's new state
         self._save(path, job)
         self._move(path, folder)
         return job
@@ -431,19 +458,25 @@ class FileQueue:
     # ------------------------------------------------------------------ running
 
     def claim(self, worker_id: str) -> Job | None:
-        """Take the oldest queued job: lock it, move it to processing, count an attempt."""
+        """Take the next queued job: highest ``priority`` first, oldest first within a
+        priority. Lock it, move it to processing, count an attempt."""
         with self._locked():
-            candidates: builtins.list[tuple[datetime, str, Path, Job]] = []
+            candidates: builtins.list[tuple[int, datetime, str, Path]] = []
             for path in self._job_dirs(INCOMING):
+                try:
+                    seen, _ = self._peek(INCOMING, path)
+                except (FileNotFoundError, ValueError):
+                    continue
+                candidates.append((-seen.priority, seen.created_at, seen.id, path))
+            candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+            for _, _, job_id, path in candidates:
+                fd = try_lock(path / LOCK_FILE)
+                if fd is None:
+                    continue
                 try:
                     job = self._read(INCOMING, path)
                 except (FileNotFoundError, ValueError):
-                    continue
-                candidates.append((job.created_at, job.id, path, job))
-            candidates.sort(key=lambda c: (c[0], c[1]))
-            for _, job_id, path, job in candidates:
-                fd = try_lock(path / LOCK_FILE)
-                if fd is None:
+                    unlock(fd)
                     continue
                 try:
                     job.state = JobState.RUNNING
@@ -451,6 +484,7 @@ class FileQueue:
                     job.started_at = utcnow()
                     job.finished_at = None
                     job.worker = worker_id
+                    job.begin_attempt(worker_id)
                     self._write_lease(fd, job_id, worker_id)
                     self._transition(path, job, PROCESSING)
                 except BaseException:
@@ -493,6 +527,7 @@ class FileQueue:
                 job.started_at = utcnow()
                 job.finished_at = None
                 job.worker = worker_id
+                job.begin_attempt(worker_id)
                 self._write_lease(fd, job_id, worker_id)
                 if folder == INCOMING:
                     self._transition(path, job, PROCESSING)
@@ -564,6 +599,7 @@ class FileQueue:
             else:
                 job.state = JobState.QUEUED
                 job.attempts = max(0, job.attempts - 1)
+                job.end_attempt("released", "returned to the queue at shutdown")
                 job.worker = None
                 job.started_at = None
                 job.progress = []

@@ -14,7 +14,7 @@ from pathlib import Path
 from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import PRIVATE_FILE
-from callannotate.jobs.models import AudioMeta, Job
+from callannotate.jobs.models import DEFAULT_PRIORITY, AudioMeta, Job
 from callannotate.jobs.speaker_contacts import numbers_from_filename
 from callannotate.observability.logging import request_id_var
 from callannotate.pipeline.audio import decode as audio_io
@@ -62,13 +62,15 @@ def new_job(
     callback_url: str | None = None,
     caller: str | None = None,
     callee: str | None = None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> Job:
     """Probe ``staged_path`` (``InvalidAudio`` when it is not audio), build the job record and
     queue it durably (the staged file is moved into the job folder, mode 0600).
 
     ``filename`` is the display name (already made safe by the caller). ``caller`` and
     ``callee`` are E.164 numbers; when neither is given they are read from ``filename`` with
-    ``call.filename_pattern`` (when set). Blocking: call it
+    ``call.filename_pattern`` (when set). ``priority`` (0-9, 9 most urgent) orders the
+    queue. Blocking: call it
     from a worker thread. The caller announces the job (``job.queued``) once this returns.
     """
     if caller is None and callee is None:  # a call recorder's file name may carry them
@@ -86,6 +88,7 @@ def new_job(
         callback_url=callback_url,
         caller=caller,
         callee=callee,
+        priority=priority,
         request_id=request_id_var.get(),  # correlates the worker's log lines with the request
         audio=AudioMeta(
             filename=filename,

@@ -48,6 +48,7 @@ from callannotate.errors import CallAnnotateError, Conflict, NotFound
 from callannotate.jobs.events import EventCallback, JobEvent, JobEventType
 from callannotate.jobs.executors.base import WorkerInfo
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.speaker_contacts import resolve_result
@@ -166,6 +167,7 @@ class QueueManager:
         self._wake: asyncio.Event | None = None
         self._claim_lock: asyncio.Lock | None = None
         self._host = socket.gethostname()
+        self._registry = WorkerRegistry.from_settings(settings)  # heartbeat records
 
     # ------------------------------------------------------------------ public API
 
@@ -364,8 +366,17 @@ class QueueManager:
         if proc.process.is_alive():
             proc.process.kill()
         await asyncio.to_thread(proc.process.join, 10)
+        self._forget_record(proc)
         with contextlib.suppress(OSError):
             proc.conn.close()
+
+    def _forget_record(self, proc: _Proc) -> None:
+        """Delete the heartbeat record of a worker process we reaped (known gone, replaced;
+        not a lost worker)."""
+        pid = proc.process.pid
+        if pid is not None and not proc.process.is_alive():
+            with contextlib.suppress(OSError):
+                self._registry.remove(self._host, pid)
 
     async def _respawn(self, slot: _Slot, *, failed_start: bool = False) -> None:
         """Replace a worker; one that keeps dying before it is ready is restarted with backoff."""
@@ -403,6 +414,7 @@ class QueueManager:
         if proc.process.is_alive():
             proc.process.kill()
             await asyncio.to_thread(proc.process.join, 5)
+        self._forget_record(proc)
         with contextlib.suppress(OSError):
             proc.conn.close()
 
@@ -661,7 +673,9 @@ class QueueManager:
                 error = str(msg.get("error") or "unknown error")
                 if msg.get("reason") == TIMEOUT:
                     error = timeout_reason(self.settings, killed=False)
-                await self._finish(job, lambda jid: self.queue.fail(jid, error))
+                # transient: back to the queue while queue.max_attempts allow (job.history)
+                retry = bool(msg.get("transient"))
+                await self._finish(job, lambda jid: self.queue.fail(jid, error, retry=retry))
             slot.jobs_done += 1
             if retire:
                 await self._recycle(slot)

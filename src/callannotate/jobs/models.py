@@ -14,6 +14,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+
+
 class JobState(StrEnum):
     """Queue folder a job lives in. ``running`` jobs live in ``processing``."""
 
@@ -64,6 +69,27 @@ class CallbackAttempt(BaseModel):
     delivered: bool = Field(description="True when the receiver answered 2xx.")
 
 
+MAX_HISTORY = 50  # attempts kept in Job.history (oldest dropped)
+
+
+class JobAttempt(BaseModel):
+    """One attempt to run a job (``Job.history``), whichever executor ran it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(description="Job.attempts when the attempt started (1 for the first).")
+    worker: str | None = Field(None, description="The worker that ran it.")
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: str = Field(
+        "running",
+        description="running, completed, failed (final), retried (failed with a transient "
+        "error, or its process died: back in the queue), interrupted (its process died and "
+        "another took the job over), released (returned at shutdown, not counted), cancelled.",
+    )
+    error: str | None = Field(None, description="Why the attempt did not complete.")
+
+
 class Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +102,13 @@ class Job(BaseModel):
         None, description="The calling number (E.164), from the upload or the file name."
     )
     callee: str | None = Field(None, description="The called number (E.164).")
+    priority: int = Field(
+        DEFAULT_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="0 (lowest) to 9 (most urgent): queued jobs start highest priority first, "
+        "oldest first within a priority.",
+    )
     audio: AudioMeta
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -95,3 +128,31 @@ class Job(BaseModel):
     callbacks: list[CallbackAttempt] = Field(
         default_factory=list, description="Delivery attempts of callback_url, oldest first."
     )
+    history: list[JobAttempt] = Field(
+        default_factory=list,
+        description="Every attempt to run the job, oldest first, with its outcome and error.",
+    )
+
+    def begin_attempt(self, worker: str) -> None:
+        """Record that attempt ``attempts`` starts now on ``worker`` (the file queue calls it
+        when a worker claims the job); an attempt still open was cut short by its process."""
+        self.end_attempt("interrupted", "the process running this attempt died")
+        started = self.started_at or utcnow()
+        self.history.append(JobAttempt(attempt=self.attempts, worker=worker, started_at=started))
+        del self.history[:-MAX_HISTORY]
+
+    def end_attempt(self, outcome: str | None = None, error: str | None = None) -> None:
+        """Close the open attempt: with ``outcome`` as given, or from the job's new state."""
+        if not self.history or self.history[-1].ended_at is not None:
+            return
+        last = self.history[-1]
+        if outcome is None:
+            outcome = {
+                JobState.COMPLETED: "completed",
+                JobState.CANCELLED: "cancelled",
+                JobState.QUEUED: "retried",
+            }.get(self.state, "failed")
+            error = None if self.state == JobState.COMPLETED else self.error
+        last.ended_at = utcnow()
+        last.outcome = outcome
+        last.error = error

@@ -17,8 +17,9 @@ worker -> manager
     as they are decoded (batched: at most one message per ``PARTIAL_MIN_INTERVAL_S`` or per
     ``PARTIAL_MAX_WORDS`` words, plus what is left when a step ends and when the job ends);
     ``{"type": "done", "job_id", "result"}`` (the Annotation JSON) or
-    ``{"type": "error", "job_id", "error", "reason"?}`` when it ends (``reason``:
-    ``timeout`` for a job stopped on request).
+    ``{"type": "error", "job_id", "error", "reason"?, "transient"?}`` when it ends
+    (``reason``: ``timeout`` for a job stopped on request; ``transient``: the error is worth
+    another attempt, see :func:`callannotate.resilience.retry.is_transient`).
 
 The worker holds no queue locks: the manager owns the job while the worker computes, so a
 worker that dies (even by SIGKILL) leaves nothing half-written in the queue.
@@ -39,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
+from callannotate.jobs.heartbeat import start_heartbeat
 from callannotate.jobs.runner import JobContext, JobRequest, JobRunner, JobStopped
 from callannotate.observability.logging import configure_logging, job_context, request_context
+from callannotate.resilience.retry import is_transient
 
 if TYPE_CHECKING:
     from callannotate.pipeline.types import Word
@@ -111,6 +114,11 @@ class _Control:
             if self._job_id == job_id:
                 self._stop = reason
 
+    def current(self) -> str | None:
+        """The id of the job running now, if any."""
+        with self._lock:
+            return self._job_id
+
     def check(self) -> None:
         """Raise :class:`JobStopped` when the running job was asked to stop."""
         reason = self._stop
@@ -178,7 +186,10 @@ def _run_job(
         return {"type": "error", "job_id": job_id, "error": f"{exc.code}: {exc.detail}"}
     except Exception as exc:  # the job fails; the worker keeps serving
         log.exception("job failed in worker", extra={"job_id": job_id})
-        return {"type": "error", "job_id": job_id, "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        # a transient error (temporary I/O, a dependency down) is worth another attempt;
+        # domain errors above (undecodable audio, invalid options) never are
+        return {"type": "error", "job_id": job_id, "error": error, "transient": is_transient(exc)}
     finally:
         control.end()
     return {"type": "done", "job_id": job_id, "result": result}
@@ -241,6 +252,22 @@ def worker_main(conn: Connection, settings: Settings, name: str, runner: JobRunn
     ).start()
     preload_error = runner.preload(settings)
     log.info("worker ready", extra={"worker": name, "models_ok": preload_error is None})
+    done = [0]  # jobs finished, for the heartbeat record
+
+    def running() -> tuple[list[str], int]:
+        job_id = control.current()
+        return ([job_id] if job_id else []), done[0]
+
+    heartbeat = start_heartbeat(
+        settings,
+        executor="local",
+        name=name,
+        concurrency=settings.workers.concurrency,
+        queues=["local"],
+        running=running,
+        runner=runner,
+        preload_error=preload_error,
+    )
     try:
         load_seconds = getattr(runner, "load_seconds", None)  # per step, for the metrics
         conn.send(
@@ -252,9 +279,12 @@ def worker_main(conn: Connection, settings: Settings, name: str, runner: JobRunn
             }
         )
         while (msg := jobs.get()) is not None:
-            conn.send(_run_job(conn, settings, runner, control, msg))
+            out = _run_job(conn, settings, runner, control, msg)
+            done[0] += 1
+            conn.send(out)
     except (BrokenPipeError, EOFError, OSError):
         pass  # the manager went away while we talked to it
     finally:
+        heartbeat.stop(remove=True)
         with contextlib.suppress(OSError):
             conn.close()

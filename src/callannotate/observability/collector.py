@@ -40,6 +40,7 @@ from callannotate.jobs.filequeue import (
     FileQueue,
     valid_job_id,
 )
+from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.observability.metrics import PREFIX
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Source:
     queue: FileQueue
     executor: Executor | None
     settings: MetricsSettings
+    registry: WorkerRegistry | None = None  # heartbeat records of every worker process
 
 
 class _CreatedAt:
@@ -120,6 +122,8 @@ class ServiceCollector(Collector):
         try:
             yield from self._queue_metrics(source.queue)
             yield from self._worker_metrics(source)
+            if source.registry is not None:
+                yield from registry_metrics(source.registry)
             yield from self._disk_metrics(source.queue.root)
             sla = GaugeMetricFamily(
                 f"{PREFIX}_sla_seconds",
@@ -217,6 +221,38 @@ class ServiceCollector(Collector):
         )
 
 
+def registry_metrics(registry: WorkerRegistry) -> Iterator[Metric]:
+    """Workers of every process and executor (Celery children too), from their heartbeat
+    records in the data folder: counted alive or lost, oldest heartbeat, memory."""
+    workers = registry.snapshot(clean=False)
+    count = GaugeMetricFamily(
+        f"{PREFIX}_registered_workers",
+        "Worker processes with a heartbeat record (data_dir/workers), by executor and state "
+        "(lost: heartbeat older than jobs.worker_lost_after_s).",
+        labels=["executor", "state"],
+    )
+    age = GaugeMetricFamily(
+        f"{PREFIX}_registered_worker_heartbeat_age_seconds",
+        "Age of the stalest heartbeat among the workers not yet counted lost, by executor.",
+        labels=["executor"],
+    )
+    rss = GaugeMetricFamily(
+        f"{PREFIX}_registered_worker_rss_bytes",
+        "Resident memory of the workers not counted lost, summed, by executor.",
+        labels=["executor"],
+    )
+    for executor in ("local", "celery"):
+        mine = [w for w in workers if w.executor == executor]
+        live = [w for w in mine if not w.lost]
+        count.add_metric([executor, "alive"], len(live))
+        count.add_metric([executor, "lost"], len(mine) - len(live))
+        age.add_metric([executor], max((w.heartbeat_age_s for w in live), default=0.0))
+        rss.add_metric([executor], sum(w.rss_bytes for w in live))
+    yield count
+    yield age
+    yield rss
+
+
 def _job_names(folder: Path) -> list[str]:
     """Job folder names in ``folder`` (the queue only ever puts job folders there)."""
     try:
@@ -279,9 +315,15 @@ COLLECTOR = ServiceCollector()
 REGISTRY.register(COLLECTOR)
 
 
-def install(queue: FileQueue, executor: Executor | None, settings: MetricsSettings) -> Source:
-    """Export the state of ``queue`` and ``executor`` from now on (replaces a previous one)."""
-    source = Source(queue=queue, executor=executor, settings=settings)
+def install(
+    queue: FileQueue,
+    executor: Executor | None,
+    settings: MetricsSettings,
+    registry: WorkerRegistry | None = None,
+) -> Source:
+    """Export the state of ``queue`` and ``executor`` (and the workers of ``registry``) from
+    now on (replaces a previous one)."""
+    source = Source(queue=queue, executor=executor, settings=settings, registry=registry)
     COLLECTOR.attach(source)
     return source
 

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, start_http_server
 from callannotate.config import MetricsSettings, Settings
 from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.observability.collector import Source, install, uninstall
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class MetricsExport:
         self._source: Source | None = None
 
     def start(self) -> None:
-        self._source = install(self.queue, self.executor, self.settings.metrics)
+        registry = WorkerRegistry.from_settings(self.settings)  # every process's workers
+        self._source = install(self.queue, self.executor, self.settings.metrics, registry)
         self.listener.start()
 
     def stop(self) -> None:

@@ -93,6 +93,12 @@ def preload(settings: Settings, steps: list[str] | None = None) -> None:
         loaded_processor(settings, step)
 
 
+def loaded_steps() -> list[str]:
+    """Steps whose model is loaded in this process (the worker registry reports them)."""
+    with _lock:
+        return sorted({step for (_, step), proc in _instances.items() if proc.loaded})
+
+
 def release_all() -> None:
     with _lock:
         for proc in _instances.values():

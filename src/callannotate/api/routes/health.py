@@ -28,6 +28,7 @@ from callannotate.observability.health import dependency_outcomes
 from callannotate.pipeline import registry
 from callannotate.pipeline.readiness import check_configured_models
 from callannotate.pipeline.settings import ModelsSettings, load_models_settings
+from callannotate.resilience.breakers import statuses as breaker_statuses
 from callannotate.security.principal import Principal
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,20 @@ def ready(
         if worker.preload_error:
             checks[f"worker:{worker.name}"] = f"models did not load: {worker.preload_error}"
     failing = {name: outcome for name, outcome in checks.items() if not outcome.startswith("ok")}
+    # circuit breakers guard optional dependencies: shown, never a reason for 503
+    breaker_states = {status.name: status.state for status in breaker_statuses()}
     if failing:
         detail = "; ".join(f"{name}: {outcome}" for name, outcome in failing.items())
         logger.warning("not ready: %s", detail)
         if not _detailed(principal):
             detail = "failing checks: " + ", ".join(failing)
+        else:
+            opened = [name for name, state in breaker_states.items() if state != "closed"]
+            detail += f"; circuits open: {', '.join(opened)}" if opened else ""
         return error_json(503, "not_ready", detail)
     if not _detailed(principal):
-        checks = {name: "ok" for name in checks}
-    return ReadyBody(checks=checks)
+        return ReadyBody(checks={name: "ok" for name in checks})
+    return ReadyBody(checks=checks, breakers=breaker_states)
 
 
 def _detailed(principal: Principal | None) -> bool:

@@ -33,9 +33,10 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any, cast
 
-from celery import Celery, Task
+from celery import Celery, Task, current_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
+from celery.utils.time import get_exponential_backoff_interval
 
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError, NotFound
@@ -48,12 +49,14 @@ from callannotate.jobs.executors.celery_app import (
     create_celery_app,
     heavy_queue,
     light_queue,
+    message_priority,
 )
 from callannotate.jobs.executors.external import ExternalExecutor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import try_lock, unlock
+from callannotate.jobs.heartbeat import start_heartbeat
 from callannotate.jobs.manager import TIMEOUT, apply_step_reports, timeout_reason
-from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
+from callannotate.jobs.models import DEFAULT_PRIORITY, Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner, JobStopped, PipelineRunner
 from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.jobs.worker import _Control, _run_job
@@ -64,6 +67,8 @@ log = logging.getLogger(__name__)
 CANCELLED = "cancelled"
 DELETED = "deleted"
 CHECK_INTERVAL_S = 0.5
+RETRY_BACKOFF_S = 1.0  # a transiently failed job is sent again after ~1, 2, 4 ... s
+RETRY_BACKOFF_MAX_S = 60.0
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
@@ -210,12 +215,26 @@ class JobHost:
         self.announcer = _Announcer(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:celery"
         self.preload_error = runner.preload(settings)
+        self.current: str | None = None  # the job this child runs now (heartbeat)
+        self.jobs_done = 0
+        concurrency, queues, node = _pool or (settings.workers.concurrency, [], "celery")
+        self.heartbeat = start_heartbeat(
+            settings,
+            executor="celery",
+            name=node,
+            concurrency=concurrency,
+            queues=queues,
+            running=lambda: ([self.current] if self.current else [], self.jobs_done),
+            runner=runner,
+            preload_error=self.preload_error,
+        )
         log.info(
             "celery worker child ready",
             extra={"pid": os.getpid(), "models_ok": self.preload_error is None},
         )
 
     def close(self) -> None:
+        self.heartbeat.stop(remove=True)
         self.announcer.close()
 
     def run(self, job_id: str) -> str:
@@ -225,6 +244,17 @@ class JobHost:
         if job is None:
             log.info("task for a job not to run here: no-op", extra={"job_id": job_id})
             return "skipped"
+        self.current = job.id
+        self.heartbeat.beat()  # the registry shows the running job at once
+        try:
+            return self._run_claimed(job)
+        finally:
+            self.current = None
+            self.jobs_done += 1
+            self.heartbeat.beat()  # the registry shows the finished job at once
+
+    def _run_claimed(self, job: Job) -> str:
+        queue = self.announcer.queue
         self.announcer.publish(
             "job.started", job, {"worker": self.worker_id, "attempt": job.attempts}
         )
@@ -286,8 +316,8 @@ class JobHost:
                 final = queue.mark_cancelled(job.id)
             elif reason == TIMEOUT:
                 final = queue.fail(job.id, timeout_reason(self.settings, killed=False))
-            else:
-                final = queue.fail(job.id, error)
+            else:  # transient: back to the queue while attempts remain, sent again later
+                final = queue.fail(job.id, error, retry=bool(out.get("transient")))
         except CallAnnotateError as exc:  # deleted meanwhile
             queue.forget(job.id)
             log.warning(
@@ -296,6 +326,10 @@ class JobHost:
             )
             return "gone"
         data: dict[str, Any] = {"state": final.state.value, "error": final.error}
+        if final.state == JobState.QUEUED:  # a transient error: retried (_run_job_task)
+            data["attempts"] = final.attempts
+            self.announcer.publish("job.queued", final, data)
+            return final.state.value
         if reason == TIMEOUT:
             data["reason"] = TIMEOUT
         self.announcer.publish("job.failed", final, data)
@@ -304,6 +338,7 @@ class JobHost:
 
 # What ``run_celery_worker`` hands to the worker's children (inherited through fork).
 _config: tuple[Settings, JobRunner] | None = None
+_pool: tuple[int, list[str], str] | None = None  # concurrency, queues, node name (heartbeat)
 _host: JobHost | None = None
 _parent: _Announcer | None = None
 
@@ -387,7 +422,22 @@ def _fail_when_child_gone(job_id: str, settings: Settings, wait_s: float = 60.0)
 
 
 def _run_job_task(job_id: str) -> str:
-    return _job_host().run(job_id)
+    outcome = _job_host().run(job_id)
+    if outcome == JobState.QUEUED.value:
+        # A transient error put the job back in the queue (attempts left): send it again
+        # after an exponential backoff with full jitter (Celery's own retry; the file queue's
+        # queue.max_attempts bounds the attempts, not Celery's max_retries).
+        attempts = _job_host().announcer.queue.get(job_id).attempts
+        delay = get_exponential_backoff_interval(
+            factor=RETRY_BACKOFF_S, retries=attempts - 1, maximum=RETRY_BACKOFF_MAX_S,
+            full_jitter=True,
+        )  # fmt: skip
+        log.warning(
+            "job failed with a transient error; retrying",
+            extra={"job_id": job_id, "attempts": attempts, "countdown_s": delay},
+        )
+        raise current_task.retry(countdown=delay, max_retries=None)
+    return outcome
 
 
 def build_app(settings: Settings) -> Celery:
@@ -410,16 +460,21 @@ def run_celery_worker(
     ``queues`` are ``heavy``/``light`` (or full queue names); default both. Returns the
     worker's exit code.
     """
-    global _config
+    global _config, _pool
     _config = (settings, runner or PipelineRunner())
     names = {"heavy": heavy_queue(settings), "light": light_queue(settings)}
-    chosen = [names.get(q, q) for q in (queues or ["heavy", "light"])]
+    # light first: with queue_order_strategy "priority" a worker on both queues takes short
+    # work before long calls of the same priority
+    chosen = [names.get(q, q) for q in (queues or ["light", "heavy"])]
+    node = hostname or f"callannotate-{os.getpid()}@{socket.gethostname()}"
+    size = concurrency or settings.workers.concurrency
+    _pool = (size, chosen, node)
     app = build_app(settings)
     worker = app.Worker(
-        concurrency=concurrency or settings.workers.concurrency,
+        concurrency=size,
         queues=chosen,
         pool="prefork",
-        hostname=hostname or f"callannotate-{os.getpid()}@{socket.gethostname()}",
+        hostname=node,
         loglevel="INFO",
         without_gossip=True,
         without_mingle=True,
@@ -468,7 +523,17 @@ class CeleryExecutor(ExternalExecutor):
         task_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
         queue = heavy_queue(self.settings)
         try:
-            self.app.send_task(RUN_JOB, args=[job_id], task_id=task_id, queue=queue)
+            priority = self.queue.get(job_id).priority
+        except CallAnnotateError:
+            priority = DEFAULT_PRIORITY  # gone meanwhile: the task will be a no-op
+        try:
+            self.app.send_task(
+                RUN_JOB,
+                args=[job_id],
+                task_id=task_id,
+                queue=queue,
+                priority=message_priority(priority),
+            )
         except Exception as exc:
             log.warning(
                 "could not send a job to the broker; will retry",

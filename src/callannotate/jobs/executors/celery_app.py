@@ -11,7 +11,9 @@ Delivery semantics (docs/scale-out.md):
 * soft limit ``workers.job_timeout_s``, hard limit ``+ workers.timeout_grace_s``: both end
   the job as failed with reason ``timeout``;
 * two queues, ``<prefix>.heavy`` (annotation jobs) and ``<prefix>.light`` (short work), so
-  a backlog of long calls never delays short work served by a worker on the light queue.
+  a backlog of long calls never delays short work served by a worker on the light queue;
+* message priorities on Redis (``priority_steps`` 0..9, see :func:`message_priority`), so a
+  job's ``priority`` decides which waiting job a free worker takes.
 
 The job id is the only payload; no result backend (results stay in the job folder).
 """
@@ -22,8 +24,17 @@ from celery import Celery
 from kombu.entity import Queue
 
 from callannotate.config import Settings
+from callannotate.jobs.models import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 RUN_JOB = "callannotate.run_job"
+# Redis pops priority 0 first (kombu scans its priority lists in ascending order), so a job's
+# priority (9 = most urgent) is sent as MAX_PRIORITY - priority.
+PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
+
+
+def message_priority(job_priority: int) -> int:
+    """The Celery message priority on Redis of a job priority (0 is served first)."""
+    return MAX_PRIORITY - min(MAX_PRIORITY, max(MIN_PRIORITY, job_priority))
 
 
 def heavy_queue(settings: Settings) -> str:
@@ -53,7 +64,12 @@ def create_celery_app(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": visibility_timeout_s(settings),
             "global_keyprefix": f"{jobs.queue_prefix}:",
+            # one Redis list per priority; a worker serving several queues takes them in
+            # the order it lists them (light before heavy), not round robin
+            "priority_steps": PRIORITY_STEPS,
+            "queue_order_strategy": "priority",
         },
+        task_default_priority=message_priority(DEFAULT_PRIORITY),
         broker_connection_retry_on_startup=True,
         task_soft_time_limit=workers.job_timeout_s,
         task_time_limit=workers.job_timeout_s + max(workers.timeout_grace_s, 1.0),
