@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from authtesting import Accounts, auth_settings
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from starlette.requests import HTTPConnection
 
 from callannotate.api.deps import (
@@ -63,12 +64,20 @@ async def test_auth_off_is_the_local_admin(tmp_path: Path) -> None:
     assert await get_optional_principal(conn(app)) is LOCAL_PRINCIPAL
 
 
+def _failures(reason: str) -> float:
+    value = REGISTRY.get_sample_value("callannotate_auth_failures_total", {"reason": reason})
+    return value or 0.0
+
+
 async def test_no_credential_is_401_with_a_challenge(app: FastAPI) -> None:
+    missing = _failures("missing")
     with pytest.raises(AuthenticationRequired) as caught:
         await get_current_principal(conn(app))
     assert caught.value.status_code == 401
     assert caught.value.headers == {"WWW-Authenticate": 'Bearer realm="callannotate"'}
-    assert await get_optional_principal(conn(app)) is None
+    assert _failures("missing") == missing + 1  # counted as a refusal
+    assert await get_optional_principal(conn(app)) is None  # a public route: not a refusal
+    assert _failures("missing") == missing + 1
 
 
 async def test_bad_credentials_are_401_even_on_public_routes(app: FastAPI) -> None:

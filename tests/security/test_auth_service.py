@@ -4,6 +4,7 @@ logout, client credentials, API keys, disabled accounts."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from callannotate.errors import BadRequest, Conflict
 from callannotate.security.errors import AuthenticationFailed, TooManyAttempts
@@ -186,3 +187,42 @@ def test_throttle_locks_the_account_even_for_the_right_password(service: AuthSer
             service.login("mallory", "wrong password", "10.0.0.11")
     with pytest.raises(TooManyAttempts):
         service.login("mallory", "wrong password", "10.0.0.12")
+
+
+def _failures(reason: str) -> float:
+    value = REGISTRY.get_sample_value("callannotate_auth_failures_total", {"reason": reason})
+    return value or 0.0
+
+
+def test_failed_logins_refreshes_and_clients_are_counted(service: AuthService) -> None:
+    reasons = ("bad_password", "throttled", "bad_refresh", "refresh_reuse", "bad_client")
+    before = {reason: _failures(reason) for reason in reasons}
+    service.create_user("alice", PASSWORD)
+    for _ in range(2):
+        with pytest.raises(InvalidGrant):
+            service.login("alice", "wrong password", "10.0.0.20")
+    with pytest.raises(InvalidGrant):
+        service.login("nobody", "wrong password", "10.0.0.20")  # same reason as a bad password
+    pair = service.login("alice", PASSWORD, "10.0.0.20")
+    assert pair.refresh_token is not None
+    with pytest.raises(InvalidGrant):
+        service.refresh("rt_unknown")
+    service.refresh(pair.refresh_token)
+    with pytest.raises(InvalidGrant):
+        service.refresh(pair.refresh_token)  # spent: reuse
+    client, _ = service.create_client("alice", "crm", "read")
+    with pytest.raises(InvalidClient):
+        service.client_credentials(client.id, "wrong secret", None)
+    for _ in range(service.auth.login_max_failures_per_account):
+        with pytest.raises(InvalidGrant):
+            service.login("bob", "wrong password", "10.0.0.21")
+    with pytest.raises(TooManyAttempts):
+        service.login("bob", "wrong password", "10.0.0.21")
+    expected = {
+        "bad_password": 3 + service.auth.login_max_failures_per_account,
+        "throttled": 1,
+        "bad_refresh": 1,
+        "refresh_reuse": 1,
+        "bad_client": 1,
+    }
+    assert {r: _failures(r) - before[r] for r in reasons} == expected

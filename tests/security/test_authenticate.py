@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import pytest
+from prometheus_client import REGISTRY
 from starlette.requests import HTTPConnection
 
 from callannotate.security.authenticate import authenticate
 from callannotate.security.errors import AuthenticationFailed
 from callannotate.security.service import AuthService
+from callannotate.security.store import AuthStore
 
 
 def _conn(headers: dict[str, str], *, websocket: bool = False, query: str = "") -> HTTPConnection:
@@ -78,3 +84,161 @@ async def test_bad_credentials_raise(service: AuthService, headers: dict[str, st
     with pytest.raises(AuthenticationFailed) as info:
         await authenticate(_conn(headers), service.settings, service)
     assert info.value.status_code == 401 and "Bearer" in info.value.headers["WWW-Authenticate"]
+
+
+# ---------------------------------------------------------------- caches, revocation, herds
+
+CACHE_S = 0.4
+
+
+def _service_with_cache(service: AuthService, cache_s: float) -> AuthService:
+    """Another service on the same database (another process, e.g. the CLI, or the API)
+    whose principal cache lasts ``cache_s`` seconds."""
+    auth = service.settings.auth.model_copy(update={"principal_cache_s": cache_s})
+    settings = service.settings.model_copy(update={"auth": auth})
+    return AuthService(settings, service.db, keyring=service.keyring)
+
+
+def _bearer_conn(token: str) -> HTTPConnection:
+    return _conn({"Authorization": f"Bearer {token}"})
+
+
+async def test_user_disabled_by_another_process_is_refused_within_the_cache_time(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    access, key = creds
+    api = _service_with_cache(service, CACHE_S)
+    cli = service  # the CLI's own service: its changes do not clear the API's cache
+    first = await authenticate(_bearer_conn(access), api.settings, api)
+    assert first is not None and first.expires_at is not None
+    assert await authenticate(_conn({"X-API-Key": key}), api.settings, api) is not None
+    cached_at = time.monotonic()
+    # a second token of the same user first seen while the user state is cached: its
+    # cached principal must not outlive that state
+    await asyncio.sleep(CACHE_S / 2)
+    second = cli.login("alice", "correct horse", None).access_token
+    assert await authenticate(_bearer_conn(second), api.settings, api) is not None
+    cli.set_disabled("alice", True)
+    await asyncio.sleep(max(0.0, cached_at + CACHE_S + 0.05 - time.monotonic()))
+    for conn in (_bearer_conn(access), _bearer_conn(second), _conn({"X-API-Key": key})):
+        with pytest.raises(AuthenticationFailed):
+            await authenticate(conn, api.settings, api)
+
+
+async def test_revoked_api_key_is_refused_within_the_cache_time(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    _, key = creds
+    api = _service_with_cache(service, CACHE_S)
+    principal = await authenticate(_conn({"X-API-Key": key}), api.settings, api)
+    assert principal is not None and principal.credential_id is not None
+    service.revoke_api_key(principal.credential_id)
+    await asyncio.sleep(CACHE_S + 0.05)
+    with pytest.raises(AuthenticationFailed):
+        await authenticate(_conn({"X-API-Key": key}), api.settings, api)
+
+
+async def test_changes_made_in_the_same_process_apply_at_once(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    access, key = creds
+    api = _service_with_cache(service, 3600)
+    assert await authenticate(_bearer_conn(access), api.settings, api) is not None
+    assert await authenticate(_conn({"X-API-Key": key}), api.settings, api) is not None
+    api.set_disabled("alice", True)  # through the API's own service: the caches are dropped
+    for conn in (_bearer_conn(access), _conn({"X-API-Key": key})):
+        with pytest.raises(AuthenticationFailed):
+            await authenticate(conn, api.settings, api)
+
+
+class _CountingStore:
+    """The real store, counting the principal lookups that reach the database."""
+
+    def __init__(self, store: AuthStore) -> None:
+        self._store = store
+        self.calls = {"get_user": 0, "api_key_by_prefix": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name in self.calls:
+
+            def counted(*args: Any) -> Any:
+                self.calls[name] += 1
+                time.sleep(0.02)  # a slow database: every waiter arrives while it runs
+                return attribute(*args)
+
+            return counted
+        return attribute
+
+
+async def test_concurrent_cache_misses_share_one_lookup(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    """200 requests in flight when the cache expires make one query, not 200."""
+    access, key = creds
+    api = _service_with_cache(service, CACHE_S)
+    store = _CountingStore(api.store)
+    api.store = store  # type: ignore[assignment]
+    for headers, counter in (
+        ({"Authorization": f"Bearer {access}"}, "get_user"),
+        ({"X-API-Key": key}, "api_key_by_prefix"),
+    ):
+        principals = await asyncio.gather(
+            *(authenticate(_conn(headers), api.settings, api) for _ in range(50))
+        )
+        assert {p.name for p in principals if p is not None} == {"alice"}
+        assert len(principals) == 50 and all(p is not None for p in principals)
+        assert store.calls[counter] == 1, store.calls
+    assert api.lookups.in_flight() == 0
+
+
+async def test_concurrent_misses_of_a_bad_key_all_fail(service: AuthService) -> None:
+    api = _service_with_cache(service, CACHE_S)
+    bad = "ca_0123456789ab_" + "x" * 43
+    results = await asyncio.gather(
+        *(authenticate(_conn({"X-API-Key": bad}), api.settings, api) for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, AuthenticationFailed) for r in results)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _failures(reason: str) -> float:
+    value = REGISTRY.get_sample_value("callannotate_auth_failures_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_refusals_are_counted_by_reason(service: AuthService, creds: tuple[str, str]) -> None:
+    access, key = creds
+    user = service.store.user_by_name("alice")
+    assert user is not None
+    expired = service.codec.encode(user.id, frozenset({"read"}), ttl_s=-60)[0]
+    _, revoked = service.create_api_key(user.id, "old", None)
+    service.revoke_api_key(service.store.api_key_by_prefix(revoked.split("_")[1])[0].id)  # type: ignore[index]
+    cases = {
+        "bad_token": {"Authorization": f"Bearer {access[:-4]}AAAA"},  # tampered signature
+        "expired": {"Authorization": f"Bearer {expired}"},
+        "bad_key": {"X-API-Key": key[:-4] + "zzzz"},
+        "revoked_key": {"X-API-Key": revoked},
+    }
+    for reason, headers in cases.items():
+        before = _failures(reason)
+        with pytest.raises(AuthenticationFailed) as info:
+            await authenticate(_conn(headers), service.settings, service)
+        assert info.value.reason == reason
+        assert _failures(reason) == before + 1, reason
+    # a disabled user: JWT and API key
+    service.set_disabled("alice", True)
+    before = _failures("disabled")
+    for headers in ({"Authorization": f"Bearer {access}"}, {"X-API-Key": key}):
+        with pytest.raises(AuthenticationFailed):
+            await authenticate(_conn(headers), service.settings, service)
+    assert _failures("disabled") == before + 2
+    # anonymous is not a failure here (the route decides); a malformed header is
+    before = _failures("bad_token")
+    assert await authenticate(_conn({}), service.settings, service) is None
+    with pytest.raises(AuthenticationFailed):
+        await authenticate(_conn({"Authorization": "Basic eDp5"}), service.settings, service)
+    assert _failures("bad_token") == before + 1

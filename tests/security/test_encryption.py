@@ -360,6 +360,112 @@ def test_keys_cli_list_and_rotate(tmp_path: Path) -> None:
     assert sum(k["current"] for k in stored["keys"]) == 1
 
 
+def _plaintext_data_folder(tmp_path: Path) -> tuple[Settings, dict[Path, bytes]]:
+    """A data folder as an older version (encryption off) left it: a completed job (audio,
+    result.json, job.json), a voiceprint and a finished stream capture."""
+    from callannotate.jobs.models import AudioMeta, Job
+
+    plain = make_settings(tmp_path, enabled=False, chunk_size=CHUNK)
+    queue = FileQueue(plain.queue_dir, plain.queue, Vault(plain))
+    audio = secrets.token_bytes(3 * CHUNK + 5)
+    staged = queue.staging_dir() / "a.wav"
+    staged.write_bytes(audio)
+    meta = AudioMeta(
+        filename="a.wav",
+        stored_as="audio.wav",
+        size_bytes=len(audio),
+        format="wav",
+        codec="",
+        sample_rate=16000,
+        channels=1,
+        duration=1.0,
+    )
+    job = queue.submit(Job(id=queue.new_job_id(), owner="o", audio=meta), staged)
+    assert queue.claim("w") is not None
+    queue.complete(job.id, b'{"text": "the secret call"}')
+    VoiceStore(plain.voices_dir, Vault(plain)).create(
+        Voice(id="c" * 32, name="Old Voice", embedding_model="m")
+    )
+    capture = queue.staging_dir() / f"stream-{'d' * 32}.wav"
+    capture.write_bytes(b"RIFF" + secrets.token_bytes(100))
+    job_dir = queue.job_dir(job.id)
+    files = [job_dir / "audio.wav", job_dir / "result.json", plain.voices_dir / f"{'c' * 32}.json"]
+    files.append(capture)
+    return plain, {path: path.read_bytes() for path in files}
+
+
+def test_keys_encrypt_existing_encrypts_old_plaintext_files_once(tmp_path: Path) -> None:
+    plain, originals = _plaintext_data_folder(tmp_path)
+    job_json = next(plain.queue_dir.glob("completed/*/job.json"))
+    job_json_before = job_json.read_bytes()
+    modes = {path: path.stat().st_mode for path in originals}
+    leftover = plain.voices_dir / ".x.json.1234.encrypting"  # a run killed half-way
+    leftover.write_bytes(b"partial")
+    data = str(plain.data_dir)
+    command = [sys.executable, "-m", "callannotate.cli", "keys", "--data-dir", data]
+    env = dict(os.environ, CALLANNOTATE_ENCRYPTION__ENABLED="true")
+    first = subprocess.run(
+        [*command, "encrypt-existing"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "encrypted 4 file(s); 0 already encrypted" in first.stdout
+    on = make_settings(tmp_path, chunk_size=CHUNK)
+    vault = Vault(on)
+    for path, content in originals.items():
+        stored = path.read_bytes()
+        assert stored.startswith(MAGIC), path
+        assert content not in stored
+        assert vault.read_bytes(path) == content
+        assert path.stat().st_mode == modes[path]
+    assert job_json.read_bytes() == job_json_before  # plaintext by design
+    assert not leftover.exists()
+    # what the service reads: the result and the voice, through their stores
+    queue = FileQueue(on.queue_dir, on.queue, vault)
+    assert queue.read_result(job_json.parent.name) == b'{"text": "the secret call"}'
+    assert VoiceStore(on.voices_dir, vault).get("c" * 32).name == "Old Voice"
+    # idempotent: a second run changes nothing
+    before = {path: path.read_bytes() for path in originals}
+    second = subprocess.run(
+        [*command, "encrypt-existing"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "encrypted 0 file(s); 4 already encrypted" in second.stdout
+    assert {path: path.read_bytes() for path in originals} == before
+
+
+def test_encrypt_existing_is_crash_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from callannotate.security import atrest
+
+    _, originals = _plaintext_data_folder(tmp_path)
+    on = make_settings(tmp_path, chunk_size=CHUNK)
+
+    real_replace = os.replace
+
+    def crash(src: str, dst: str) -> None:
+        if str(src).endswith(".encrypting"):  # only the rename of an encrypted copy
+            raise OSError("simulated crash before the rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    report = atrest.encrypt_existing(on)
+    assert len(report.failed) == 4 and not report.encrypted
+    for path, content in originals.items():  # every original intact, no temporary left
+        assert path.read_bytes() == content
+        assert not list(path.parent.glob(".*.encrypting"))
+    monkeypatch.undo()
+    assert len(atrest.encrypt_existing(on).encrypted) == 4
+
+
+def test_encrypt_existing_needs_encryption_on(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-m", "callannotate.cli", "keys", "--data-dir", data, "encrypt-existing"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, CALLANNOTATE_ENCRYPTION__ENABLED="false"),
+    )
+    assert result.returncode == 2
+    assert "encryption.enabled is false" in result.stderr
+
+
 def test_a_running_process_sees_a_rotation(settings: Settings) -> None:
     ring = MasterKeyRing.from_settings(settings)
     old = ring.current.kid

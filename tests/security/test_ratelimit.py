@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from callannotate.config import (
     BucketSettings,
@@ -189,6 +190,27 @@ async def test_each_role_has_its_own_budgets(clock: Clock) -> None:
     assert caught.value.headers["Retry-After"] == "1"
     # same key, admin budget: a separate, larger bucket size (the key's state is shared)
     assert (await limiter.check(Budget.UPLOADS, ADMIN_ROLE, "p:u")) is not None
+
+
+def _rejections(scope: str) -> float:
+    value = REGISTRY.get_sample_value("callannotate_rate_limit_rejections_total", {"scope": scope})
+    return value or 0.0
+
+
+async def test_rejections_are_counted_by_budget(clock: Clock) -> None:
+    reads = bucket(1, 1.0)
+    settings = RateLimitSettings(roles=RoleRateLimitTable(user=UserRateLimits(reads=reads)))
+    limiter = RateLimiter(settings, MemoryBackend())
+    before = {scope: _rejections(scope) for scope in ("reads", "uploads", "login")}
+    key = f"p:{uuid.uuid4().hex}"
+    assert (await limiter.hit(Budget.READS, USER_ROLE, key)).allowed  # type: ignore[union-attr]
+    for _ in range(3):
+        with pytest.raises(RateLimited):
+            await limiter.check(Budget.READS, USER_ROLE, key)
+    assert _rejections("reads") == before["reads"] + 3
+    assert _rejections("uploads") == before["uploads"]  # allowed calls count nothing
+    await limiter.check(Budget.UPLOADS, USER_ROLE, key)
+    assert _rejections("uploads") == before["uploads"]
 
 
 class DownBackend:

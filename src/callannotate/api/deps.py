@@ -40,6 +40,7 @@ from callannotate.errors import NotFound
 from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.filequeue import FileQueue, valid_job_id
 from callannotate.jobs.models import Job
+from callannotate.observability.metrics import observe_auth_failure
 from callannotate.security.authenticate import (
     WS_PROTOCOL_MARKERS,
     authenticate,
@@ -117,6 +118,7 @@ async def get_current_principal(conn: HTTPConnection) -> Principal:
     if principal is None:
         principal = await _authenticate(conn)
     if principal is None:
+        observe_auth_failure("missing")
         await _refuse(conn, AuthenticationRequired())
         raise AssertionError("unreachable")
     conn.state.principal = principal

@@ -156,6 +156,110 @@ class Vault:
         return report
 
 
+@dataclass
+class EncryptReport:
+    encrypted: list[Path] = field(default_factory=list)
+    already_encrypted: int = 0
+    changed_meanwhile: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def at_rest_files(settings: Settings) -> Iterator[Path]:
+    """The stored files encryption at rest covers (docs/security.md, "What is encrypted"):
+    recordings and results of every job, voiceprints, finished stream captures.
+
+    Not: ``job.json`` (plaintext by design), uploads still arriving (``staging/*.part``), a
+    stream being recorded (``.pcm``), the database, the key folder.
+    """
+    from callannotate.jobs.filequeue import FOLDERS, JOB_FILE, STAGING
+
+    queue = settings.queue_dir
+    for folder in FOLDERS:
+        for job_dir in sorted(p for p in (queue / folder).glob("*") if p.is_dir()):
+            # the recording (audio.<ext>) and result.json; not job.json, .lock, temporaries
+            for path in sorted(job_dir.iterdir()):
+                if path.name == JOB_FILE or path.name.startswith("."):
+                    continue
+                if path.is_file() and not path.is_symlink():
+                    yield path
+    for path in sorted((queue / STAGING).glob("stream-*.wav")):
+        if path.is_file() and not path.is_symlink():
+            yield path
+    for path in sorted(settings.voices_dir.glob("*.json")):
+        if path.is_file() and not path.is_symlink():
+            yield path
+
+
+def _signature(stat: os.stat_result) -> tuple[int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encrypt_existing_file(vault: Vault, path: Path) -> bool | None:
+    """Encrypt the plaintext file ``path`` in place, crash-safe; ``False`` if it already was
+    encrypted, ``None`` if it changed while being encrypted (left as it is, try again).
+
+    The ciphertext is streamed into a temporary file next to it (one chunk in memory),
+    fsync'd, then renamed over the original and the folder fsync'd: after a crash the file
+    is either the old plaintext or the complete encrypted file, never a mix; a leftover
+    temporary file is removed by the next run.
+    """
+    if Vault.is_encrypted(path):
+        return False
+    before = path.stat()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".encrypting", dir=path.parent)
+    try:
+        os.fchmod(fd, before.st_mode & 0o777)
+        with open(path, "rb") as src, vault.wrap_writer(os.fdopen(fd, "wb")) as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        with open(tmp, "rb") as done:
+            os.fsync(done.fileno())
+        if _signature(path.stat()) != _signature(before):
+            Path(tmp).unlink(missing_ok=True)
+            return None  # written meanwhile: keep the newer content
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def encrypt_existing(settings: Settings) -> EncryptReport:
+    """Encrypt every plaintext file left from before encryption at rest was on (idempotent:
+    encrypted files are skipped). Needs ``encryption.enabled``."""
+    vault = vault_for(settings)
+    if not vault.enabled:
+        raise MasterKeyError("encryption.enabled is false: turn it on before encrypting files")
+    vault.ring  # noqa: B018 - a missing or unreadable key stops here, before any file
+    report = EncryptReport()
+    for leftover in settings.data_dir.rglob(".*.encrypting"):
+        leftover.unlink(missing_ok=True)  # an interrupted earlier run
+    for path in at_rest_files(settings):
+        try:
+            outcome = encrypt_existing_file(vault, path)
+        except FileNotFoundError:
+            continue  # deleted or moved meanwhile (a job changing state)
+        except (OSError, DecryptionError, MasterKeyError) as exc:
+            report.failed.append((path, str(exc)))
+            continue
+        if outcome is None:
+            report.changed_meanwhile.append(path)
+        elif outcome:
+            report.encrypted.append(path)
+        else:
+            report.already_encrypted += 1
+    return report
+
+
 def _walk(root: Path, skip: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)

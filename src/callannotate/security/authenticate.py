@@ -13,17 +13,19 @@ Credentials, first found wins:
   on a WebSocket) or the ``access_token`` query parameter.
 
 A JWT is checked in the event loop (HMAC, microseconds); the user's disabled state and API
-keys come from a per-process cache, and only a cache miss goes to the database in a thread.
+keys come from a per-process cache, and only a cache miss goes to the database in a thread
+(one lookup per credential however many requests missed at once: ``service.lookups``).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from functools import partial
 
-import anyio
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from callannotate.config import Settings
+from callannotate.observability.metrics import observe_auth_failure
 from callannotate.security import credentials
 from callannotate.security.errors import AuthenticationFailed
 from callannotate.security.principal import Principal
@@ -31,6 +33,7 @@ from callannotate.security.service import AuthService
 
 WS_PROTOCOL_MARKERS = ("bearer", "access_token")
 MAX_TOKEN_LENGTH = 4096
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"sec-websocket-protocol"})
 
 
 def _bearer(value: str) -> str:
@@ -50,17 +53,27 @@ def _ws_protocol_token(value: str) -> str | None:
     return None
 
 
+def _first_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first value of each credential header, in one pass over the raw ASGI headers
+    (ASGI servers give names in lower case; a repeated header counts by its first value)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope.get("headers", ()):
+        if name in _CREDENTIAL_HEADERS and name not in found:
+            found[name] = value
+    return found
+
+
 def credential_from(conn: HTTPConnection) -> str | None:
     """The token or key the connection presents, or ``None``."""
-    headers = conn.headers
-    authorization = headers.get("authorization")
+    headers = _first_headers(conn.scope)
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
     if authorization:
         return _bearer(authorization)
-    api_key = headers.get("x-api-key")
+    api_key = headers.get(b"x-api-key", b"").decode("latin-1")
     if api_key:
         return api_key.strip()
     if conn.scope.get("type") == "websocket":
-        protocol = headers.get("sec-websocket-protocol")
+        protocol = headers.get(b"sec-websocket-protocol", b"").decode("latin-1")
         token = _ws_protocol_token(protocol) if protocol else None
         return token or conn.query_params.get("access_token") or None
     return None
@@ -70,7 +83,11 @@ async def authenticate(
     conn: HTTPConnection, settings: Settings, service: AuthService
 ) -> Principal | None:
     """The principal behind the connection's credential; ``None`` when it has none."""
-    token = credential_from(conn)
+    try:
+        token = credential_from(conn)
+    except AuthenticationFailed as exc:
+        observe_auth_failure(exc.reason)
+        raise
     if token is None:
         return None
     return await principal_from_token(token, service)
@@ -79,17 +96,31 @@ async def authenticate(
 async def principal_from_token(token: str, service: AuthService) -> Principal:
     """The principal of an access JWT or API key (also a WebSocket's ``auth`` message).
 
-    A JWT's principal carries ``expires_at`` (its ``exp``); an API key's has none.
+    A JWT's principal carries ``expires_at`` (its ``exp``); an API key's has none. A refusal
+    is counted in ``callannotate_auth_failures_total`` by its reason.
     """
+    try:
+        return await _principal_from_token(token, service)
+    except AuthenticationFailed as exc:
+        observe_auth_failure(exc.reason)
+        raise
+
+
+async def _principal_from_token(token: str, service: AuthService) -> Principal:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise AuthenticationFailed()
     if credentials.looks_like_api_key(token):
         cached = service.cached_api_key(token)
         if cached is not None:
             return cached
-        return await anyio.to_thread.run_sync(service.principal_from_api_key, token)
+        # concurrent misses of one key (cache expiry under load) share one lookup
+        return await service.lookups.run(
+            ("api_key", token), partial(service.principal_from_api_key, token)
+        )
     claims = service.codec.decode(token)
     principal = service.cached_principal(claims)
     if principal is None:
-        principal = await anyio.to_thread.run_sync(service.principal_from_claims, claims)
-    return replace(principal, expires_at=claims.expires_at)
+        principal = await service.lookups.run(
+            ("jwt", token), partial(service.principal_from_claims, claims)
+        )
+    return principal

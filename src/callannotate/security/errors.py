@@ -11,16 +11,25 @@ class AuthenticationFailed(CallAnnotateError):
     status_code = 401
     code = "unauthorized"
 
-    def __init__(self, detail: str = "invalid credentials", *, error: str = "invalid_token"):
+    def __init__(
+        self,
+        detail: str = "invalid credentials",
+        *,
+        error: str = "invalid_token",
+        reason: str = "bad_token",
+    ):
         super().__init__(detail)
         self.headers = {"WWW-Authenticate": f'Bearer error="{error}"'}
+        #: why, for metrics only (``callannotate_auth_failures_total{reason}``); the client
+        #: never sees it
+        self.reason = reason
 
 
 class AuthenticationRequired(AuthenticationFailed):
     """No credential at all: the challenge carries no error code (RFC 6750 §3.1)."""
 
     def __init__(self, detail: str = "authentication required") -> None:
-        super().__init__(detail)
+        super().__init__(detail, reason="missing")
         self.headers = {"WWW-Authenticate": 'Bearer realm="callannotate"'}
 
 

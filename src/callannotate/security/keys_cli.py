@@ -1,9 +1,10 @@
-"""``callannotate keys list|rotate|rewrap``: the master keys of encryption at rest.
+"""``callannotate keys list|rotate|rewrap|encrypt-existing``: encryption at rest.
 
 ``rotate`` adds a new current master key to the key file and re-wraps every encrypted file's
 data key under it (only each file's 128-byte header is rewritten; the audio is not
 re-encrypted). ``rewrap`` does the second half alone, e.g. after changing
 ``encryption.master_key`` (move the old value to ``encryption.previous_master_keys``).
+``encrypt-existing`` encrypts the plaintext files stored before encryption was on.
 """
 
 from __future__ import annotations
@@ -114,10 +115,31 @@ def _cmd_rewrap(args: argparse.Namespace) -> int:
     return _rewrap(_settings(args))
 
 
+def _cmd_encrypt_existing(args: argparse.Namespace) -> int:
+    from callannotate.security.atrest import encrypt_existing
+    from callannotate.security.masterkeys import MasterKeyError
+
+    try:
+        report = encrypt_existing(_settings(args))
+    except MasterKeyError as exc:
+        return _fail(str(exc))
+    print(
+        f"encrypted {len(report.encrypted)} file(s); {report.already_encrypted} already "
+        f"encrypted; {len(report.changed_meanwhile)} changed meanwhile (run again)"
+    )
+    for path in report.changed_meanwhile:
+        print(f"  CHANGED {path}", file=sys.stderr)
+    for path, reason in report.failed:
+        print(f"  FAILED {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed or report.changed_meanwhile else 0
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("keys", help="master keys of encryption at rest")
     parser.add_argument("--data-dir", help="data folder (default: settings)")
-    sub = parser.add_subparsers(dest="keys_command", metavar="{list,rotate,rewrap}")
+    sub = parser.add_subparsers(
+        dest="keys_command", metavar="{list,rotate,rewrap,encrypt-existing}"
+    )
     sub.required = True
     lst = sub.add_parser("list", help="list master key ids (never the keys)")
     lst.add_argument("--files", action="store_true", help="count the files wrapped by each key")
@@ -129,3 +151,8 @@ def add_parser(subparsers: Any) -> None:
     rot.set_defaults(func=_cmd_rotate)
     rew = sub.add_parser("rewrap", help="re-wrap every file's data key under the current key")
     rew.set_defaults(func=_cmd_rewrap)
+    enc = sub.add_parser(
+        "encrypt-existing",
+        help="encrypt recordings, results, voiceprints stored before encryption was on",
+    )
+    enc.set_defaults(func=_cmd_encrypt_existing)

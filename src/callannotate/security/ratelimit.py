@@ -40,6 +40,7 @@ from throttled.store import MemoryStore
 
 from callannotate.config import BucketSettings, RateLimitSettings, RoleRateLimits, Settings
 from callannotate.errors import CallAnnotateError, ServiceUnavailable
+from callannotate.observability.metrics import observe_rate_limit_rejection
 from callannotate.security.principal import ADMIN_ROLE, USER_ROLE, Principal
 
 if TYPE_CHECKING:
@@ -345,7 +346,10 @@ class RateLimiter:
 
     async def hit(self, budget: Budget, role: str, key: str, cost: int = 1) -> Decision | None:
         """Take ``cost`` tokens from ``key``'s bucket; ``None`` when the backend is down and
-        ``fail_open`` lets the request through (a 503 :class:`ServiceUnavailable` otherwise)."""
+        ``fail_open`` lets the request through (a 503 :class:`ServiceUnavailable` otherwise).
+
+        Every refused decision refuses a call (429, a WebSocket closed, a message dropped), so
+        it is counted here in ``callannotate_rate_limit_rejections_total{scope=<budget>}``."""
         bucket = self.bucket(budget, role)
         if self._down_until and self._clock() < self._down_until:
             self._unavailable("still unreachable")
@@ -357,6 +361,8 @@ class RateLimiter:
             self._unavailable(str(exc))
             return None
         self._down_until = 0.0
+        if not decision.allowed:
+            observe_rate_limit_rejection(budget.value)
         return decision
 
     async def check(self, budget: Budget, role: str, key: str, cost: int = 1) -> Decision | None:

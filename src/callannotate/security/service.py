@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -21,6 +21,7 @@ from callannotate.db.engine import Database
 from callannotate.db.models import ROLES, ApiKey, OAuthClient, RefreshToken, User
 from callannotate.db.types import utcnow
 from callannotate.errors import BadRequest, CallAnnotateError, NotFound
+from callannotate.observability.metrics import observe_auth_failure
 from callannotate.security import credentials
 from callannotate.security.audit import AuditLog, Outcome, current_actor
 from callannotate.security.errors import AuthenticationFailed, PermissionDenied, TooManyAttempts
@@ -34,6 +35,7 @@ from callannotate.security.scopes import (
     parse_scopes,
     unknown_scopes,
 )
+from callannotate.security.singleflight import SingleFlight
 from callannotate.security.store import AuthStore
 from callannotate.security.throttle import LoginThrottle, MemoryLoginThrottle
 from callannotate.security.tokens import AccessClaims, TokenCodec
@@ -95,12 +97,19 @@ class _Cache:
             return None
         return hit[1]
 
-    def put(self, key: str, value: object) -> None:
+    def deadline(self, key: str) -> float | None:
+        """When the entry of ``key`` expires (``time.monotonic()``), ``None`` without one."""
+        hit = self.items.get(key)
+        return None if hit is None else hit[0]
+
+    def put(self, key: str, value: object, until: float | None = None) -> None:
+        """Keep ``value`` for ``ttl`` seconds, or only until ``until`` if that is sooner."""
         if self.ttl <= 0:
             return
         if len(self.items) > 10_000:
             self.items.clear()
-        self.items[key] = (time.monotonic() + self.ttl, value)
+        expires = time.monotonic() + self.ttl
+        self.items[key] = (expires if until is None else min(expires, until), value)
 
     def clear(self) -> None:
         self.items.clear()
@@ -154,7 +163,12 @@ class AuthService:
         self._users = _Cache(self.auth.principal_cache_s)
         self._keys = _Cache(self.auth.principal_cache_s)
         self._clients = _Cache(self.auth.principal_cache_s)
+        # access token jti -> its finished Principal, never kept longer than the user (and
+        # client) state it was built from, so the revocation bound stays principal_cache_s
+        self._tokens = _Cache(self.auth.principal_cache_s)
         self._touched: dict[str, float] = {}
+        #: concurrent cache misses of one credential share one database lookup (API only)
+        self.lookups: SingleFlight[Principal] = SingleFlight()
 
     @property
     def passwords(self) -> Passwords:
@@ -188,6 +202,7 @@ class AuthService:
         self._users.clear()
         self._keys.clear()
         self._clients.clear()
+        self._tokens.clear()
 
     # ------------------------------------------------------------------ accounts
 
@@ -258,6 +273,7 @@ class AuthService:
         wait = self.throttle.retry_after(account, ip)
         if wait is not None:
             self._audit("login", "auth", outcome="denied", username=account, reason="throttled")
+            observe_auth_failure("throttled")
             raise TooManyAttempts(wait)
         requested = self._requested(scope)
         user = self.store.user_by_name(account) if USERNAME_RE.match(account) else None
@@ -267,6 +283,7 @@ class AuthService:
             logger.info("login failed", extra={"user.name": account, "client.ip": ip})
             reason = "disabled" if user is not None and ok else "invalid credentials"
             self._audit("login", "auth", outcome="failed", username=account, reason=reason)
+            observe_auth_failure("disabled" if reason == "disabled" else "bad_password")
             raise InvalidGrant("invalid user name or password")
         self.throttle.succeeded(account)
         if new_hash is not None:
@@ -323,6 +340,7 @@ class AuthService:
         row = self.store.refresh_token_by_hash(credentials.digest(refresh_token))
         if row is None:
             self._audit("refresh", "auth", outcome="failed", reason="unknown refresh token")
+            observe_auth_failure("bad_refresh")
             raise InvalidGrant("invalid refresh token")
         if row.used_at is not None or row.revoked_at is not None:
             self._reuse(row)
@@ -336,6 +354,7 @@ class AuthService:
                 session=row.family_id,
                 reason="expired",
             )
+            observe_auth_failure("expired")
             raise InvalidGrant("refresh token expired")
         user = self._user_state(row.user_id)
         if user is None or user.disabled:
@@ -348,6 +367,7 @@ class AuthService:
                 session=row.family_id,
                 reason="user disabled",
             )
+            observe_auth_failure("disabled")
             raise InvalidGrant("invalid refresh token")
         scopes = grantable(user.role, parse_scopes(row.scopes))
         access, _ = self.codec.encode(user.id, scopes)
@@ -374,6 +394,7 @@ class AuthService:
             session=row.family_id,
             revoked_tokens=revoked,
         )
+        observe_auth_failure("refresh_reuse")
         raise InvalidGrant("invalid refresh token")
 
     def logout(self, refresh_token: str) -> bool:
@@ -445,6 +466,7 @@ class AuthService:
         self._audit(
             "client_token", "auth", outcome="failed", client_id=client_id[:64], reason=reason
         )
+        observe_auth_failure("disabled" if reason == "disabled" else "bad_client")
         raise InvalidClient()
 
     def _client_enabled(self, client_id: str) -> bool:
@@ -524,14 +546,36 @@ class AuthService:
         return self.principal_from_claims(self.codec.decode(token))
 
     def principal_from_claims(self, claims: AccessClaims) -> Principal:
-        """The caller of verified ``claims`` (may read the database)."""
+        """The caller of verified ``claims`` (may read the database); ``expires_at`` is the
+        token's ``exp``."""
         principal = self._claims_principal(claims, cached_only=False)
         assert principal is not None
-        return principal
+        return self._remember_token(claims, principal)
 
     def cached_principal(self, claims: AccessClaims) -> Principal | None:
-        """The caller of verified ``claims`` from the cache, ``None`` on a miss."""
-        return self._claims_principal(claims, cached_only=True)
+        """The caller of verified ``claims`` from the cache, ``None`` on a miss.
+
+        The hot path of every JWT request: the finished principal of a token is kept by its
+        ``jti`` until the cached user (and client) state it came from expires, so a hit is one
+        dictionary lookup and the revocation bound is unchanged (``auth.principal_cache_s``).
+        """
+        hit = self._tokens.get(claims.jti)
+        if isinstance(hit, Principal) and hit.id == claims.subject:
+            return hit
+        principal = self._claims_principal(claims, cached_only=True)
+        if principal is None:
+            return None
+        return self._remember_token(claims, principal)
+
+    def _remember_token(self, claims: AccessClaims, principal: Principal) -> Principal:
+        principal = replace(principal, expires_at=claims.expires_at)
+        until = self._users.deadline(claims.subject)
+        if claims.client_id is not None:
+            client_until = self._clients.deadline(claims.client_id)
+            until = None if until is None or client_until is None else min(until, client_until)
+        if until is not None:  # no cached state (cache off): nothing to bound it by
+            self._tokens.put(claims.jti, principal, until)
+        return principal
 
     def _claims_principal(self, claims: AccessClaims, *, cached_only: bool) -> Principal | None:
         user = self._users.get(claims.subject)
@@ -540,7 +584,7 @@ class AuthService:
                 return None
             user = self._user_state(claims.subject)
         if user is None or user.disabled:
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason="bad_token" if user is None else "disabled")
         if claims.client_id is None:
             return _principal(user, claims.scopes, "password", claims.jti)
         enabled = self._clients.get(claims.client_id)
@@ -549,7 +593,7 @@ class AuthService:
                 return None
             enabled = self._client_enabled(claims.client_id)
         if not enabled:
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason="disabled")
         return _principal(user, claims.scopes, "client", claims.client_id)
 
     def cached_api_key(self, key: str) -> Principal | None:
@@ -568,12 +612,12 @@ class AuthService:
         prefix = credentials.api_key_prefix(key)
         found = self.store.api_key_by_prefix(prefix) if prefix else None
         if found is None:
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason="bad_key")
         row, user = found
         if not credentials.same_digest(key, row.key_hash):
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason="bad_key")
         if row.revoked_at is not None or user.disabled:
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason="disabled" if user.disabled else "revoked_key")
         state = _UserState(user.id, user.username, user.role, user.disabled)
         principal = _principal(state, parse_scopes(row.scopes), "api_key", row.id)
         if self._touch_due(row.id):

@@ -83,13 +83,15 @@ class TokenCodec:
         hit = self._verified.get(token)
         if hit is not None:
             claims, kid = hit
-            if time.time() < claims.expires_at + self.settings.leeway_s and (
-                self.keyring.verification_key(kid) is not None
-            ):
+            if time.time() >= claims.expires_at + self.settings.leeway_s:
+                reason = "expired"
+            elif self.keyring.verification_key(kid) is None:
+                reason = "bad_token"  # its signing key was retired since
+            else:
                 return claims
             with self._verified_lock:
                 self._verified.pop(token, None)
-            raise AuthenticationFailed()
+            raise AuthenticationFailed(reason=reason)
         verified, kid = self._verify(token)
         with self._verified_lock:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
@@ -118,6 +120,8 @@ class TokenCodec:
                 leeway=self.settings.leeway_s,
                 options={"require": REQUIRED_CLAIMS},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationFailed(reason="expired") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed() from exc
         if claims.get("typ") != TOKEN_TYPE or not isinstance(claims.get("sub"), str):
