@@ -18,8 +18,13 @@ SQLITE_FILENAME = "callannotate.db"
 
 
 def database_url(settings: Settings) -> str:
-    """The effective URL: ``database.url``, else ``database_url``, else SQLite in data_dir."""
+    """The effective URL: ``database.url``, else ``database_url``, else SQLite in data_dir;
+    ``database.password`` (e.g. from ``database.password_file``) replaces the URL's password."""
     url = settings.database.url or settings.database_url
+    password = settings.database.password
+    if url and password is not None:
+        parsed = make_url(url).set(password=password.get_secret_value())
+        return parsed.render_as_string(hide_password=False)
     if url:
         return url
     return f"sqlite:///{(settings.data_dir / SQLITE_FILENAME).absolute()}"
