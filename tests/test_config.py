@@ -52,3 +52,71 @@ def test_the_cli_names_the_bad_variable_without_a_traceback(
     assert code == 2
     assert "CALLANNOTATE_API__PORTT: Extra inputs are not permitted" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------- secret settings read from files
+
+
+def test_a_secret_setting_is_read_from_the_file_its_file_variable_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "jwt").write_text("s" * 40 + "\n")
+    (tmp_path / "master").write_text("bWFzdGVy\r\n")
+    monkeypatch.setenv("CALLANNOTATE_AUTH__JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    monkeypatch.setenv("CALLANNOTATE_ENCRYPTION__MASTER_KEY_FILE", str(tmp_path / "master"))
+    settings = cli.load_settings(api__port=9000)  # the CLI re-validates a dump: still read once
+    assert settings.auth.jwt_secret is not None
+    assert settings.auth.jwt_secret.get_secret_value() == "s" * 40
+    assert settings.encryption.master_key is not None
+    assert settings.encryption.master_key.get_secret_value() == "bWFzdGVy"
+    assert "s" * 40 not in repr(settings)
+
+
+def test_a_missing_or_empty_secret_file_is_an_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CALLANNOTATE_METRICS__TOKEN_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ValidationError, match=r"token_file: cannot read .*absent"):
+        Settings()
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv("CALLANNOTATE_METRICS__TOKEN_FILE", str(tmp_path / "empty"))
+    with pytest.raises(ValidationError, match=r"token_file: .*empty is empty"):
+        Settings()
+
+
+def test_a_secret_and_its_file_together_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t" * 32)
+    with pytest.raises(ValidationError, match="set token or token_file, not both"):
+        config.MetricsSettings.model_validate({"token": "x", "token_file": tmp_path / "token"})
+
+
+def test_only_secret_settings_have_a_file_variant(tmp_path: Path) -> None:
+    (tmp_path / "host").write_text("0.0.0.0")
+    with pytest.raises(ValidationError, match="host_file"):
+        config.ApiSettings.model_validate({"host_file": str(tmp_path / "host")})
+
+
+def test_the_database_password_file_replaces_the_password_in_the_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from callannotate.db import database_url
+    from callannotate.db.engine import describe_url
+
+    (tmp_path / "pw").write_text("p@ss:w/rd\n")
+    monkeypatch.setenv("CALLANNOTATE_DATABASE__URL", "postgresql+psycopg://app:old@db:5432/ca")
+    monkeypatch.setenv("CALLANNOTATE_DATABASE__PASSWORD_FILE", str(tmp_path / "pw"))
+    url = database_url(Settings(data_dir=tmp_path))
+    assert url == "postgresql+psycopg://app:p%40ss%3Aw%2Frd@db:5432/ca"
+    assert describe_url(url) == "postgresql+psycopg://app:***@db:5432/ca"
+    monkeypatch.delenv("CALLANNOTATE_DATABASE__URL")
+    assert database_url(Settings(data_dir=tmp_path)).startswith("sqlite:///")  # no URL: SQLite
+
+
+def test_a_list_of_secrets_is_read_one_per_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "old").write_text("first-old-secret\n\nsecond-old-secret\n")
+    monkeypatch.setenv("CALLANNOTATE_AUTH__JWT_PREVIOUS_SECRETS_FILE", str(tmp_path / "old"))
+    settings = cli.load_settings(api__port=9000)
+    secrets = [s.get_secret_value() for s in settings.auth.jwt_previous_secrets]
+    assert secrets == ["first-old-secret", "second-old-secret"]

@@ -33,6 +33,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "callannotate.security.audit_cli",
     "callannotate.security.keys_cli",
     "callannotate.observability.cli",
+    "callannotate.jobs.status_cli",
+    "callannotate.pipeline.models_cli",
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -21,11 +21,55 @@ def _repo_config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "config"
 
 
+def _read_secret_file(key: str, value: object) -> str:
+    path = Path(str(value))
+    try:
+        text = path.read_text("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{key}: cannot read {path}: {exc}") from None
+    if not text:
+        raise ValueError(f"{key}: {path} is empty")
+    return text
+
+
 class Section(BaseModel):
     """A group of settings: an unknown key (a typo in YAML or in ``CALLANNOTATE_X__Y``) is an
-    error, not silently ignored."""
+    error, not silently ignored.
+
+    Every secret setting ``x`` (a ``SecretStr``) may instead be given as ``x_file``: the path of
+    a file holding it (a Docker or Kubernetes secret), e.g.
+    ``CALLANNOTATE_AUTH__JWT_SECRET_FILE=/run/secrets/jwt_secret``; trailing newlines are
+    dropped. A list of secrets (``auth.jwt_previous_secrets``) is one secret per line.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key in [k for k in data if isinstance(k, str) and k.endswith("_file")]:
+            name = key.removesuffix("_file")
+            field = cls.model_fields.get(name)
+            if key in cls.model_fields or field is None:
+                continue
+            if field.annotation is not SecretStr and SecretStr not in get_args(field.annotation):
+                continue
+            text = _read_secret_file(key, data[key])
+            secret: str | list[str] = text
+            if get_origin(field.annotation) is list:  # one secret per line
+                secret = [line.strip() for line in text.splitlines() if line.strip()]
+            given = data.get(name)
+            if isinstance(given, list):
+                given = [g.get_secret_value() if isinstance(g, SecretStr) else g for g in given]
+            elif isinstance(given, SecretStr):
+                given = given.get_secret_value()
+            if given not in (None, "", [], secret):  # the same value twice: a re-validated dump
+                raise ValueError(f"set {name} or {key}, not both")
+            data = {k: v for k, v in data.items() if k != key}
+            data[name] = secret
+        return data
 
 
 class ApiSettings(Section):
@@ -163,7 +207,22 @@ class JobsSettings(Section):
         5.0, gt=0, description="Seconds between the API's pings of the Celery workers (/ready)."
     )
     worker_lost_after_s: float = Field(
-        30.0, gt=0, description="A Celery worker unanswered for this long counts as lost."
+        30.0,
+        gt=0,
+        description=(
+            "A worker whose heartbeat (data_dir/workers/) or ping answer is older than this "
+            "counts as lost."
+        ),
+    )
+    heartbeat_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between the heartbeat records every worker process writes.",
+    )
+    worker_forget_after_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A lost worker's heartbeat record is deleted after this many seconds.",
     )
 
 
@@ -191,6 +250,15 @@ class EventSettings(Section):
     )
     slow_client_timeout_s: float = Field(
         10.0, gt=0, description="A send queue full for this long closes the socket with 1013."
+    )
+    publish_attempts: int = Field(
+        3, ge=1, description="Attempts to publish one event to Redis before it is dropped."
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failed Redis publishes that open the event bus breaker."
+    )
+    breaker_reset_s: float = Field(
+        5.0, gt=0, description="Seconds the event bus breaker stays open before one trial publish."
     )
 
 
@@ -223,6 +291,13 @@ class DatabaseSettings(Section):
         description=(
             "SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (also read from "
             "CALLANNOTATE_DATABASE_URL); empty means SQLite at data_dir/callannotate.db."
+        ),
+    )
+    password: SecretStr | None = Field(
+        None,
+        description=(
+            "Password for the database URL, replacing one written in it; keep it out of the URL "
+            "with CALLANNOTATE_DATABASE__PASSWORD_FILE (a file holding it, e.g. a Docker secret)."
         ),
     )
     echo: bool = Field(False, description="Log every SQL statement (debugging only).")
@@ -313,6 +388,12 @@ class CallbackSettings(Section):
         1.0, gt=0, description="Wait before the first retry; doubles per retry (with jitter)."
     )
     backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failed deliveries to one host that open its breaker."
+    )
+    breaker_reset_s: float = Field(
+        60.0, gt=0, description="Seconds a host's breaker stays open before one trial delivery."
+    )
 
 
 class EncryptionSettings(Section):
@@ -603,6 +684,12 @@ class AlertSettings(Section):
     backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two attempts.")
     max_pending: int = Field(
         100, ge=1, description="Deliveries in flight; beyond, new ones are dropped and counted."
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failed attempts that open a receiver's breaker."
+    )
+    breaker_reset_s: float = Field(
+        60.0, gt=0, description="Seconds a receiver's breaker stays open before one trial."
     )
 
 

@@ -50,6 +50,8 @@ ROUTERS: tuple[str, ...] = (
     "callannotate.api.routes.auth",
     "callannotate.api.routes.audit",
     "callannotate.contacts.routes",
+    "callannotate.api.routes.admin",
+    "callannotate.api.routes.breakers",
 )
 
 DESCRIPTION = """Self-hosted annotation of call recordings: upload a recording, follow the job,

@@ -145,6 +145,91 @@ ALERTS_FIRING = Gauge(
     ["alert"],
 )
 
+# ------------------------------------------------- resilience (callannotate.resilience)
+
+CIRCUIT_BREAKERS = Gauge(
+    f"{PREFIX}_circuit_breakers",
+    "Circuits per breaker (a fixed list of names) and state (closed, open, half_open); a "
+    "breaker keyed by account or host counts each key's circuit.",
+    ["breaker", "state"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    f"{PREFIX}_circuit_breaker_transitions",
+    "State changes of the circuit breakers, by breaker and the state entered.",
+    ["breaker", "state"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    f"{PREFIX}_webhook_deliveries",
+    "Webhook delivery attempts by kind (callback: a job's callback_url, alert: built-in alert "
+    "notices) and result (delivered, retried, failed, circuit_open).",
+    ["kind", "result"],
+)
+EMAIL_DELIVERIES = Counter(
+    f"{PREFIX}_email_deliveries",
+    "E-mail delivery attempts of alert notices by result (delivered, retried, failed, "
+    "circuit_open).",
+    ["result"],
+)
+EVENTS_DROPPED = Counter(
+    f"{PREFIX}_events_dropped",
+    "Job events this process could not publish on the event bus (Redis down, circuit open).",
+)
+CONTACTS_SYNC = Counter(
+    f"{PREFIX}_contacts_sync",
+    "CardDAV account syncs by result (ok, failed, circuit_open: skipped, its server's breaker "
+    "is open).",
+    ["result"],
+)
+CONTACTS_LAST_SYNC = Gauge(
+    f"{PREFIX}_contacts_last_success_timestamp_seconds",
+    "Unix time of the last successful sync of a CardDAV account in this process (0: none).",
+)
+
+# ----------------------------------------------------------- security (callannotate.security)
+
+#: Why a credential was refused (anything else is counted as ``other``).
+AUTH_FAILURE_REASONS = (
+    "missing",  # a guarded route called without any credential
+    "bad_token",  # malformed, tampered, wrong key or algorithm, unknown user
+    "expired",  # an access token or refresh token past its expiry
+    "bad_key",  # an API key that does not exist
+    "revoked_key",
+    "disabled",  # the user (or OAuth2 client) is disabled
+    "bad_password",  # login: unknown user or wrong password (one reason, like the answer)
+    "throttled",  # login refused by the failed-login throttle
+    "bad_client",  # client credentials: unknown client or wrong secret
+    "bad_refresh",  # an unknown refresh token
+    "refresh_reuse",  # a spent refresh token presented again (its family is revoked)
+    "other",
+)
+AUTH_FAILURES = Counter(
+    f"{PREFIX}_auth_failures",
+    "Refused credentials and failed logins, by reason (a fixed list, see the docs).",
+    ["reason"],
+)
+#: Rate-limit budgets (``callannotate.security.ratelimit.Budget``).
+RATE_LIMIT_SCOPES = ("login", "uploads", "reads", "ws_connect", "ws_messages", "other")
+RATE_LIMIT_REJECTIONS = Counter(
+    f"{PREFIX}_rate_limit_rejections",
+    "Calls refused by the rate limiter (429, WebSocket refused or message dropped), by budget.",
+    ["scope"],
+)
+for _reason in AUTH_FAILURE_REASONS:
+    AUTH_FAILURES.labels(_reason)  # every series exists from the start (0)
+for _scope in RATE_LIMIT_SCOPES:
+    RATE_LIMIT_REJECTIONS.labels(_scope)
+
+
+def observe_auth_failure(reason: str) -> None:
+    """Count one refused credential or failed login (an unknown reason counts as other)."""
+    AUTH_FAILURES.labels(reason if reason in AUTH_FAILURE_REASONS else "other").inc()
+
+
+def observe_rate_limit_rejection(scope: str) -> None:
+    """Count one call the rate limiter refused from budget ``scope``."""
+    RATE_LIMIT_REJECTIONS.labels(scope if scope in RATE_LIMIT_SCOPES else "other").inc()
+
+
 # --------------------------------------------------------------------------- failure reasons
 
 TIMEOUT = "timeout"
