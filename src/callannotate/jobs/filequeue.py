@@ -67,6 +67,14 @@ FAILED = "failed"
 ARCHIVED = "archived"
 STAGING = "staging"
 FOLDERS: tuple[str, ...] = (INCOMING, PROCESSING, COMPLETED, FAILED, ARCHIVED)
+# queue folder -> the state name reports and metrics use for it (cancelled jobs live in failed/)
+STATE_OF_FOLDER: dict[str, str] = {
+    INCOMING: "queued",
+    PROCESSING: "running",
+    COMPLETED: "completed",
+    FAILED: "failed",
+    ARCHIVED: "archived",
+}
 # Where get() looks first: running jobs move most often, archived ones least.
 _SEARCH_ORDER: tuple[str, ...] = (PROCESSING, INCOMING, COMPLETED, FAILED, ARCHIVED)
 

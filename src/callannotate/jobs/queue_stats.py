@@ -34,7 +34,7 @@ from callannotate.jobs.filequeue import (
     FOLDERS,
     INCOMING,
     JOB_FILE,
-    PROCESSING,
+    STATE_OF_FOLDER,
     FileQueue,
     valid_job_id,
 )
@@ -43,13 +43,6 @@ from callannotate.jobs.models import MAX_PRIORITY, JobState, utcnow
 log = logging.getLogger(__name__)
 
 WINDOWS_S = (300, 3600)  # completed/failed per 5 min and per hour
-STATE_OF_FOLDER = {
-    INCOMING: "queued",
-    PROCESSING: "running",
-    COMPLETED: "completed",
-    FAILED: "failed",
-    ARCHIVED: "archived",
-}
 KOMBU_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: <queue><sep><step> per priority
 
 

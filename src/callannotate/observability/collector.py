@@ -30,13 +30,11 @@ from prometheus_client.registry import Collector
 from callannotate.config import MetricsSettings
 from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.filequeue import (
-    ARCHIVED,
-    COMPLETED,
-    FAILED,
     INCOMING,
     JOB_FILE,
     LOCK_FILE,
     PROCESSING,
+    STATE_OF_FOLDER,
     FileQueue,
     valid_job_id,
 )
@@ -44,15 +42,6 @@ from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.observability.metrics import PREFIX
 
 log = logging.getLogger(__name__)
-
-# queue folder -> the ``state`` label of callannotate_jobs (cancelled jobs live in failed/)
-STATE_OF_FOLDER = {
-    INCOMING: "queued",
-    PROCESSING: "running",
-    COMPLETED: "completed",
-    FAILED: "failed",
-    ARCHIVED: "archived",
-}
 
 
 @dataclass(frozen=True)
