@@ -151,12 +151,24 @@ cmd_stop() {
   for ((i = 0; i < 60; i++)); do # dockerd stops its containers first (10 s each at most)
     kill -0 "$pid" 2>/dev/null || {
       say "stopped (pid $pid)"
+      release_mounts
       return 0
     }
     sleep 0.5
   done
   say "dockerd $pid did not stop within 30s; sending SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
+  sleep 1
+  release_mounts
+}
+
+# dockerd leaves its network-namespace bind mount behind (exec-root/netns/default), which
+# keeps the folder from being deleted: unmount what is still mounted under the root.
+release_mounts() {
+  local m
+  while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done < <(awk -v root="$ROOT/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r)
 }
 
 cmd_status() {
