@@ -80,16 +80,21 @@ def thirty_second_wav(folder: Path) -> Path:
             if abs(w.getnframes() / w.getframerate() - 30.0) < 0.5:
                 print(f"30 s WAV: {SAMPLE.resolve()}")
                 return SAMPLE
-    target = folder / "tone-30s.wav"
+    target = write_tone(folder / "tone-30s.wav", 30)
+    print(f"30 s WAV: synthesised tone {target} (shared sample not found at {SAMPLE})")
+    return target
+
+
+def write_tone(target: Path, seconds: int) -> Path:
+    """A mono 16 kHz 16-bit WAV of a 440 Hz tone (when the shared speech is absent)."""
     rate = 16000
-    t = np.arange(30 * rate) / rate
+    t = np.arange(seconds * rate) / rate
     tone = (0.2 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
     with wave.open(str(target), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(tone.tobytes())
-    print(f"30 s WAV: synthesised tone {target} (shared sample not found at {SAMPLE})")
     return target
 
 

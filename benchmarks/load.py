@@ -40,12 +40,10 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,9 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_throughput import free_port, write_tone
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CALLANNOTATE_SHARED_DATA", REPO / ".." / "shared" / "data"))
@@ -97,23 +98,9 @@ def short_wav(folder: Path) -> Path:
     if SPEECH.is_file():
         print(f"upload WAV: {SPEECH.resolve()} (3 s speech)")
         return SPEECH
-    target = folder / "tone-3s.wav"
-    rate = 16000
-    t = np.arange(3 * rate) / rate
-    tone = (0.2 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    with wave.open(str(target), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(tone.tobytes())
+    target = write_tone(folder / "tone-3s.wav", 3)
     print(f"upload WAV: synthesised 3 s tone (shared sample not found at {SPEECH})")
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli() -> list[str]:

@@ -27,10 +27,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from pod_runner import docker_env as find_docker
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "scripts" / "docker" / "build-images.sh"
-PRIVATE_SOCKET = Path(os.environ.get("CALLANNOTATE_DOCKER_ROOT", "/tmp/callannotate-docker"))
 SAMPLE = REPO.parent / "shared" / "data" / "diarization" / "callsample" / "sample.wav"
 TAG = "test"
 BUILD_TIMEOUT_S = 2400  # a cold build (pip install of every wheel) on 2 shared cores
@@ -39,30 +39,9 @@ READY_TIMEOUT_S = 300
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
 
-def _docker_env() -> tuple[dict[str, str] | None, str]:
-    """The environment reaching a Docker daemon, or ``None`` and why not."""
-    env = dict(os.environ)
-    if not env.get("DOCKER_HOST") and (PRIVATE_SOCKET / "docker.sock").exists():
-        env["DOCKER_HOST"] = f"unix://{PRIVATE_SOCKET / 'docker.sock'}"
-    try:
-        done = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"docker CLI not usable: {exc}"
-    if done.returncode != 0:
-        where = env.get("DOCKER_HOST", "the default socket")
-        return None, f"no Docker daemon at {where} (scripts/docker/dockerd.sh start)"
-    return env, ""
-
-
 @pytest.fixture(scope="module")
 def docker_env() -> dict[str, str]:
-    env, why = _docker_env()
+    env, why = find_docker()
     if env is None:
         if os.environ.get("CALLANNOTATE_DOCKER_TESTS") == "1":
             pytest.fail(f"CALLANNOTATE_DOCKER_TESTS=1 needs Docker: {why}")
