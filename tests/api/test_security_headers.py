@@ -85,6 +85,18 @@ async def test_docs_load_nothing_from_outside(client: httpx.AsyncClient, page: s
     assert (await client.get("/openapi.json")).status_code == 200
 
 
+async def test_redoc_bundle_loads_its_logo_from_the_page_not_a_cdn(
+    client: httpx.AsyncClient,
+) -> None:
+    """Redoc's footer logo comes from cdn.redoc.ly in the installed bundle: the served bundle
+    carries an inline image instead, so the page asks nothing of the outside."""
+    served = await client.get("/docs/assets/redoc.standalone.js")
+    assert served.status_code == 200
+    assert served.headers["content-type"].startswith("text/javascript")
+    assert b"cdn.redoc.ly" not in served.content
+    assert b"data:image/svg+xml," in served.content
+
+
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [

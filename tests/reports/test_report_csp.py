@@ -119,6 +119,9 @@ def test_redoc_renders_under_its_policy(browser: Any, server: tuple[str, str]) -
     page, errors = _open(browser, f"{base}/redoc")
     try:
         _until(page, "document.body.innerText.includes('Report viewer page')", timeout_s=30)
+        # the footer logo is rendered after mounting: wait for it so a blocked load shows up
+        _until(page, "document.querySelector('img[alt=\"redocly logo\"]')?.complete", timeout_s=10)
+        page.wait_for_timeout(300)  # a violation reaches the console asynchronously
         assert errors == []
     finally:
         page.close()

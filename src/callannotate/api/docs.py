@@ -10,6 +10,7 @@ JSON error body, also on routes whose success is HTML or a file (``/report``, ``
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from callannotate.api.headers import csp_nonce
@@ -29,11 +30,26 @@ ASSETS_URL = "/docs/assets"
 ASSETS_PACKAGE = "fastapi_offline"
 # Swagger UI asks validator.swagger.io to grade the schema unless told not to.
 SWAGGER_PARAMETERS = {"validatorUrl": None}
+REDOC_BUNDLE = "redoc.standalone.js"
+# Redoc's sidebar footer loads its logo from a CDN: the page's CSP blocks it (a console error on
+# every visit) and an air-gapped host cannot reach it. The bundle is served with that address
+# replaced by a small image of our own, inline, which the policy allows (``img-src data:``).
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+LOCAL_LOGO = (
+    b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
+    b"%3Crect width='16' height='16' rx='3' fill='%23546e7a'/%3E%3C/svg%3E"
+)
 
 
 def assets_dir() -> Path:
     """The folder of the installed Swagger UI / Redoc bundles."""
     return Path(str(files(ASSETS_PACKAGE) / "static"))
+
+
+@lru_cache(maxsize=1)
+def redoc_bundle() -> bytes:
+    """The installed Redoc bundle with its one outside address replaced by :data:`LOCAL_LOGO`."""
+    return (assets_dir() / REDOC_BUNDLE).read_bytes().replace(REDOC_CDN_LOGO, LOCAL_LOGO)
 
 
 def json_error_bodies(schema: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +83,12 @@ def install_docs(app: FastAPI) -> None:
     """
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    # Registered before the static mount, which would otherwise answer this path first.
+    @app.get(f"{ASSETS_URL}/{REDOC_BUNDLE}", include_in_schema=False)
+    async def redoc_js() -> Response:
+        return Response(redoc_bundle(), media_type="text/javascript")
+
     app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
     build_openapi = app.openapi
 
@@ -101,7 +123,7 @@ def install_docs(app: FastAPI) -> None:
         return get_redoc_html(
             openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_js_url=f"{root}{ASSETS_URL}/{REDOC_BUNDLE}",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
