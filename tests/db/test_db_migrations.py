@@ -22,7 +22,7 @@ from callannotate.db.testing import temporary_postgres_database
 
 TABLES = {"users", "api_keys", "oauth_clients", "refresh_tokens", "audit_events"}
 TABLES |= {"contact_accounts", "contact_books", "contacts", "contact_phones", "contact_outbox"}
-TABLES |= {"contact_conflicts"}
+TABLES |= {"contact_conflicts", "alert_states"}
 
 
 def _drift(db: Database) -> list[object]:

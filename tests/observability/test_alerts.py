@@ -39,6 +39,7 @@ from callannotate.observability.alerts.conditions import Conditions
 from callannotate.observability.alerts.watcher import AlertWatcher, build_watcher
 from callannotate.observability.metrics import ALERT_NOTIFICATIONS
 from callannotate.resilience.breakers import Breaker
+from local_servers import free_port
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
@@ -74,12 +75,6 @@ def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data
     return AuthResult(success=ok, handled=False)  # not handled: the server answers 535
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("smtp-certs"))
@@ -88,7 +83,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 @pytest.fixture
 def mailbox(certs: Certs) -> Iterator[Mailbox]:
     """aiosmtpd on 127.0.0.1: STARTTLS required before anything, then AUTH required."""
-    box = Mailbox(port=_free_port())
+    box = Mailbox(port=free_port())
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(certs.cert_file), str(certs.key_file))
     controller = Controller(
@@ -118,7 +113,7 @@ def receiver() -> Iterator[Receiver]:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -348,7 +343,7 @@ async def test_dead_receivers_are_retried_and_never_block(
     silent = socket.socket()  # accepts connections (backlog) and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
-    refused = _free_port()  # nothing listens
+    refused = free_port()  # nothing listens
     try:
         settings = alert_settings(
             tmp_path,
@@ -359,7 +354,7 @@ async def test_dead_receivers_are_retried_and_never_block(
             ],
             webhook_secret=SecretStr(SECRET),
             email_to=["ops@example.test"],
-            smtp_port=_free_port(),
+            smtp_port=free_port(),
             timeout_s=0.5,
             max_attempts=3,
             backoff_initial_s=0.05,
@@ -395,12 +390,13 @@ async def test_dead_receivers_are_retried_and_never_block(
 async def test_smtp_refuses_plaintext_and_wrong_passwords(
     tmp_path: Path, jobs: JobService, mailbox: Mailbox, certs: Certs
 ) -> None:
-    base = receivers(Receiver(port=_free_port()), mailbox, certs)
+    base = receivers(Receiver(port=free_port()), mailbox, certs)
     base["webhook_urls"] = []
     before = count("email", "failed")
     retried = count("email", "retried")
-    for change in ({"smtp_password": SecretStr("wrong")}, {"smtp_starttls": False}):
-        settings = alert_settings(tmp_path, **{**base, **change}, disk_free_ratio=0.999999)
+    for i, change in enumerate(({"smtp_password": SecretStr("wrong")}, {"smtp_starttls": False})):
+        # a data folder (state store) each: the second watcher would find disk_low open
+        settings = alert_settings(tmp_path / str(i), **{**base, **change}, disk_free_ratio=0.999999)
         watcher = AlertWatcher(settings, jobs.queue, jobs.executor)
         assert [n.alert for n in await watcher.check()] == ["disk_low"]
         await watcher.drain()
@@ -491,3 +487,169 @@ def test_the_api_watches_while_jobs_fail_and_a_receiver_is_dead(
     firing = [json.loads(r["body"]) for r in receiver.requests]
     assert [b["alert"] for b in firing if b["status"] == "firing"] == ["jobs_failing"]
     assert all(r["valid"] for r in receiver.requests)
+
+
+# ------------------------------------------------------------------------------ restarts
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """Where the alert state lives: the default SQLite file in data_dir (None), or a
+    throw-away database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from callannotate.db.testing import (
+        postgres_admin_url,
+        postgres_required,
+        temporary_postgres_database,
+    )
+
+    admin, reason = postgres_admin_url()
+    if admin is None:
+        if postgres_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with temporary_postgres_database(admin) as url:
+        yield url
+
+
+def with_store(settings: Settings, url: str | None) -> Settings:
+    if url is not None:
+        settings.database.url = url
+    return settings
+
+
+async def test_a_restarted_watcher_neither_repeats_nor_loses_the_recovery(
+    tmp_path: Path,
+    jobs: JobService,
+    receiver: Receiver,
+    mailbox: Mailbox,
+    certs: Certs,
+    store_url: str | None,
+) -> None:
+    settings = with_store(
+        alert_settings(
+            tmp_path, **receivers(receiver, mailbox, certs), repeat_interval_s=3600, interval_s=30
+        ),
+        store_url,
+    )
+    clock = Clock()
+    waiting = submit(jobs.queue, waited_s=120)  # over the 60 s queue-wait SLA
+
+    async def run(*advance: float) -> list[tuple[str, str, int]]:
+        """A new watcher (a process start): checks after each advance of the clock."""
+        watcher = AlertWatcher(settings, jobs.queue, jobs.executor, clock=clock)
+        seen = []
+        try:
+            for seconds in advance:
+                clock.now += seconds
+                seen += [(n.alert, n.status, n.sequence) for n in await watcher.check()]
+            await watcher.drain()
+        finally:
+            await watcher.stop()
+        return seen
+
+    assert await run(0) == [("queue_wait_sla", "firing", 1)]
+    # restarted a minute later, still firing: no new notice; the repeat keeps its schedule
+    assert await run(60, 600) == []
+    assert await run(3000) == [("queue_wait_sla", "firing", 2)]
+    # the job is taken while no watcher runs; the next one announces the recovery once the
+    # previous watcher's last sighting is older than three check intervals
+    assert jobs.queue.claim("host:1:w0") is not None
+    jobs.queue.complete(waiting.id, b"{}")
+    assert await run(30, 61, 30) == [("queue_wait_sla", "resolved", 2)]
+    assert await run(30) == []  # nothing open any more
+
+    bodies = webhook_bodies(receiver)
+    assert [(b["event"], b["sequence"], b["repeat"]) for b in bodies] == [
+        ("alert.firing", 1, False),
+        ("alert.firing", 2, True),
+        ("alert.resolved", 2, False),
+    ]
+    assert len({b["started_at"] for b in bodies}) == 1  # the first sighting, kept over restarts
+    assert all(r["valid"] for r in receiver.requests)
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert len(subjects) == 3 and "(repeat 1)" in subjects[1] and "RESOLVED" in subjects[2]
+
+
+async def test_watchers_of_several_processes_share_the_state(
+    tmp_path: Path, jobs: JobService, store_url: str | None
+) -> None:
+    settings = with_store(alert_settings(tmp_path, interval_s=30), store_url)
+    clock = Clock()
+    one, two = (
+        AlertWatcher(settings, jobs.queue, jobs.executor, channels=[], clock=clock)
+        for _ in range(2)
+    )
+    try:
+        waiting = submit(jobs.queue, waited_s=120)
+        assert [n.alert for n in await one.check()] == ["queue_wait_sla"]
+        assert await two.check() == []  # open already: announced once for both
+        assert two.firing == ["queue_wait_sla"]
+        clock.now += 30
+        assert await one.check() == []  # `one` is the last to see it firing
+        assert jobs.queue.claim("host:1:w0") is not None
+        jobs.queue.complete(waiting.id, b"{}")
+        clock.now += 5
+        assert await two.check() == []  # `one` saw it firing last, 5 s ago: not yet
+        resolved = await one.check()  # the last one to see it firing sees it clear
+        assert [(n.alert, n.status) for n in resolved] == [("queue_wait_sla", "resolved")]
+        assert await two.check() == []
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+async def test_without_a_database_the_state_is_kept_in_memory(
+    tmp_path: Path, jobs: JobService, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    settings = alert_settings(tmp_path, disk_free_ratio=0.999999)
+    settings.database.url = dead
+    settings.database.connect_timeout_s = 1
+    watcher = AlertWatcher(settings, jobs.queue, jobs.executor, channels=[])
+    try:
+        assert [n.alert for n in await watcher.check()] == ["disk_low"]  # still announced
+        assert await watcher.check() == []  # and de-duplicated
+        assert watcher.firing == ["disk_low"]
+    finally:
+        await watcher.stop()
+    warnings = [r for r in caplog.records if "alert state cannot be stored" in r.getMessage()]
+    assert len(warnings) == 1  # once, not every round
+
+
+async def test_an_alert_no_process_evaluates_any_more_is_resolved(
+    tmp_path: Path, jobs: JobService
+) -> None:
+    """``circuit_open.events_redis`` opened by a process that used Redis; after a restart
+    without Redis nobody evaluates it: resolved once no watcher saw it for three intervals."""
+    settings = alert_settings(tmp_path, interval_s=30)
+    clock = Clock()
+    redis_down = AlertWatcher(
+        settings,
+        jobs.queue,
+        jobs.executor,
+        channels=[],
+        clock=clock,
+        breakers=lambda: {"events_redis": [""]},
+    )
+    try:
+        notices = await redis_down.check()
+        assert [(n.alert, n.status) for n in notices] == [("circuit_open.events_redis", "firing")]
+    finally:
+        await redis_down.stop()
+    restarted = AlertWatcher(settings, jobs.queue, jobs.executor, channels=[], clock=clock)
+    try:
+        clock.now += 30
+        assert await restarted.check() == []  # seen firing 30 s ago: maybe by a live process
+        assert restarted.firing == ["circuit_open.events_redis"]
+        clock.now += 61
+        resolved = await restarted.check()
+        assert [(n.alert, n.status, n.severity) for n in resolved] == [
+            ("circuit_open.events_redis", "resolved", "warning")
+        ]
+        assert "no watching process reports it" in resolved[0].summary
+        assert restarted.firing == []
+    finally:
+        await restarted.stop()

@@ -40,7 +40,12 @@ class HealthBody(BaseModel):
 
 class ReadyBody(BaseModel):
     status: str = "ready"
-    checks: dict[str, str] = Field(description="Each check and its outcome ('ok' or why not).")
+    checks: dict[str, str] = Field(
+        description=(
+            "Each check and its outcome: 'ok', 'degraded: why' (an optional dependency is down;"
+            " the service still answers) or why it fails."
+        ),
+    )
     breakers: dict[str, str] = Field(
         default_factory=dict,
         description="Admins: each circuit breaker of this process and its state (closed, open, "

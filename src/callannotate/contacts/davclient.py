@@ -69,7 +69,7 @@ class SyncChanges:
     token: str | None = None
 
 
-def _propfind_body(*props: str) -> str:
+def propfind_body(*props: str) -> str:
     inner = "".join(props)
     return (
         '<?xml version="1.0" encoding="utf-8"?>'
@@ -183,7 +183,7 @@ class CardDAVClient:
 
     # -- discovery ----------------------------------------------------------------------
     def _href_prop(self, url: str, prop: str, path: str) -> str | None:
-        for response in self._propfind(url, _propfind_body(prop), "0"):
+        for response in self._propfind(url, propfind_body(prop), "0"):
             props = _ok_props(response)
             if props is not None:
                 href = props.findtext(path, None, NS)
@@ -213,7 +213,7 @@ class CardDAVClient:
                 response = self.request(
                     "PROPFIND",
                     well_known,
-                    content=_propfind_body("<d:current-user-principal/>"),
+                    content=propfind_body("<d:current-user-principal/>"),
                     headers={**XML_HEADERS, "Depth": "0"},
                 )
                 start = str(response.url)
@@ -234,7 +234,7 @@ class CardDAVClient:
         return [b for b in self._books(home_url, "1") if b.url.rstrip("/") != home_url.rstrip("/")]
 
     def _books(self, url: str, depth: str) -> list[AddressBook]:
-        body = _propfind_body(
+        body = propfind_body(
             "<d:resourcetype/>",
             "<d:displayname/>",
             "<d:sync-token/>",
@@ -282,7 +282,7 @@ class CardDAVClient:
     def list_etags(self, book_url: str) -> dict[str, str | None]:
         """``href -> etag`` of every vCard in the book (the fallback when sync is missing)."""
         out: dict[str, str | None] = {}
-        body = _propfind_body("<d:getetag/>", "<d:resourcetype/>")
+        body = propfind_body("<d:getetag/>", "<d:resourcetype/>")
         for response in self._propfind(book_url, body, "1"):
             href = response.findtext("d:href", "", NS).strip()
             props = _ok_props(response)

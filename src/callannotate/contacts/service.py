@@ -99,14 +99,14 @@ class ContactsService:
     def _seal(self, account_id: str, password: str) -> bytes:
         from callannotate.security.secrets import seal
 
-        return seal(self.settings, password.encode(), context=_context(account_id))
+        return seal(self.settings, password.encode(), context=password_context(account_id))
 
     def _password(self, account: ContactAccount) -> str:
         from callannotate.security.secrets import SealedDataError, unseal
 
         try:
             return unseal(
-                self.settings, account.password_sealed, context=_context(account.id)
+                self.settings, account.password_sealed, context=password_context(account.id)
             ).decode()
         except SealedDataError as exc:
             raise BadRequest(
@@ -114,11 +114,9 @@ class ContactsService:
             ) from exc
 
     def _verify(self) -> bool | ssl.SSLContext:
-        if not self.cfg.verify_tls:
-            return False
-        if self.cfg.ca_bundle is not None:
-            return ssl.create_default_context(cafile=str(self.cfg.ca_bundle))
-        return True
+        from callannotate.contacts.probe import tls_verify
+
+        return tls_verify(self.cfg)
 
     def client(self, url: str, username: str, password: str, auth: str) -> dav.CardDAVClient:
         return dav.CardDAVClient(
@@ -905,5 +903,7 @@ class ContactsService:
             return "".join(c if c.endswith("\n") else c + "\r\n" for c in cards)
 
 
-def _context(account_id: str) -> bytes:
+def password_context(account_id: str) -> bytes:
+    """What an account's sealed password is bound to (its account id), so a sealed value
+    copied to another account does not open."""
     return f"contact-account:{account_id}:password".encode()

@@ -143,4 +143,5 @@ class AuditEvent(Base):
 
 
 # Tables defined in their own modules, imported here so Base.metadata holds them all.
+from callannotate.db import alert_models as _alert_models  # noqa: E402, F401
 from callannotate.db import contact_models as _contact_models  # noqa: E402, F401

@@ -10,7 +10,15 @@ otherwise; the time the check took is part of the text (``ok (12.1 GiB free, 0.3
 * ``database``: ``SELECT 1`` on the configured database (skipped while none is configured
   and the default SQLite file does not exist yet: nothing uses it);
 * ``redis``: ``PING`` when the event bus is Redis;
-* ``heartbeat``: every running job's lease was renewed within the lease period.
+* ``heartbeat``: every running job's lease was renewed within the lease period;
+* ``contacts``: each connected CardDAV account's server answers a ``PROPFIND`` (depth 0) of
+  its address book with the stored credentials (:mod:`callannotate.contacts.probe`; cached
+  for a few seconds; skipped while no account is connected).
+
+Contacts are a degradable feature (served from the local cache while the server is away), so
+their check is never a reason for 503: a failing one reads ``degraded: ...``
+(:func:`is_failing` tells the two apart). ``callannotate healthcheck --local`` runs only the
+required checks (:func:`dependency_checks`).
 """
 
 from __future__ import annotations
@@ -20,12 +28,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callannotate.config import Settings
 from callannotate.jobs.filequeue import FileQueue
 
+if TYPE_CHECKING:
+    from callannotate.contacts.probe import ContactsProbe
+
 GIB = 1024**3
+
+
+DEGRADED = "degraded"
 
 
 @dataclass(frozen=True)
@@ -34,12 +48,30 @@ class CheckResult:
     ok: bool
     detail: str
     latency_ms: float
+    required: bool = True  # False: a failure degrades a feature, the service stays ready
 
     @property
     def outcome(self) -> str:
-        """The text ``/ready`` shows: ``ok (...)`` or the problem, with the latency."""
-        text = f"ok ({self.detail}, " if self.ok else f"{self.detail} ("
+        """The text ``/ready`` shows: ``ok (...)``, ``degraded: ...`` (an optional feature)
+        or the problem, with the latency."""
+        if self.ok:
+            text = f"ok ({self.detail}, "
+        elif self.required:
+            text = f"{self.detail} ("
+        else:
+            text = f"{DEGRADED}: {self.detail} ("
         return f"{text}{self.latency_ms:.1f} ms)"
+
+
+def is_failing(outcome: str) -> bool:
+    """Whether a check's outcome makes ``/ready`` 503 (neither ``ok`` nor ``degraded``)."""
+    return not outcome.startswith(("ok", f"{DEGRADED}:"))
+
+
+def public_outcome(outcome: str) -> str:
+    """What a caller who may not see details gets for a passing check: ``ok`` or
+    ``degraded``, never the detail."""
+    return DEGRADED if outcome.startswith(f"{DEGRADED}:") else "ok"
 
 
 def _timed(name: str, check: Callable[[], tuple[bool, str]]) -> CheckResult:
@@ -64,8 +96,9 @@ _engines: dict[str, Any] = {}
 _engines_lock = threading.Lock()
 
 
-def check_database(settings: Settings) -> tuple[bool, str] | None:
-    from sqlalchemy import text
+def _engine(settings: Settings) -> tuple[str, Any] | None:
+    """``(url, engine)`` of the configured database (one engine per URL, kept), or None
+    while none is configured and the default SQLite file does not exist."""
     from sqlalchemy.engine import make_url
 
     from callannotate.db.engine import database_url, make_engine
@@ -82,9 +115,19 @@ def check_database(settings: Settings) -> tuple[bool, str] | None:
         if engine is None:
             engine = make_engine(url, timeout=settings.database.connect_timeout_s, pool_size=1)
             _engines[url] = engine
+    return url, engine
+
+
+def check_database(settings: Settings) -> tuple[bool, str] | None:
+    from sqlalchemy import text
+
+    found = _engine(settings)
+    if found is None:
+        return None
+    _, engine = found
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    return True, parsed.get_backend_name()
+    return True, engine.dialect.name
 
 
 def _exists(path: str) -> bool:
@@ -141,6 +184,67 @@ def dependency_checks(settings: Settings, queue: FileQueue) -> list[CheckResult]
     return results
 
 
+_contacts_probe: ContactsProbe | None = None
+_contacts_tables: set[str] = set()  # database URLs known to have the contacts tables
+
+
+def contacts_probe() -> ContactsProbe:
+    """The process's :class:`~callannotate.contacts.probe.ContactsProbe` (its cache)."""
+    global _contacts_probe
+    with _engines_lock:
+        if _contacts_probe is None:
+            from callannotate.contacts.probe import ContactsProbe
+
+            _contacts_probe = ContactsProbe()
+        return _contacts_probe
+
+
+def check_contacts(settings: Settings) -> tuple[bool, str] | None:
+    """Each connected CardDAV account's server (skipped while there is none)."""
+    found = _engine(settings)
+    if found is None:
+        return None
+    url, engine = found
+    if url not in _contacts_tables:
+        from sqlalchemy import inspect
+
+        if not inspect(engine).has_table("contact_accounts"):
+            return None  # the store was never migrated this far: no account can exist
+        _contacts_tables.add(url)
+    results, total = contacts_probe().results(settings, url, engine)
+    if not results:
+        return None
+    bad = [r for r in results if not r.ok]
+    servers = len({r.server for r in results})
+    slowest = max(r.latency_ms for r in results)
+    probed = f"{len(results)} of {total}" if total > len(results) else f"{len(results)}"
+    if not bad:
+        return True, f"{probed} account(s) on {servers} server(s) answer; slowest {slowest:.0f} ms"
+    shown = "; ".join(f"account {r.account_id} on {r.server}: {r.detail}" for r in bad[:5])
+    more = f"; {len(bad) - 5} more" if len(bad) > 5 else ""
+    return False, f"{len(bad)} of {probed} account(s) failing: {shown}{more}"
+
+
+def degradable_checks(settings: Settings) -> list[CheckResult]:
+    """Checks of optional features: a failure is ``degraded``, never a reason for 503."""
+    results = []
+    checks: list[tuple[str, Callable[[], tuple[bool, str] | None]]] = [
+        ("contacts", lambda: check_contacts(settings)),
+    ]
+    for name, check in checks:
+        start = time.perf_counter()
+        try:
+            outcome = check()
+        except Exception as exc:  # e.g. the database is down (its own check says so)
+            outcome = (False, f"{type(exc).__name__}: {str(exc)[:200]}")
+        if outcome is not None:
+            elapsed = (time.perf_counter() - start) * 1000
+            results.append(CheckResult(name, outcome[0], outcome[1], elapsed, required=False))
+    return results
+
+
 def dependency_outcomes(settings: Settings, queue: FileQueue) -> dict[str, str]:
-    """``{name: outcome}`` for ``/ready``'s ``checks``."""
-    return {r.name: r.outcome for r in dependency_checks(settings, queue)}
+    """``{name: outcome}`` for ``/ready``'s ``checks``: the required checks, then the
+    degradable ones."""
+    results = [*dependency_checks(settings, queue), *degradable_checks(settings)]
+    return {r.name: r.outcome for r in results}

@@ -24,7 +24,7 @@ from callannotate.api.errors import error_json, error_responses
 from callannotate.api.schemas import HealthBody, InfoBody, ReadyBody, StepModel
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
-from callannotate.observability.health import dependency_outcomes
+from callannotate.observability.health import dependency_outcomes, is_failing, public_outcome
 from callannotate.pipeline import registry
 from callannotate.pipeline.readiness import check_configured_models
 from callannotate.pipeline.settings import ModelsSettings, load_models_settings
@@ -68,14 +68,15 @@ def ready(
     """
     checks = check_models(settings)
     checks["queue"] = "ok" if queue.writable() else f"queue folder {queue.root} is not writable"
-    checks.update(dependency_outcomes(settings, queue))  # disk, database, Redis, heartbeats
+    checks.update(dependency_outcomes(settings, queue))  # disk, database, Redis, ..., contacts
     workers_ready, checks["workers"] = executor.readiness()
     if not workers_ready and checks["workers"].startswith("ok"):
         checks["workers"] = f"not ready: {checks['workers']}"
     for worker in executor.workers():
         if worker.preload_error:
             checks[f"worker:{worker.name}"] = f"models did not load: {worker.preload_error}"
-    failing = {name: outcome for name, outcome in checks.items() if not outcome.startswith("ok")}
+    # "degraded" (contacts server down) is shown, never a reason for 503
+    failing = {name: outcome for name, outcome in checks.items() if is_failing(outcome)}
     # circuit breakers guard optional dependencies: shown, never a reason for 503
     breaker_states = {status.name: status.state for status in breaker_statuses()}
     if failing:
@@ -88,7 +89,7 @@ def ready(
             detail += f"; circuits open: {', '.join(opened)}" if opened else ""
         return error_json(503, "not_ready", detail)
     if not _detailed(principal):
-        return ReadyBody(checks={name: "ok" for name in checks})
+        return ReadyBody(checks={name: public_outcome(o) for name, o in checks.items()})
     return ReadyBody(checks=checks, breakers=breaker_states)
 
 

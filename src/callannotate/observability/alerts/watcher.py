@@ -9,6 +9,15 @@ alert:
 * still firing ``alerts.repeat_interval_s`` after the last notice: a repeat (``sequence`` 2, 3...);
 * firing -> clear: one ``resolved`` notice.
 
+Which alerts are open is kept in the database (:mod:`.state`), so a restarted watcher carries
+on where the previous one stopped: no new ``firing`` notice for an alert still open, repeats
+on the same schedule, and the ``resolved`` notice when it cleared. Several watching
+processes share that state: an alert is open while any of them sees it firing; one that
+sees it clear resolves it at once when it was the last to see it firing, otherwise only
+after ``RESOLVE_AFTER_INTERVALS`` of its check intervals without anyone seeing it firing (a
+watcher that stopped, or another process whose own counts still fire). While the database
+cannot be reached the state is kept in memory (a warning is logged).
+
 Each notice goes to every channel in its own task (retried there, see :mod:`.channels`), so
 a slow or dead receiver delays neither the next check nor anything else in the process, and
 job processing (worker processes, the queue manager's thread) never waits for it. At most
@@ -19,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from callannotate.config import Settings
@@ -30,19 +42,24 @@ from callannotate.jobs.filequeue import FileQueue
 from callannotate.observability.alerts.channels import Channel, build_channels, deliver
 from callannotate.observability.alerts.conditions import BreakerReader, Condition, Conditions
 from callannotate.observability.alerts.notice import Notice
+from callannotate.observability.alerts.state import (
+    AlertStore,
+    DatabaseAlertStore,
+    MemoryAlertStore,
+    OpenAlert,
+)
 from callannotate.observability.metrics import ALERT_NOTIFICATIONS, ALERTS_FIRING
 from callannotate.resilience.breakers import breakers
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+RESOLVE_AFTER_INTERVALS = 3.0
 
 
-@dataclass
-class _Firing:
-    started_at: float
-    last_sent: float  # monotonic
-    sequence: int
+def watcher_id() -> str:
+    """This watcher in the shared state: host, pid and a random part (a new one per start)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class AlertWatcher:
@@ -54,20 +71,29 @@ class AlertWatcher:
         *,
         breakers: BreakerReader | None = None,
         channels: list[Channel] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        store: AlertStore | None = None,
     ) -> None:
+        """``clock``: Unix seconds of the stored state (and the conditions' window); tests pass
+        a manual one. ``store``: where open alerts are kept (the configured database)."""
         self.settings = settings
         self.cfg = settings.alerts
-        self.conditions = Conditions(settings, queue, executor, breakers=breakers, clock=clock)
+        self.conditions = Conditions(
+            settings, queue, executor, breakers=breakers, clock=clock or time.monotonic
+        )
         self.channels = channels if channels is not None else build_channels(settings)
-        self._clock = clock
-        self._firing: dict[str, _Firing] = {}
+        self._clock = clock or time.time
+        self.id = watcher_id()
+        self.store: AlertStore = store if store is not None else DatabaseAlertStore(settings)
+        self._memory = MemoryAlertStore()  # the last known state; the fallback
+        self._store_failing = False
         self._tasks: set[asyncio.Task[bool]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
     def firing(self) -> list[str]:
-        return sorted(self._firing)
+        """The open alerts as last read or written by this watcher."""
+        return sorted(self._memory.load())
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="alerts")
@@ -93,6 +119,7 @@ class AlertWatcher:
                 await asyncio.wait(pending, timeout=1.0)
         for channel in self.channels:
             await channel.close()
+        await asyncio.to_thread(self.store.dispose)
 
     async def drain(self) -> None:
         """Wait until every delivery started so far has ended (tests)."""
@@ -112,51 +139,51 @@ class AlertWatcher:
     async def check(self) -> list[Notice]:
         """One round: evaluate, update the state, start the deliveries; returns the notices."""
         conditions = await asyncio.to_thread(self.conditions.evaluate)
-        notices = self.decide(conditions)
+        notices = await asyncio.to_thread(self.decide, conditions)
         for notice in notices:
             for channel in self.channels:
                 self._spawn(channel, notice)
         return notices
 
     def decide(self, conditions: list[Condition]) -> list[Notice]:
-        """The notices due now (firing, repeat, resolved), updating the firing state."""
-        now, wall = self._clock(), time.time()
+        """The notices due now (firing, repeat, resolved), updating the stored state.
+
+        Blocking (database): call it from a thread."""
+        now = self._clock()
+        store: AlertStore = self.store
+        try:
+            current = store.load()
+        except Exception as exc:
+            store, current = self._fall_back(exc), self._memory.load()
+        after = dict(current)
         notices = []
         for c in conditions:
-            state = self._firing.get(c.alert)
-            if c.firing and state is None:
-                self._firing[c.alert] = _Firing(wall, now, 1)
-                notices.append(Notice(c.alert, "firing", c.severity, c.summary, c.details, wall))
-            elif c.firing and state is not None:
-                if now - state.last_sent >= self.cfg.repeat_interval_s:
-                    state.sequence += 1
-                    state.last_sent = now
-                    notices.append(
-                        Notice(
-                            c.alert,
-                            "firing",
-                            c.severity,
-                            c.summary,
-                            c.details,
-                            state.started_at,
-                            sequence=state.sequence,
-                        )
-                    )
-            elif state is not None:
-                del self._firing[c.alert]
-                notices.append(
-                    Notice(
-                        c.alert,
-                        "resolved",
-                        c.severity,
-                        c.summary,
-                        c.details,
-                        state.started_at,
-                        ended_at=wall,
-                        sequence=state.sequence,
-                    )
-                )
-            ALERTS_FIRING.labels(c.alert).set(1 if c.alert in self._firing else 0)
+            try:
+                notice = self._step(store, current.get(c.alert), c, now, after)
+            except Exception as exc:  # the database went away during the round
+                if store is self._memory:
+                    raise
+                store = self._fall_back(exc, after)
+                notice = self._step(store, after.get(c.alert), c, now, after)
+            if notice is not None:
+                notices.append(notice)
+            ALERTS_FIRING.labels(c.alert).set(1 if c.alert in after else 0)
+        evaluated = {c.alert for c in conditions}
+        for name in sorted(set(current) - evaluated):
+            try:
+                notice = self._unwatched(store, current[name], now, after)
+            except Exception as exc:
+                if store is self._memory:
+                    raise
+                store = self._fall_back(exc, after)
+                continue
+            if notice is not None:
+                notices.append(notice)
+        if store is not self._memory:
+            self._memory.replace(after)
+            if self._store_failing:
+                self._store_failing = False
+                log.info("alert state stored in the database again")
         for n in notices:
             log.warning(
                 "alert %s: %s",
@@ -165,6 +192,93 @@ class AlertWatcher:
                 extra={"alert": n.alert, "status": n.status, "summary": n.summary},
             )
         return notices
+
+    def _fall_back(self, exc: Exception, known: dict[str, OpenAlert] | None = None) -> AlertStore:
+        """Switch to the memory store (``known``: the state as read and changed so far)."""
+        if known is not None:
+            self._memory.replace(known)
+        if not self._store_failing:
+            self._store_failing = True
+            log.warning(
+                "alert state cannot be stored; keeping it in memory",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+        return self._memory
+
+    def _unwatched(
+        self, store: AlertStore, state: OpenAlert, now: float, after: dict[str, OpenAlert]
+    ) -> Notice | None:
+        """An open alert this process does not evaluate (e.g. ``circuit_open.events_redis``
+        opened by a process that used Redis): left to the others while one of them saw it
+        firing recently, resolved when none did for the grace period."""
+        if now - state.seen_at < self._grace() or not store.close(state):
+            return None
+        after.pop(state.alert, None)
+        return Notice(
+            state.alert,
+            "resolved",
+            state.severity if state.severity in ("warning", "critical") else "warning",
+            f"{state.alert}: no watching process reports it any more",
+            {},
+            state.started_at,
+            ended_at=now,
+            sequence=state.sequence,
+        )
+
+    def _grace(self) -> float:
+        return RESOLVE_AFTER_INTERVALS * self.cfg.interval_s
+
+    def _step(
+        self,
+        store: AlertStore,
+        state: OpenAlert | None,
+        c: Condition,
+        now: float,
+        after: dict[str, OpenAlert],
+    ) -> Notice | None:
+        """Apply one condition to its stored state; the notice this watcher must send."""
+        if c.firing and state is None:
+            opened = OpenAlert(c.alert, c.severity, now, now, 1, now, self.id)
+            if not store.open(opened):  # another watcher opened it and announces it
+                return None
+            after[c.alert] = opened
+            return Notice(c.alert, "firing", c.severity, c.summary, c.details, now)
+        if c.firing and state is not None:
+            due = now - state.last_notified_at >= self.cfg.repeat_interval_s
+            seen = replace(state, seen_at=now, seen_by=self.id, version=state.version + 1)
+            if due:
+                seen = replace(seen, last_notified_at=now, sequence=state.sequence + 1)
+            if not store.update(state, seen):  # changed meanwhile: read again next round
+                return None
+            after[c.alert] = seen
+            if not due:
+                return None
+            return Notice(
+                c.alert,
+                "firing",
+                c.severity,
+                c.summary,
+                c.details,
+                state.started_at,
+                sequence=seen.sequence,
+            )
+        if state is None:
+            return None
+        if state.seen_by != self.id and now - state.seen_at < self._grace():
+            return None  # another watcher saw it firing a moment ago
+        if not store.close(state):
+            return None
+        after.pop(c.alert, None)
+        return Notice(
+            c.alert,
+            "resolved",
+            c.severity,
+            c.summary,
+            c.details,
+            state.started_at,
+            ended_at=now,
+            sequence=state.sequence,
+        )
 
     def _spawn(self, channel: Channel, notice: Notice) -> None:
         if len(self._tasks) >= self.cfg.max_pending:
