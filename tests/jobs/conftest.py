@@ -14,7 +14,10 @@ from callannotate.jobs.models import Job
 
 @pytest.fixture
 def queue(tmp_path: Path) -> FileQueue:
-    return FileQueue(tmp_path / "queue", QueueSettings(max_attempts=3, retention_hours=1.0))
+    # no retry backoff: a job failed with retry=True is claimable at once (test_retry_delay.py
+    # covers the backoff)
+    settings = QueueSettings(max_attempts=3, retention_hours=1.0, retry_backoff_s=0.0)
+    return FileQueue(tmp_path / "queue", settings)
 
 
 @pytest.fixture

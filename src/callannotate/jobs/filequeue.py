@@ -37,10 +37,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from callannotate.config import QueueSettings
 from callannotate.errors import Conflict, NotFound
@@ -53,7 +53,9 @@ from callannotate.jobs.fsutil import (
     try_lock,
     unlock,
 )
+from callannotate.jobs.job_index import JobIndex
 from callannotate.jobs.models import CallbackAttempt, Job, JobState, StepProgress, utcnow
+from callannotate.resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from callannotate.security.atrest import Vault
@@ -98,6 +100,11 @@ _ID_RE = re.compile(r"[0-9a-f]{32}")
 _CANCELLED_REASON = "cancelled"
 _STALE_STAGING_S = 3600.0
 _CACHE_MAX = 20_000
+_JSON_CACHE_MAX = 5_000
+# A cached record read less than this after its mtime is checked by its bytes on next use
+# (file timestamps come from a clock that ticks every 1-10 ms).
+_RECORD_TICK_NS = 50_000_000
+_T = TypeVar("_T")
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -142,7 +149,14 @@ class FileQueue:
         self._held: dict[str, int] = {}  # job id -> fd holding its .lock (jobs this process runs)
         # job.json -> (stat key, its bytes, the parsed record). The parsed record is shared
         # and never mutated (``_peek``); callers get fresh copies from the bytes (``_read``).
-        self._cache: dict[Path, tuple[tuple[int, int, int], bytes, Job]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, int], bytes, Job, bool]] = {}
+        # job id -> the folder it was last found in: get() tries there first (one stat
+        # instead of up to six on the hot polling path); a miss falls back to the search.
+        self._where: dict[str, str] = {}
+        # job id -> (the cached record it was made from, state, the client view, its JSON)
+        self._json: dict[str, tuple[Job, JobState, Job, bytes]] = {}
+        # Listing without reading every record; kept current by the folders' mtimes.
+        self._index = JobIndex(self.root, FOLDERS, _STATES_IN_FOLDER, self._peek, valid_job_id)
         self._host = socket.gethostname()
 
     # ------------------------------------------------------------------ locking helpers
@@ -209,26 +223,49 @@ class FileQueue:
     # ------------------------------------------------------------------ reading
 
     def _locate(self, job_id: str) -> tuple[str, Path] | None:
+        hint = self._where.get(job_id)
+        if hint is not None:
+            path = self.root / hint / job_id
+            if (path / JOB_FILE).is_file():
+                return hint, path
         for _ in range(3):
             for folder in _SEARCH_ORDER:
                 path = self.root / folder / job_id
                 if (path / JOB_FILE).is_file():
+                    self._remember(job_id, folder)
                     return folder, path
+        self._where.pop(job_id, None)
         return None
 
+    def _remember(self, job_id: str, folder: str) -> None:
+        if len(self._where) >= _CACHE_MAX:
+            self._where.clear()
+        self._where[job_id] = folder
+
     def _load(self, path: Path) -> tuple[bytes, Job]:
-        """The record's bytes and its parsed form, cached by (inode, mtime, size)."""
+        """The record's bytes and its parsed form, cached by (inode, mtime, size).
+
+        A rewrite can reuse the inode of the file it replaces, within one tick of the coarse
+        file clock and at the same size (``attempts`` 1 -> 2). So an entry cached within
+        :data:`_RECORD_TICK_NS` of the file's mtime is "racy" (git's word): on its next use
+        the file is read again and compared by its bytes."""
         file = path / JOB_FILE
         st = file.stat()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(file)
+        raw: bytes | None = None
         if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        raw = file.read_bytes()
-        job = Job.model_validate_json(raw)
+            if not cached[3]:
+                return cached[1], cached[2]
+            raw = file.read_bytes()
+            job = cached[2] if raw == cached[1] else Job.model_validate_json(raw)
+        else:
+            raw = file.read_bytes()
+            job = Job.model_validate_json(raw)
+        racy = time.time_ns() - st.st_mtime_ns < _RECORD_TICK_NS
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        self._cache[file] = (key, raw, job)
+        self._cache[file] = (key, raw, job, racy)
         return raw, job
 
     def _peek(self, folder: str, path: Path) -> tuple[Job, JobState]:
@@ -252,6 +289,13 @@ class FileQueue:
 
     def _find(self, job_id: str) -> tuple[str, Path, Job]:
         _check_id(job_id)
+        hint = self._where.get(job_id)
+        if hint is not None:  # where it was last time: one stat when it has not moved
+            path = self.root / hint / job_id
+            try:
+                return hint, path, self._read(hint, path)
+            except FileNotFoundError:
+                pass
         for _ in range(3):
             found = self._locate(job_id)
             if found is None:
@@ -265,6 +309,43 @@ class FileQueue:
     def get(self, job_id: str) -> Job:
         return self._find(job_id)[2]
 
+    def view(self, job_id: str) -> tuple[Job, bytes]:
+        """A job as clients see it, for reading only (shared: never mutate it), and its JSON.
+
+        Both are cached by the record's stat key and the folder hint, so polling a job that
+        has not changed costs one ``stat`` and no parsing or serialising: the hot path of
+        ``GET /jobs/{id}``. :meth:`get` is for callers that change the record."""
+        return self._view_of(job_id)[2:]
+
+    def _view_of(self, job_id: str) -> tuple[str, Path, Job, bytes]:
+        _check_id(job_id)
+        for _ in range(3):
+            hint = self._where.get(job_id)
+            if hint is not None:
+                folder, path = hint, self.root / hint / job_id
+            else:
+                found = self._locate(job_id)
+                if found is None:
+                    break
+                folder, path = found
+            try:
+                return (folder, path, *self._view(folder, path))
+            except FileNotFoundError:
+                self._where.pop(job_id, None)  # moved while we looked: look again
+        raise NotFound(f"job {job_id} not found")
+
+    def _view(self, folder: str, path: Path) -> tuple[Job, bytes]:
+        job, state = self._peek(folder, path)
+        cached = self._json.get(path.name)
+        if cached is not None and cached[0] is job and cached[1] == state:
+            return cached[2], cached[3]
+        shown = job if job.state == state else job.model_copy(update={"state": state})
+        body = shown.model_dump_json().encode()
+        if len(self._json) >= _JSON_CACHE_MAX:  # polled jobs are few and recent
+            self._json.clear()
+        self._json[path.name] = (job, state, shown, body)
+        return shown, body
+
     def job_dir(self, job_id: str) -> Path:
         return self._find(job_id)[1]
 
@@ -274,7 +355,7 @@ class FileQueue:
 
     def read_result(self, job_id: str) -> bytes:
         for _ in range(3):
-            _, path, job = self._find(job_id)
+            _, path, job, _ = self._view_of(job_id)
             result = path / RESULT_FILE
             if job.state not in (JobState.COMPLETED, JobState.ARCHIVED) or (
                 job.state == JobState.ARCHIVED and not result.is_file()
@@ -310,39 +391,47 @@ class FileQueue:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[builtins.list[Job], int]:
-        """Jobs newest first, filtered by owner and state; returns (page, total matching)."""
-        folders = FOLDERS
-        if states:
-            folders = tuple(f for f in FOLDERS if set(_STATES_IN_FOLDER[f]) & states)
-        seen: dict[str, tuple[datetime, str, str, Path]] = {}
-        for folder in folders:
-            for path in self._job_dirs(folder):
-                try:
-                    job, state = self._peek(folder, path)
-                except FileNotFoundError:
-                    continue  # moved to another folder meanwhile
-                except ValueError:
-                    log.warning("unreadable job record", extra={"job_id": path.name})
-                    continue
-                if owner is not None and job.owner != owner:
-                    continue
-                if states and state not in states:
-                    continue
-                # A job renamed between two folder scans can be seen twice: keep one.
-                seen[job.id] = (job.created_at, job.id, folder, path)
-        ordered = sorted(seen.values(), key=lambda c: (c[0], c[1]), reverse=True)
-        offset = max(0, offset)
-        limit = max(0, limit)
-        page: builtins.list[Job] = []
-        for _, job_id, folder, path in ordered[offset : offset + limit]:
+        """Jobs newest first, filtered by owner and state; returns (page, total matching).
+
+        The index (:mod:`callannotate.jobs.job_index`) finds the matching ids without reading
+        the records; only the records of the page are read (from the stat-keyed cache)."""
+        return self._page(self._read, self.get, owner, states, offset, limit)
+
+    def list_views(
+        self,
+        *,
+        owner: str | None = None,
+        states: set[JobState] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[tuple[Job, bytes]], int]:
+        """:meth:`list` as read-only views and their JSON (see :meth:`view`)."""
+        return self._page(self._view, self.view, owner, states, offset, limit)
+
+    def _page(
+        self,
+        read_at: Callable[[str, Path], _T],
+        read_anywhere: Callable[[str], _T],
+        owner: str | None,
+        states: set[JobState] | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[builtins.list[_T], int]:
+        """One page of the index's matches, each read with ``read_at`` where the index saw it
+        (``read_anywhere`` when it moved since); returns (page, total matching)."""
+        page_ids, total = self._index.query(
+            owner=owner, states=states, offset=max(0, offset), limit=max(0, limit)
+        )
+        page: builtins.list[_T] = []
+        for job_id, folder in page_ids:
             try:
-                page.append(self._read(folder, path))
+                page.append(read_at(folder, self.root / folder / job_id))
             except (FileNotFoundError, ValueError):
-                try:  # moved since the scan: read it where it is now
-                    page.append(self.get(job_id))
-                except NotFound:
+                try:  # moved since the index looked: read it where it is now
+                    page.append(read_anywhere(job_id))
+                except (NotFound, ValueError):
                     continue
-        return page, len(ordered)
+        return page, total
 
     def counts(self) -> dict[str, int]:
         return {folder: sum(1 for _ in self._job_dirs(folder)) for folder in FOLDERS}
@@ -367,6 +456,17 @@ class FileQueue:
 
     # ------------------------------------------------------------------ writing helpers
 
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds a job waits in incoming after its attempt ``attempt`` failed transiently:
+        exponential backoff with jitter (``queue.retry_backoff_s`` doubling per attempt, at
+        most ``queue.retry_backoff_max_s``), the same policy as the other retries."""
+        policy = RetryPolicy(
+            attempts=self.settings.max_attempts,
+            initial_s=self.settings.retry_backoff_s,
+            max_s=self.settings.retry_backoff_max_s,
+        )
+        return policy.delay(attempt)
+
     def _reset_to_queued(self, job: Job) -> None:
         """A fresh start in incoming: no attempts, no run, no error (submit and retry)."""
         job.state = JobState.QUEUED
@@ -377,6 +477,7 @@ class FileQueue:
         job.error = None
         job.worker = None
         job.cancel_requested = False
+        job.not_before = None
 
     def _save(self, path: Path, job: Job) -> None:
         job.updated_at = utcnow()
@@ -467,14 +568,18 @@ class FileQueue:
 
     def claim(self, worker_id: str) -> Job | None:
         """Take the next queued job: highest ``priority`` first, oldest first within a
-        priority. Lock it, move it to processing, count an attempt."""
+        priority, skipping jobs whose retry backoff (``not_before``) is not over. Lock it,
+        move it to processing, count an attempt."""
         with self._locked():
+            now = utcnow()
             candidates: builtins.list[tuple[int, datetime, str, Path]] = []
             for path in self._job_dirs(INCOMING):
                 try:
                     seen, _ = self._peek(INCOMING, path)
                 except (FileNotFoundError, ValueError):
                     continue
+                if seen.not_before is not None and seen.not_before > now:
+                    continue  # waiting out its retry backoff
                 candidates.append((-seen.priority, seen.created_at, seen.id, path))
             candidates.sort(key=lambda c: (c[0], c[1], c[2]))
             for _, _, job_id, path in candidates:
@@ -492,6 +597,7 @@ class FileQueue:
                     job.started_at = utcnow()
                     job.finished_at = None
                     job.worker = worker_id
+                    job.not_before = None
                     job.begin_attempt(worker_id)
                     self._write_lease(fd, job_id, worker_id)
                     self._transition(path, job, PROCESSING)
@@ -535,6 +641,7 @@ class FileQueue:
                 job.started_at = utcnow()
                 job.finished_at = None
                 job.worker = worker_id
+                job.not_before = None  # Celery's task countdown did the waiting
                 job.begin_attempt(worker_id)
                 self._write_lease(fd, job_id, worker_id)
                 if folder == INCOMING:
@@ -583,10 +690,15 @@ class FileQueue:
             if job.cancel_requested:
                 job = self._finish_cancel(path, job)
             elif retry and job.attempts < job.max_attempts:
+                delay = self.retry_delay(job.attempts)
                 job.state = JobState.QUEUED
                 job.error = error
                 job.worker = None
                 job.started_at = None
+                job.not_before = utcnow() + timedelta(seconds=delay)
+                job.end_attempt()  # outcome "retried"; the history shows the wait too
+                if job.history:
+                    job.history[-1].retry_delay_s = round(delay, 3)
                 self._transition(path, job, INCOMING)
             else:
                 job.state = JobState.FAILED
@@ -666,6 +778,7 @@ class FileQueue:
             trash = self.root / STAGING / f".trash-{job_id}-{uuid.uuid4().hex[:8]}"
             os.rename(path, trash)
             fsync_dir(path.parent)
+            self._where.pop(job_id, None)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("job deleted", extra={"job_id": job_id})
 
@@ -725,6 +838,7 @@ class FileQueue:
                 finally:
                     unlock(fd)
             self._clean_staging()
+        self._index.refresh()  # (re)build the listing index now, not on the first GET /jobs
         return recovered
 
     def _give_up_orphan(self, path: Path, job: Job) -> None:

@@ -88,6 +88,11 @@ class JobAttempt(BaseModel):
         "another took the job over), released (returned at shutdown, not counted), cancelled.",
     )
     error: str | None = Field(None, description="Why the attempt did not complete.")
+    retry_delay_s: float | None = Field(
+        None,
+        description="For a retried attempt: seconds the job then waited in the queue before "
+        "it could be claimed again (exponential backoff with jitter; Job.not_before).",
+    )
 
 
 class Job(BaseModel):
@@ -116,6 +121,11 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     attempts: int = 0
     max_attempts: int = 3
+    not_before: datetime | None = Field(
+        None,
+        description="A queued job retried after a transient failure is not claimed before "
+        "this time (UTC); None: claimable now.",
+    )
     progress: list[StepProgress] = Field(default_factory=list)
     error: str | None = None
     worker: str | None = None

@@ -81,6 +81,14 @@ class RetryPolicy:
             multiplier=self.initial_s, max=self.max_s, jitter=self.initial_s
         )
 
+    def delay(self, attempt: int) -> float:
+        """The wait after try ``attempt`` (1 for the first) failed, drawn from :meth:`wait`;
+        for callers that schedule the next try themselves (the file queue's ``not_before``)
+        instead of sleeping in a tenacity loop."""
+        state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = max(1, attempt)
+        return float(self.wait()(state))
+
     def stop(self) -> tenacity.stop.stop_base:
         stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(self.attempts)
         if self.max_elapsed_s is not None:
