@@ -1,5 +1,6 @@
 """The same fake jobs through the local and the Celery executor: jobs per hour and
-enqueue-to-start latency p50/p99, plus recovery time after a Celery worker child is killed.
+enqueue-to-start latency p50/p99, plus recovery time after a Celery worker child is killed
+and after the broker (a private, durable ``redis-server``) is SIGKILLed and restarted.
 
 Jobs use the fake ``SleepRunner`` of tests/jobs/fake_runners.py (``--steps`` x ``--step-s``
 seconds each, no models), so the figures show the executors' overhead, not the pipeline's.
@@ -8,6 +9,13 @@ Both executors run ``--concurrency`` worker processes; Celery needs Redis
 
     .venv/bin/python benchmarks/executors.py [--jobs 20] [--concurrency 2] [--steps 5]
         [--step-s 0.1] [--idle 10] [--broker redis://127.0.0.1:6379/14]
+        [--broker-down 5,30]
+
+Broker restart (``--broker-down``, seconds of outage, comma-separated; empty to skip): a
+private ``redis-server`` (appendonly, appendfsync always; tests/jobs/broker_testing.py) on a
+free port is the broker; ``--jobs`` jobs are sent, Redis is SIGKILLed once two run, started
+again after the outage, and the script prints how long after the restart the first waiting
+job started (the worker's reconnect) and all jobs completed.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+sys.path.append(str(ROOT / "tests"))  # local_servers
 
+from broker_testing import DurableRedis  # noqa: E402
 from celery_testing import celery_worker, cleanup_broker  # noqa: E402
 from fake_runners import SleepRunner  # noqa: E402
 from queue_testing import new_job  # noqa: E402
@@ -168,6 +179,56 @@ async def run_celery(args: argparse.Namespace, data: Path) -> float:
         cleanup_broker(prefix, args.broker)
 
 
+async def run_broker_restart(args: argparse.Namespace, data: Path, down_s: float) -> None:
+    """SIGKILL the broker with jobs running and waiting; time the recovery after its restart."""
+    broker = DurableRedis(data / "redis")
+    broker.start()
+    prefix = f"cabench-{uuid.uuid4().hex[:8]}"
+    bench = argparse.Namespace(**{**vars(args), "broker": broker.url})
+    settings = settings_for(data, "celery", bench, prefix)
+    settings.queue.lease_seconds = 5.0  # the API looks for jobs of lost workers every 5 s
+    svc = build_job_service(settings, embedded=False)
+    executor = svc.executor
+    assert isinstance(executor, CeleryExecutor)
+    await svc.start()
+    try:
+        with celery_worker(
+            settings, concurrency=args.concurrency, steps=args.steps, step_s=args.step_s
+        ):
+            while not executor.readiness()[0]:
+                await asyncio.sleep(0.05)
+            ids = [new_job(svc.queue).id for _ in range(args.jobs)]
+            for job_id in ids:
+                executor.submit(job_id)
+            while sum(svc.queue.get(j).state == JobState.RUNNING for j in ids) < 2:
+                await asyncio.sleep(0.005)
+            broker.kill()
+            killed = time.monotonic()
+            await asyncio.sleep(down_s)
+            broker.start()
+            restarted = time.monotonic()
+            restarted_wall = datetime.now(UTC)
+            end = await wait_all(svc.queue, ids)
+            jobs = [svc.queue.get(j) for j in ids]
+            starts = [
+                (j.history[0].started_at - restarted_wall).total_seconds()
+                for j in jobs
+                if j.history and j.history[0].started_at > restarted_wall
+            ]
+            done = sum(j.state == JobState.COMPLETED for j in jobs)
+            twice = sum(j.attempts > 1 for j in jobs)
+            print(
+                f"celery  broker SIGKILLed, down {restarted - killed:5.1f} s: first waiting job "
+                f"started {min(starts, default=float('nan')):5.2f} s after the restart, "
+                f"{done}/{len(ids)} completed {end - restarted:5.2f} s after it "
+                f"({twice} needed a 2nd attempt, {svc.queue.counts()['processing']} left in "
+                f"processing)"
+            )
+    finally:
+        await svc.stop()
+        broker.kill()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
@@ -176,11 +237,20 @@ async def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.1)
     parser.add_argument("--idle", type=int, default=10, help="jobs sent one at a time")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--broker-down", default="5,30", help="broker outages to measure, seconds (comma list)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         local = await run_local(args, Path(tmp) / "local")
         celery = await run_celery(args, Path(tmp) / "celery")
-    print(f"Celery throughput vs local: {100.0 * (celery - local) / local:+.1f} %")
+        print(f"Celery throughput vs local: {100.0 * (celery - local) / local:+.1f} %")
+        outages = [float(s) for s in args.broker_down.split(",") if s.strip()]
+        if outages and not DurableRedis.available():
+            print("broker restart: skipped (redis-server is not installed)")
+            outages = []
+        for n, down_s in enumerate(outages):
+            await run_broker_restart(args, Path(tmp) / f"broker-{n}", down_s)
 
 
 if __name__ == "__main__":

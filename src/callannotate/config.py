@@ -154,6 +154,15 @@ class QueueSettings(Section):
         60.0, gt=0, description="A running job's lease; renewed by its runner while alive."
     )
     poll_interval: float = Field(0.5, gt=0, description="Seconds between queue scans.")
+    retry_backoff_s: float = Field(
+        1.0,
+        ge=0,
+        description="Wait before a transiently failed job's second attempt; doubles per attempt "
+        "(plus up to this much jitter). The job is not claimed before then (job.not_before).",
+    )
+    retry_backoff_max_s: float = Field(
+        60.0, ge=0, description="Longest wait between two attempts of a job."
+    )
 
 
 class WorkerSettings(Section):
@@ -194,6 +203,14 @@ class JobsSettings(Section):
     queue_prefix: str = Field(
         "callannotate",
         description="Prefix of the Celery queues (<prefix>.heavy, <prefix>.light) and broker keys.",
+    )
+    light_concurrency: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Executor 'local': light tasks (asynchronous enrollment) run at once in up to this "
+            "many threads of the API / `callannotate worker` process, never behind jobs."
+        ),
     )
     visibility_margin_s: float = Field(
         600.0,
@@ -460,7 +477,8 @@ class MetricsSettings(Section):
         le=65535,
         description=(
             "Port of a separate plain-HTTP metrics listener started by `serve` and `worker` "
-            "(bound to metrics.host); 0 = none."
+            "(bound to metrics.host; a Celery worker serves the metrics of all its children "
+            "there); 0 = none."
         ),
     )
     queue_wait_sla_s: float = Field(

@@ -35,6 +35,7 @@ from callannotate.events.session import CloseCode
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import new_job
+from callannotate.jobs.light import LightKind, light_store
 from callannotate.pipeline.types import (
     AnnotateOptions,
 )
@@ -200,6 +201,16 @@ def _voice_factory(app: FastAPI, settings: Settings, accounts: Accounts) -> dict
     return {"voice_id": voice.id, "sample_id": voice.samples[0].id}
 
 
+def _enrollment_factory(app: FastAPI, settings: Settings, accounts: Accounts) -> dict[str, str]:
+    """An asynchronous enrollment of alice's (already ended: no lane picks it up)."""
+    store = light_store(settings.data_dir)
+    task = store.create(LightKind.ENROLL, {"name": "Ivan"}, owner=accounts.ids["alice"])
+    claim = store.claim(task.id, "test")
+    assert claim is not None
+    claim.fail("sample is silent", "unprocessable", 422)
+    return {"enrollment_id": task.id}
+
+
 def _key_factory(app: FastAPI, settings: Settings, accounts: Accounts) -> dict[str, str]:
     return {"key_id": accounts.api_key("alice", "read")[0]}
 
@@ -214,6 +225,7 @@ FACTORIES: dict[str, Factory] = {
     "label": _job_factory,
     "voice_id": _voice_factory,
     "sample_id": _voice_factory,
+    "enrollment_id": _enrollment_factory,
     "key_id": _key_factory,
     "contact_id": _contacts_factory,
     "account_id": _contacts_factory,

@@ -86,8 +86,11 @@ def celery_worker(
     steps: int = 3,
     step_s: float = 0.02,
     runner: str = "sleep",
+    queues: str = "",
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery worker`` subprocess (prefork) running the fake SleepRunner."""
+    """A real ``celery worker`` subprocess (prefork) running the fake SleepRunner;
+    ``queues``: ``heavy``, ``light`` or both (default); ``env``: more variables."""
     log = settings.data_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
@@ -98,10 +101,10 @@ def celery_worker(
                 str(concurrency),
                 str(steps),
                 str(step_s),
-                "",
+                queues,
                 runner,
             ],
-            env=worker_env(settings),
+            env={**worker_env(settings), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

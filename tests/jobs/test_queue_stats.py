@@ -6,12 +6,14 @@ import base64
 import json
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from queue_testing import MakeJob
 
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.light import LightKind, LightStore
 from callannotate.jobs.models import utcnow
-from callannotate.jobs.queue_stats import _job_id_of, file_queue_stats
+from callannotate.jobs.queue_stats import _job_id_of, file_queue_stats, light_stats
 
 
 def _age_finished(queue: FileQueue, job_id: str, minutes: float) -> None:
@@ -73,3 +75,29 @@ def test_job_id_of_a_kombu_message() -> None:
     bad = {"body": base64.b64encode(b'[["../etc"], {}, {}]').decode(), "properties": {}}
     bad["properties"] = {"body_encoding": "base64"}
     assert _job_id_of(json.dumps(bad).encode()) is None
+
+
+def test_light_stats_per_kind_and_state(tmp_path: Path) -> None:
+    store = LightStore(tmp_path / "light")
+    now = utcnow()
+    old = store.create(LightKind.CALLBACK, {})
+    old.created_at = now - timedelta(seconds=40)
+    store.save(old)
+    store.create(LightKind.CALLBACK, {})  # due now
+    later = store.create(LightKind.CALLBACK, {})
+    later.not_before = now + timedelta(minutes=1)  # waiting out a backoff
+    store.save(later)
+    running = store.claim(store.create(LightKind.ENROLL, {}).id, "w1")  # lock held
+    dead = store.claim(store.create(LightKind.ENROLL, {}).id, "w2")
+    assert running is not None and dead is not None
+    dead.release()  # its runner died: record says running, lock free
+    done = store.claim(store.create(LightKind.ENROLL, {}).id, "w3")
+    assert done is not None
+    done.complete()
+    rows = {row.kind: row for row in light_stats(store, now)}
+    callback, enroll = rows["callback"], rows["enroll"]
+    assert (callback.waiting, callback.delayed, callback.running) == (2, 1, 0)
+    assert callback.oldest_waiting_s is not None and 39 < callback.oldest_waiting_s < 60
+    assert (enroll.waiting, enroll.running, enroll.orphaned) == (0, 1, 1)
+    assert enroll.oldest_waiting_s is None
+    running.release()

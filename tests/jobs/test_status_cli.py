@@ -109,6 +109,18 @@ def test_queues_table() -> None:
     assert "last 5.0 min" in text and "last 60.0 min" in text
     assert "Celery queues (2 delivered, not acknowledged):" in text
     assert "callannotate.light  light  0" in text
+    assert "Light tasks:" not in text  # none reported: no table
+    light = [
+        {"kind": "enroll", "waiting": 2, "delayed": 0, "running": 1, "orphaned": 0,
+         "oldest_waiting_s": 3.5},
+        {"kind": "callback", "waiting": 0, "delayed": 4, "running": 0, "orphaned": 1,
+         "oldest_waiting_s": 95.0},
+    ]  # fmt: skip
+    rows = format_queues({**QUEUES, "light": light})
+    header = next(line for line in rows if "BACKOFF" in line)
+    enroll = next(line for line in rows if line.strip().startswith("enroll"))
+    assert "enroll    2        0        1        0         3.5 s" in enroll
+    assert header.index("OLDEST") == enroll.index("3.5 s")
     broken = {**QUEUES, "broker": None, "broker_error": "ConnectionError: refused"}
     assert "cannot read the broker: ConnectionError: refused" in "\n".join(format_queues(broken))
 

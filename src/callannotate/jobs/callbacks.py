@@ -3,8 +3,11 @@
 :class:`CallbackDispatcher` subscribes to the job events of the process that finalises the
 job (the :class:`~callannotate.jobs.service.JobService` wires it next to the event bus), so
 each ``job.completed`` / ``job.failed`` is announced once, by one process, however many API
-processes share the Redis bus. Delivery runs in its own task: a slow or failing receiver never
-delays or fails the job.
+processes share the Redis bus. Delivery is light work, never done by a job's worker: each
+announcement is first stored as a light task (``data_dir/light/``, so an accepted delivery
+survives the death of its process), then delivered on the event loop of the process (local
+executor) or sent to the Celery ``light`` queue (executor ``celery``). A slow or failing
+receiver never delays or fails the job, nor occupies an annotation worker.
 
 Each announcement is retried with exponential backoff and jitter (tenacity, see
 :mod:`callannotate.resilience.retry`; ``callbacks.*`` settings) on network errors, timeouts,
@@ -24,12 +27,17 @@ compares in constant time and refuses a ``t`` too far from its clock (replay); s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import os
+import socket
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -41,6 +49,8 @@ from callannotate.errors import NotFound
 from callannotate.jobs.callback_targets import Target, TargetPolicy, TargetRefused
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.light import Claim, LightKind, LightState, LightTask, light_store
+from callannotate.jobs.light_run import backoff_s
 from callannotate.jobs.models import CallbackAttempt, Job, JobState, utcnow
 from callannotate.observability.metrics import WEBHOOK_DELIVERIES
 from callannotate.resilience.breakers import Breaker, CircuitOpen
@@ -59,6 +69,7 @@ EVENT_HEADER = "X-CallAnnotate-Event"
 DELIVERY_HEADER = "X-CallAnnotate-Delivery"
 ANNOUNCED = frozenset({"job.completed", "job.failed"})
 STOP_GRACE_S = 5.0
+STALE_QUEUED_S = 30.0  # a queued delivery this old lost its process: recover() takes it
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -110,12 +121,36 @@ def _count_retry(state: tenacity.RetryCallState) -> None:
 
 
 class CallbackDispatcher:
-    """Delivers callbacks for the job events of this process, each in its own task."""
+    """Queues and delivers the callbacks of this process's job events.
 
-    def __init__(self, settings: Settings, queue: FileQueue) -> None:
+    Each ``job.completed`` / ``job.failed`` of a job with a ``callback_url`` becomes a light
+    task (:mod:`callannotate.jobs.light`, kind ``callback``) stored durably in the data
+    folder before anything is sent. Then either
+
+    * ``handoff`` is ``None`` (local executor): the task is delivered on this process's event
+      loop (its own asyncio task, never on a job's worker process), all attempts with the
+      tenacity backoff in one claim; or
+    * ``handoff(task_id)`` sends it to the light queue (Celery), where
+      :meth:`deliver_once` makes one attempt per task run and a failed attempt is sent again
+      after the same backoff (the light worker slot is free meanwhile).
+
+    A delivery whose process died is found by :meth:`recover` (the local lane calls it) or
+    by the Celery API's recovery and delivered again; attempts stay in ``Job.callbacks``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        queue: FileQueue,
+        *,
+        handoff: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.config = settings.callbacks
         self.queue = queue
+        self.light = light_store(settings.data_dir)
+        self.handoff = handoff
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:callbacks"
         self.policy = TargetPolicy(self.config.allowed_hosts)
         self.retry = RetryPolicy(
             attempts=self.config.max_attempts,
@@ -144,7 +179,8 @@ class CallbackDispatcher:
         )
 
     async def stop(self) -> None:
-        """Let deliveries in flight finish within a few seconds, then drop the rest."""
+        """Let deliveries in flight finish within a few seconds, then drop the rest (their
+        light tasks stay and are delivered again after a restart)."""
         self._loop = None  # no new deliveries
         await asyncio.sleep(0)  # deliveries handed over from other threads start now
         if self._tasks:
@@ -152,7 +188,7 @@ class CallbackDispatcher:
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("callbacks dropped at shutdown", extra={"count": len(pending)})
+                log.warning("callbacks left for later at shutdown", extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=1.0)
         if self._client is not None:
             await self._client.aclose()
@@ -164,7 +200,7 @@ class CallbackDispatcher:
             await asyncio.wait(set(self._tasks))
 
     def on_job_event(self, event: JobEvent) -> None:
-        """Job event subscriber; safe from any thread. Starts a delivery for final events."""
+        """Job event subscriber; safe from any thread. Queues a delivery for final events."""
         loop = self._loop
         if event.type not in ANNOUNCED or loop is None or loop.is_closed():
             return
@@ -173,59 +209,174 @@ class CallbackDispatcher:
         except RuntimeError:
             on_loop = False
         if on_loop:
-            self._spawn(event)
+            self._spawn(self._deliver(event), event.job_id)
         else:
-            loop.call_soon_threadsafe(self._spawn, event)
+            loop.call_soon_threadsafe(self._spawn, self._deliver(event), event.job_id)
 
-    def _spawn(self, event: JobEvent) -> None:
-        task = asyncio.create_task(self._deliver(event), name=f"callback-{event.job_id}")
+    def _spawn(self, coro: Coroutine[Any, Any, None], job_id: str) -> None:
+        task = asyncio.create_task(coro, name=f"callback-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def queue_delivery(self, event: JobEvent) -> LightTask | None:
+        """Store the delivery of ``event`` as a light task (blocking); ``None`` when there is
+        nothing to deliver (no ``callback_url``, job gone)."""
+        try:
+            job = self.queue.get(event.job_id)
+        except NotFound:
+            return None  # deleted meanwhile: nobody to tell about it
+        if not job.callback_url:
+            return None
+        params = {"job_id": job.id, "event": event.type, "delivery": uuid.uuid4().hex}
+        task = self.light.create(LightKind.CALLBACK, params, owner=job.owner)
+        if self.handoff is not None:  # one attempt per run: the retries count in the task
+            task.max_attempts = self.config.max_attempts
+            self.light.save(task)
+        return task
+
     async def _deliver(self, event: JobEvent) -> None:
         try:
-            await self._announce(event)
+            task = await asyncio.to_thread(self.queue_delivery, event)
+            if task is None:
+                return
+            if self.handoff is not None:
+                await asyncio.to_thread(self.handoff, task.id)
+                return
+            claim = await asyncio.to_thread(self.light.claim, task.id, self.worker_id)
+            if claim is not None:
+                await self.deliver_all(claim)
         except Exception:  # a bug here must not take anything else down
             log.exception("callback delivery failed", extra={"job_id": event.job_id})
 
-    async def _announce(self, event: JobEvent) -> None:
+    def recover(self) -> int:
+        """Deliver (local) or hand off (Celery) callbacks left by a process that died:
+        queued deliveries older than ``stale_s`` and running ones whose lock is free."""
+        loop = self._loop
+        if loop is None:
+            return 0
+        count = 0
+        stale = utcnow() - timedelta(seconds=STALE_QUEUED_S)
+        for task in self.light.pending([LightKind.CALLBACK]):
+            if task.state == LightState.QUEUED and (task.not_before or task.created_at) > stale:
+                continue  # its own process is about to deliver it
+            count += 1
+            loop.call_soon_threadsafe(self._spawn, self._resume(task.id), task.id)
+        return count
+
+    async def _resume(self, task_id: str) -> None:
         try:
-            job = await asyncio.to_thread(self.queue.get, event.job_id)
+            if self.handoff is not None:
+                await asyncio.to_thread(self.handoff, task_id)
+                return
+            claim = await asyncio.to_thread(self.light.claim, task_id, self.worker_id)
+            if claim is not None:
+                log.info("resuming a callback delivery", extra={"task_id": task_id})
+                await self.deliver_all(claim)
+        except Exception:
+            log.exception("callback delivery failed", extra={"task_id": task_id})
+
+    async def _load(self, claim: Claim) -> tuple[Job, str, bytes] | None:
+        """The job and body of a claimed delivery; ``None`` (task completed) when the job is
+        gone or has no callback URL any more."""
+        params = claim.task.params
+        try:
+            job = await asyncio.to_thread(self.queue.get, str(params["job_id"]))
         except NotFound:
-            return  # deleted meanwhile: nobody to tell about it
-        if not job.callback_url:
-            return
+            job = None
+        if job is None or not job.callback_url:
+            await asyncio.to_thread(claim.complete, {"delivered": False, "reason": "job gone"})
+            return None
+        event = str(params["event"])
         body = json.dumps(
-            summary(job, event.type, self.settings.api.public_url), separators=(",", ":")
+            summary(job, event, self.settings.api.public_url), separators=(",", ":")
         ).encode()
-        delivery = uuid.uuid4().hex
+        return job, event, body
+
+    async def _record(self, job: Job, record: CallbackAttempt) -> bool:
+        try:
+            await asyncio.to_thread(self.queue.record_callback, job.id, record)
+        except NotFound:
+            return False  # deleted meanwhile
+        return True
+
+    async def deliver_all(self, claim: Claim) -> None:
+        """Every attempt of a claimed delivery, with the backoff between them, then the task
+        ends (local lane)."""
+        loaded = await self._load(claim)
+        if loaded is None:
+            return
+        job, event, body = loaded
+        assert job.callback_url is not None
+        delivery = str(claim.task.params["delivery"])
         number = 0
+        outcome: dict[str, Any] = {"delivered": False}
         try:
             async for attempt in async_retrying(self.retry, before_sleep=_count_retry):
                 with attempt:
                     number += 1
-                    record, error = await self._attempt(
-                        job.callback_url, event.type, delivery, body
-                    )
+                    record, error = await self._attempt(job.callback_url, event, delivery, body)
                     record.attempt = number
-                    try:
-                        await asyncio.to_thread(self.queue.record_callback, job.id, record)
-                    except NotFound:
-                        return  # deleted meanwhile
+                    if not await self._record(job, record):
+                        return
                     if error is not None:
                         raise error
         except CircuitOpen as exc:
             WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
+            outcome["reason"] = str(exc)
             log.warning(
                 "callback not delivered; giving up",
                 extra={"job_id": job.id, "reason": str(exc), "attempts": number},
             )
         except Exception as exc:
             WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
+            outcome["reason"] = str(exc)
             final = "callback not delivered; giving up" if is_transient(exc) else "callback refused"
             log.warning(final, extra={"job_id": job.id, "reason": str(exc), "attempts": number})
         else:
             WEBHOOK_DELIVERIES.labels("callback", "delivered").inc()
+            outcome["delivered"] = True
+        finally:
+            outcome["attempts"] = number
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(claim.complete, outcome)
+
+    async def deliver_once(self, claim: Claim) -> float | None:
+        """One attempt of a claimed delivery (light queue); returns the seconds to wait
+        before the next attempt (the task is queued again), or ``None`` when it ended."""
+        loaded = await self._load(claim)
+        if loaded is None:
+            return None
+        job, event, body = loaded
+        assert job.callback_url is not None
+        number = claim.task.attempts
+        record, error = await self._attempt(
+            job.callback_url, event, str(claim.task.params["delivery"]), body
+        )
+        record.attempt = number
+        if not await self._record(job, record):
+            await asyncio.to_thread(claim.complete, {"delivered": False, "reason": "job gone"})
+            return None
+        if error is None:
+            WEBHOOK_DELIVERIES.labels("callback", "delivered").inc()
+            await asyncio.to_thread(claim.complete, {"delivered": True, "attempts": number})
+            return None
+        delay = self._next_wait(number)
+        elapsed = (utcnow() - claim.task.created_at).total_seconds()
+        limit = self.config.max_elapsed_s
+        if is_transient(error) and number < self.config.max_attempts and elapsed + delay < limit:
+            result = "circuit_open" if isinstance(error, CircuitOpen) else "retried"
+            WEBHOOK_DELIVERIES.labels("callback", result).inc()
+            await asyncio.to_thread(claim.retry_later, delay, str(error))
+            return delay
+        WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
+        final = "callback not delivered; giving up" if is_transient(error) else "callback refused"
+        log.warning(final, extra={"job_id": job.id, "reason": str(error), "attempts": number})
+        await asyncio.to_thread(claim.fail, str(error), "callback_failed")
+        return None
+
+    def _next_wait(self, attempt_number: int) -> float:
+        """The wait after attempt ``attempt_number`` (as :meth:`deliver_all` waits)."""
+        return backoff_s(self.retry, attempt_number)
 
     async def _attempt(
         self, url: str, event: str, delivery: str, body: bytes

@@ -3,6 +3,9 @@
 * the file queue (every executor keeps its jobs there): jobs waiting, oldest waiting age,
   waiting jobs per priority, jobs per state, and jobs finished in the last 5 minutes and the
   last hour;
+* the light tasks (``data_dir/light/``: asynchronous enrollments, callback deliveries), kept
+  there by every executor: waiting (due now or waiting out a retry backoff), running, and the
+  age of the oldest waiting, per kind;
 * with ``jobs.executor: celery``, the Celery queues in Redis (``<prefix>.heavy``,
   ``<prefix>.light``): messages waiting per queue and per priority, the age of the oldest
   waiting job, and messages delivered but not acknowledged (running or reserved).
@@ -38,6 +41,7 @@ from callannotate.jobs.filequeue import (
     FileQueue,
     valid_job_id,
 )
+from callannotate.jobs.light import LightKind, LightState, LightStore
 from callannotate.jobs.models import MAX_PRIORITY, JobState, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,17 @@ class FileQueueStats(BaseModel):
         "cancelled), archived."
     )
     finished: list[FinishedWindow]
+
+
+class LightKindStats(BaseModel):
+    kind: str = Field(description="enroll or callback.")
+    waiting: int = Field(description="Queued tasks due now.")
+    delayed: int = Field(description="Queued tasks waiting out a retry backoff.")
+    running: int = Field(description="Tasks a live process is running.")
+    orphaned: int = Field(description="Running tasks whose process died (taken over next).")
+    oldest_waiting_s: float | None = Field(
+        description="Age of the oldest queued task since it was accepted; null when none."
+    )
 
 
 class BrokerQueueStats(BaseModel):
@@ -96,6 +111,30 @@ def file_queue_stats(queue: FileQueue, now: datetime | None = None) -> FileQueue
         states={STATE_OF_FOLDER[folder]: counts[folder] for folder in FOLDERS},
         finished=finished_windows(queue.root, now),
     )
+
+
+def light_stats(store: LightStore, now: datetime | None = None) -> list[LightKindStats]:
+    """Light tasks not finished, per kind (one ``task.json`` read per task in the folder;
+    finished tasks are purged after a while, so the folder stays small)."""
+    now = now or utcnow()
+    rows = {kind: LightKindStats(kind=kind.value, waiting=0, delayed=0, running=0, orphaned=0,
+                                 oldest_waiting_s=None) for kind in LightKind}  # fmt: skip
+    orphans = {task.id for task in store.pending() if task.state == LightState.RUNNING}
+    for task in store.unfinished():
+        row = rows[task.kind]
+        if task.state == LightState.RUNNING:
+            if task.id in orphans:
+                row.orphaned += 1
+            else:
+                row.running += 1
+            continue
+        if task.due(now):
+            row.waiting += 1
+        else:
+            row.delayed += 1
+        age = round((now - task.created_at).total_seconds(), 3)
+        row.oldest_waiting_s = max(row.oldest_waiting_s or 0.0, age)
+    return list(rows.values())
 
 
 def finished_windows(root: Path, now: datetime) -> list[FinishedWindow]:

@@ -7,8 +7,10 @@ same bus as the API (with ``events.backend=redis`` the API's WebSocket clients s
 delivers the callbacks of the jobs it finishes.
 
 Job events of this process go to :meth:`JobService.publish`, which hands them to the bus and
-to the callback dispatcher. The dispatcher listens here rather than on the bus because with
-Redis every process receives every event: only the process that finalised a job announces it.
+to the callback dispatcher (which queues each callback as light work, see
+:mod:`callannotate.jobs.light_lane`). The dispatcher listens here rather than on the bus
+because with Redis every process receives every event: only the process that finalised a job
+announces it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.executors.external import ExternalExecutor
 from callannotate.jobs.executors.local import LocalExecutor
 from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.light_lane import LightLane
 from callannotate.jobs.manager import QueueManager
 from callannotate.jobs.runner import JobRunner, PipelineRunner
 from callannotate.observability.export import MetricsExport
@@ -49,9 +52,24 @@ class JobService:
         self.settings = settings
         self.queue = queue
         self.bus = bus
-        self.callbacks = CallbackDispatcher(settings, queue)
         self.executor: Executor = make_executor(queue, self.publish)
+        # light work (callbacks, asynchronous enrollment): Celery's light queue, or this
+        # process's light lane (docs/scale-out.md "Queues and priority")
+        send_light = getattr(self.executor, "send_light", None)
+        self.handoff: Callable[[str], None] | None = send_light if callable(send_light) else None
+        self.callbacks = CallbackDispatcher(settings, queue, handoff=self.handoff)
+        self.light = LightLane(
+            settings, self.callbacks, local=self.handoff is None, handoff=self.handoff
+        )
         self._owns_bus = False
+
+    def submit_light(self, task_id: str) -> None:
+        """``task_id`` was stored durably: run it on the light queue or lane (blocking; a
+        broker that cannot be reached leaves it for the lane's maintenance to send)."""
+        if self.handoff is not None:
+            self.handoff(task_id)
+        else:
+            self.light.wake()
 
     def publish(self, event: JobEvent) -> None:
         """Announce a job event of this process: event bus and callbacks (any thread)."""
@@ -65,8 +83,10 @@ class JobService:
             self._owns_bus = True
         await self.callbacks.start()
         await self.executor.start()
+        await self.light.start()
 
     async def stop(self, graceful: bool = True) -> None:
+        await self.light.stop()
         await self.executor.stop(graceful=graceful)
         await self.callbacks.stop()
         if self._owns_bus:

@@ -111,6 +111,22 @@ def format_queues(body: dict[str, Any]) -> list[str]:
         for w in q["finished"]
     ]
     out += ["  " + line for line in table(["FINISHED", "COMPLETED", "FAILED", "CANCELLED"], rows)]
+    light = body.get("light") or []
+    if light:
+        out.append("Light tasks:")
+        rows = [
+            [
+                row["kind"],
+                str(row["waiting"]),
+                str(row["delayed"]),
+                str(row["running"]),
+                str(row["orphaned"]),
+                _age(row.get("oldest_waiting_s")),
+            ]
+            for row in light
+        ]
+        header = ["KIND", "WAITING", "BACKOFF", "RUNNING", "ORPHANED", "OLDEST"]
+        out += ["  " + line for line in table(header, rows)]
     broker = body.get("broker")
     if body.get("broker_error"):
         out.append(f"Celery queues: cannot read the broker: {body['broker_error']}")

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, WritePrincipal, visible_job
 from callannotate.api.errors import error_responses
-from callannotate.api.uploads import receive_upload
+from callannotate.api.uploads import StagedUpload, receive_upload
 from callannotate.config import Settings
 from callannotate.errors import (
     InvalidAudio,
@@ -27,6 +27,8 @@ from callannotate.errors import (
     NotFound,
     Unprocessable,
 )
+from callannotate.jobs.light import LightKind, LightTask, light_store
+from callannotate.jobs.service import JobService
 from callannotate.pipeline import registry
 from callannotate.pipeline.audio import decode as audio_io
 from callannotate.pipeline.speakers.embedding import SpeakerEmbedder
@@ -34,7 +36,9 @@ from callannotate.pipeline.types import Annotation
 from callannotate.security.atrest import Vault, vault_for
 from callannotate.security.principal import Principal
 from callannotate.voices.contact_links import check_contact, create_contact
+from callannotate.voices.enrollment import EnrollmentStatus
 from callannotate.voices.schemas import (
+    LEGACY_OWNER,
     JobEnrollRequest,
     Voice,
     VoiceInfo,
@@ -112,11 +116,12 @@ def _store(settings: Settings) -> VoiceStore:
     return VoiceStore(settings.voices_dir, vault_for(settings))
 
 
-async def _read_samples(
+async def _receive_samples(
     request: Request, settings: Settings, staging: Path, *, need_name: bool
-) -> tuple[list[VoiceSample], dict[str, str]]:
+) -> tuple[StagedUpload, dict[str, str]]:
     """Stream the multipart body (the same receiver and limits as ``POST /jobs``: a chunked
-    body is counted as it arrives) and turn every ``file`` part into a checked sample."""
+    body is counted as it arrives) and check the fields and that every sample decodes (no
+    model needed). The caller discards the upload."""
     upload = await receive_upload(
         request,
         staging,
@@ -143,6 +148,19 @@ async def _read_samples(
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
         staged = [(f.path, f.filename) for f in upload.files]
         await anyio.to_thread.run_sync(_check_samples, staged, vault_for(settings))
+    except BaseException:
+        upload.discard()
+        raise
+    return upload, fields
+
+
+async def _read_samples(
+    request: Request, settings: Settings, staging: Path, *, need_name: bool
+) -> tuple[list[VoiceSample], dict[str, str]]:
+    """The checked samples of the multipart body, embedded (inside the request)."""
+    upload, fields = await _receive_samples(request, settings, staging, need_name=need_name)
+    try:
+        staged = [(f.path, f.filename) for f in upload.files]
         service = await anyio.to_thread.run_sync(voice_service, settings)
         samples = await anyio.to_thread.run_sync(service.samples_from_files, staged)
     finally:
@@ -161,17 +179,42 @@ def _check_samples(staged: list[tuple[Path, str]], vault: Vault) -> None:
             raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
 
 
+def _wants_async(request: Request, wait: bool) -> bool:
+    """``?wait=false`` or ``Prefer: respond-async`` (RFC 7240)."""
+    prefer = request.headers.get("prefer", "")
+    tokens = {part.strip().lower() for item in prefer.split(",") for part in item.split(";")}
+    return not wait or "respond-async" in tokens
+
+
 @router.post(
     "/voices",
     status_code=201,
     response_model=VoiceInfo,
     summary="Enroll a person's voice from one or more samples",
+    description=(
+        "Synchronous by default (201 with the voice). With `?wait=false` or the header "
+        "`Prefer: respond-async` the samples are checked (fields, contact, decodable audio) "
+        "and stored, the answer is 202 with the status of the enrollment and its URL in "
+        "`Location` (`GET /voices/enrollments/{id}`), and the embedding runs as light work "
+        "(the local light lane or the Celery `light` queue), never behind annotation jobs."
+    ),
     openapi_extra=_SAMPLES_SCHEMA,
-    responses=error_responses(400, 408, 413, 415, 422, 503),
+    responses={
+        202: {"model": EnrollmentStatus, "description": "Accepted: poll the status URL."},
+        **error_responses(400, 408, 413, 415, 422, 503),
+    },
 )
 async def create_voice(
-    request: Request, settings: SettingsDep, queue: QueueDep, principal: WritePrincipal
+    request: Request,
+    settings: SettingsDep,
+    queue: QueueDep,
+    principal: WritePrincipal,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once and enroll as light work")
+    ] = True,
 ) -> Response:
+    if _wants_async(request, wait):
+        return await _enroll_later(request, settings, queue.staging_dir(), principal)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
     contact_id = await check_contact(request, principal.id, fields.get("contact_id"))
     service = VoiceService(_store(settings), None, recognition_params(settings))
@@ -187,13 +230,82 @@ async def create_voice(
     )
 
 
+async def _enroll_later(
+    request: Request,
+    settings: Settings,
+    staging: Path,
+    principal: Principal,
+    *,
+    add_to: Voice | None = None,
+) -> Response:
+    """Store the checked samples as a light task (durable before the answer) and queue it:
+    a new voice, or samples for ``add_to`` (visible to the caller)."""
+    upload, fields = await _receive_samples(request, settings, staging, need_name=add_to is None)
+    try:
+        params: dict[str, str | None]
+        if add_to is not None:
+            if "name" in fields or "contact_id" in fields:
+                raise Unprocessable(
+                    "add samples with 'file' parts only; rename or link with "
+                    "PATCH /voices/{voice_id}"
+                )
+            params = {"name": add_to.name, "voice_id": add_to.id}
+        else:
+            contact_id = await check_contact(request, principal.id, fields.get("contact_id"))
+            params = {"name": fields["name"], "contact_id": contact_id}
+        files = [(f.path, f.filename) for f in upload.files]
+        store = light_store(settings.data_dir)
+        task = await anyio.to_thread.run_sync(
+            lambda: store.create(LightKind.ENROLL, params, owner=principal.id, files=files)
+        )
+    finally:
+        upload.discard()  # the samples were moved into the task (or are dropped)
+    return await _accepted(request, task)
+
+
+async def _accepted(request: Request, task: LightTask) -> Response:
+    """Queue a stored enrollment task and answer 202 with its status and URL."""
+    jobs: JobService = request.app.state.jobs
+    await anyio.to_thread.run_sync(jobs.submit_light, task.id)
+    logger.info("enrollment %s queued with %d sample(s)", task.id, len(task.files))
+    status = EnrollmentStatus.of(task)
+    return Response(
+        status.model_dump_json(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": status.status_url},
+    )
+
+
+@router.get(
+    "/voices/enrollments/{enrollment_id}",
+    response_model=EnrollmentStatus,
+    summary="Status of an enrollment accepted with 202",
+)
+async def get_enrollment(
+    enrollment_id: str, settings: SettingsDep, principal: ReadPrincipal
+) -> EnrollmentStatus:
+    store = light_store(settings.data_dir)
+    task = await anyio.to_thread.run_sync(store.get, enrollment_id)
+    if task.kind != LightKind.ENROLL or not principal.can_access(task.owner or LEGACY_OWNER):
+        raise NotFound(f"enrollment {enrollment_id} not found")
+    return EnrollmentStatus.of(task)
+
+
 @router.post(
     "/voices/{voice_id}/samples",
     status_code=201,
     response_model=VoiceInfo,
     summary="Add samples to an enrolled voice",
+    description=(
+        "Synchronous by default (201 with the voice). With `?wait=false` or "
+        "`Prefer: respond-async`: 202 and a status URL, as for `POST /voices`."
+    ),
     openapi_extra=_SAMPLES_SCHEMA,
-    responses=error_responses(400, 408, 413, 415, 422, 503),
+    responses={
+        202: {"model": EnrollmentStatus, "description": "Accepted: poll the status URL."},
+        **error_responses(400, 408, 413, 415, 422, 503),
+    },
 )
 async def add_samples(
     voice_id: str,
@@ -201,10 +313,15 @@ async def add_samples(
     settings: SettingsDep,
     queue: QueueDep,
     principal: WritePrincipal,
-) -> VoiceInfo:
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once and embed as light work")
+    ] = True,
+) -> Response:
     store = _store(settings)
     # 404 before the upload is processed
-    await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
+    voice = await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
+    if _wants_async(request, wait):
+        return await _enroll_later(request, settings, queue.staging_dir(), principal, add_to=voice)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
     if "name" in fields or "contact_id" in fields:
         raise Unprocessable(
@@ -212,7 +329,7 @@ async def add_samples(
         )
     service = VoiceService(store, None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(service.add_samples, voice_id, samples)
-    return voice.info()
+    return Response(voice.info().model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get("/voices", response_model=list[VoiceInfo], summary="List enrolled voices")
@@ -287,7 +404,15 @@ async def delete_sample(
     status_code=201,
     response_model=VoiceInfo,
     summary="Enroll a speaker of a finished job ('this speaker is Ivan')",
-    responses=error_responses(400, 409, 422, 503),
+    description=(
+        "Synchronous by default (201 with the voice). With `?wait=false` or "
+        "`Prefer: respond-async`: 202 and a status URL, as for `POST /voices` (a new "
+        "`contact` is created before the answer)."
+    ),
+    responses={
+        202: {"model": EnrollmentStatus, "description": "Accepted: poll the status URL."},
+        **error_responses(400, 409, 422, 503),
+    },
 )
 async def enroll_job_speaker(
     job_id: str,
@@ -297,6 +422,9 @@ async def enroll_job_speaker(
     settings: SettingsDep,
     queue: QueueDep,
     principal: WritePrincipal,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once and embed as light work")
+    ] = True,
 ) -> Response:
     await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     result = await anyio.to_thread.run_sync(queue.read_result, job_id)  # 409 unless completed
@@ -314,6 +442,25 @@ async def enroll_job_speaker(
     audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
     if not audio_path.is_file():
         raise NotFound(f"the audio of job {job_id} is no longer stored")
+    if _wants_async(request, wait):
+        name = body.name
+        if name is None:
+            assert body.voice_id is not None
+            name = (await anyio.to_thread.run_sync(_store(settings).get, body.voice_id)).name
+        if body.contact is not None:
+            contact_id = await create_contact(request, principal.id, body.contact, name)
+        params = {
+            "job_id": job_id,
+            "label": label,
+            "name": name,
+            "voice_id": body.voice_id,
+            "contact_id": contact_id,
+        }
+        store = light_store(settings.data_dir)
+        task = await anyio.to_thread.run_sync(
+            lambda: store.create(LightKind.ENROLL, params, owner=principal.id)
+        )
+        return await _accepted(request, task)
     service = await anyio.to_thread.run_sync(voice_service, settings)
     if body.contact is not None:  # created only once the request is known to be valid
         name = body.name

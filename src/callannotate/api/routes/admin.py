@@ -16,12 +16,15 @@ from pydantic import BaseModel, Field
 
 from callannotate.api.deps import AdminPrincipal, QueueDep, SettingsDep
 from callannotate.jobs.heartbeat import WorkerRegistry, WorkerStatus
+from callannotate.jobs.light import light_store
 from callannotate.jobs.models import utcnow
 from callannotate.jobs.queue_stats import (
     BrokerStats,
     FileQueueStats,
+    LightKindStats,
     broker_stats,
     file_queue_stats,
+    light_stats,
 )
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -41,6 +44,10 @@ class QueuesBody(BaseModel):
     checked_at: datetime
     executor: str
     queue: FileQueueStats = Field(description="The file queue (every executor keeps jobs there).")
+    light: list[LightKindStats] = Field(
+        description="Light tasks (asynchronous enrollments, callback deliveries) not finished, "
+        "per kind; every executor keeps them in the data folder."
+    )
     broker: BrokerStats | None = Field(
         None, description="The Celery queues in Redis (executor celery only)."
     )
@@ -73,7 +80,10 @@ def list_queues(settings: SettingsDep, queue: QueueDep, principal: AdminPrincipa
     in Redis. A broker that cannot be read is reported in ``broker_error``, not as a 5xx."""
     now = utcnow()
     body = QueuesBody(
-        checked_at=now, executor=settings.jobs.executor, queue=file_queue_stats(queue, now)
+        checked_at=now,
+        executor=settings.jobs.executor,
+        queue=file_queue_stats(queue, now),
+        light=light_stats(light_store(settings.data_dir), now),
     )
     if settings.jobs.executor == "celery":
         try:
