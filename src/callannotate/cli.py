@@ -130,7 +130,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from callannotate.security.startup import prepare_store
 
     concurrency = args.concurrency or args.workers
-    settings = load_settings(workers__concurrency=concurrency, jobs__executor=args.executor)
+    settings = load_settings(
+        workers__concurrency=concurrency,
+        jobs__executor=args.executor,
+        metrics__port=args.metrics_port,
+    )
     configure_logging(settings.log)
     prepare_store(settings)  # migrations run on start (the store is shared with the API)
     if settings.jobs.executor == "celery":  # docs/scale-out.md
@@ -441,6 +445,12 @@ def add_parser(subparsers: Any) -> None:
     worker.add_argument("--concurrency", type=int, help="same as --workers")
     worker.add_argument(
         "--queues", help="Celery queues to serve, comma-separated: heavy,light (default both)"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of this worker's metrics listener on metrics.host; with --executor celery "
+        "it serves the metrics of all the worker's children (CALLANNOTATE_METRICS__PORT)",
     )
     worker.set_defaults(func=_cmd_worker)
 

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, MetricsSettings, Settings
 from callannotate.observability.export import MetricsListener
+from local_servers import free_port
 
 TOKEN = "scrape-token-0123456789"
 
@@ -127,7 +128,7 @@ def test_websocket_connections_frames_and_closes(client: TestClient) -> None:
 
 
 def test_separate_metrics_listener_binds_localhost(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     listener = MetricsListener(MetricsSettings(port=port))
     listener.start()
     try:
@@ -139,14 +140,6 @@ def test_separate_metrics_listener_binds_localhost(tmp_path: Path) -> None:
         listener.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_job_records_the_request_id_that_queued_it(client: TestClient, audio_dir: Path) -> None:

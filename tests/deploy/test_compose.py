@@ -189,3 +189,21 @@ def test_docker_compose_accepts_the_files(tmp_path: Path) -> None:
                 check=False,
             )
             assert run.returncode == 0, f"{files} {profile}: {run.stderr}"
+
+
+def test_prometheus_scrapes_every_worker_container_on_its_metrics_port(
+    compose: dict[str, Any],
+) -> None:
+    """The job callannotate-workers resolves the name `worker`: the local workers (service
+    name) and the Celery workers (network alias), each listening on the port it scrapes."""
+    config = yaml.safe_load((REPO / "deploy" / "compose" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "callannotate-workers"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"]
+    services = compose["services"]
+    assert "worker" in services["celery-worker"]["networks"]["default"]["aliases"]
+    for name in ("worker", "celery-worker"):
+        env = services[name]["environment"]
+        assert env["CALLANNOTATE_METRICS__PORT"] == str(sd["port"]), name
+        assert env["CALLANNOTATE_METRICS__HOST"] == "0.0.0.0", name  # inside the network only
+        assert "ports" not in services[name], name  # never published on the host

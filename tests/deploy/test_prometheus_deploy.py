@@ -135,7 +135,7 @@ def test_alertmanager_config_is_valid() -> None:
 
 
 def test_dashboards_are_structurally_sound() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"overview", "pipeline", "realtime"}
+    assert {p.stem for p in DASHBOARDS} == {"dependencies", "overview", "pipeline", "realtime"}
     provisioning = yaml.safe_load(
         (GRAFANA / "provisioning" / "datasources" / "callannotate.yml").read_text()
     )
@@ -199,3 +199,19 @@ def test_filebeat_example_reads_our_json_lines() -> None:
     (stream,) = doc["filebeat.inputs"]
     assert stream["type"] == "filestream"
     assert stream["parsers"][0]["ndjson"]["expand_keys"] is True
+
+
+def test_resilience_and_security_metrics_have_panels() -> None:
+    """Each of these metrics is shown by a dashboard panel, not only used by an alert rule."""
+    shown = {name for _, _, expr in dashboard_exprs() for name in METRIC_RE.findall(expr)}
+    wanted = {
+        "callannotate_circuit_breakers",
+        "callannotate_circuit_breaker_transitions_total",
+        "callannotate_webhook_deliveries_total",
+        "callannotate_email_deliveries_total",
+        "callannotate_auth_failures_total",
+        "callannotate_rate_limit_rejections_total",
+        "callannotate_contacts_sync_total",
+        "callannotate_events_dropped_total",
+    }
+    assert wanted <= shown, wanted - shown

@@ -15,9 +15,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
+from local_servers import callannotate_command, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
@@ -36,12 +36,6 @@ JFK = SHARED / "asr" / "en" / "jfk" / "jfk.flac"
 TOKEN = "integration-scrape-token-42"
 START_TIMEOUT_S = 600.0
 JOB_TIMEOUT_S = 600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _prometheus() -> str:
@@ -78,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         pytest.skip(f"shared recording not found at {JFK}")
     data = tmp_path_factory.mktemp("metrics-server")
     log = data / "server.log"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         {
@@ -88,8 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
             "CALLANNOTATE_METRICS__TOKEN": TOKEN,
         }
     )
-    script = Path(sys.executable).parent / "callannotate"
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
+    cmd = callannotate_command()
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -140,7 +133,7 @@ def prometheus(server: tuple[str, Path], tmp_path_factory: pytest.TempPathFactor
         ],
     }
     (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = _free_port()
+    port = free_port()
     log = folder / "prometheus.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -26,6 +26,7 @@ from callannotate.config import (
 )
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.observability.health import dependency_checks, dependency_outcomes
+from local_servers import free_port
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -41,12 +42,6 @@ def need(port: int, what: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{what} on 127.0.0.1:{port} is required under CI=true")
         pytest.skip(f"{what} not running on 127.0.0.1:{port}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def queue_of(settings: Settings) -> FileQueue:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from queue_testing_local import submit
 
 from callannotate.config import MetricsSettings, QueueSettings
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
-from callannotate.jobs.models import AudioMeta, Job
 from callannotate.observability import collector
 from callannotate.observability.metrics import (
     failure_reason,
@@ -27,29 +27,6 @@ from callannotate.observability.metrics import (
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def submit(queue: FileQueue, created_at: float | None = None) -> Job:
-    job_id = queue.new_job_id()
-    staged = queue.staging_dir() / f"upload-{job_id}"
-    staged.write_bytes(b"RIFF")
-    meta = AudioMeta(
-        filename="call.wav",
-        stored_as="audio.wav",
-        size_bytes=4,
-        format="wav",
-        codec="pcm_s16le",
-        sample_rate=16000,
-        channels=1,
-        duration=1.0,
-    )
-    job = queue.submit(Job(id=job_id, owner="u1", audio=meta), staged)
-    if created_at is not None:  # an older submission: rewrite the record's created_at
-        path = queue.job_dir(job.id) / "job.json"
-        doc = json.loads(path.read_text())
-        doc["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(created_at))
-        path.write_text(json.dumps(doc))
-    return job
 
 
 @pytest.mark.parametrize(

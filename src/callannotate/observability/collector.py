@@ -114,14 +114,7 @@ class ServiceCollector(Collector):
             if source.registry is not None:
                 yield from registry_metrics(source.registry)
             yield from self._disk_metrics(source.queue.root)
-            sla = GaugeMetricFamily(
-                f"{PREFIX}_sla_seconds",
-                "Service-level targets from settings (metrics.*_sla_s), for alert rules.",
-                labels=["kind"],
-            )
-            sla.add_metric(["queue_wait"], source.settings.queue_wait_sla_s)
-            sla.add_metric(["job_duration"], source.settings.job_duration_sla_s)
-            yield sla
+            yield sla_family(source.settings)
         except Exception:  # a broken scrape must not take the endpoint down
             log.exception("metrics collector failed")
 
@@ -208,6 +201,19 @@ class ServiceCollector(Collector):
             "Size in bytes of the filesystem of the data folder.",
             value=usage.total,
         )
+
+
+def sla_family(settings: MetricsSettings) -> Metric:
+    """The service-level targets of the settings, which the alert rules compare against
+    (joined on the instance that exports the measured metric)."""
+    sla = GaugeMetricFamily(
+        f"{PREFIX}_sla_seconds",
+        "Service-level targets from settings (metrics.*_sla_s), for alert rules.",
+        labels=["kind"],
+    )
+    sla.add_metric(["queue_wait"], settings.queue_wait_sla_s)
+    sla.add_metric(["job_duration"], settings.job_duration_sla_s)
+    return sla
 
 
 def registry_metrics(registry: WorkerRegistry) -> Iterator[Metric]:

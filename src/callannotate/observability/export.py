@@ -3,7 +3,9 @@
 ``callannotate serve`` (the app's lifespan) and ``callannotate worker`` each build one
 :class:`MetricsExport` around their queue and executor. With ``metrics.port`` > 0 a plain-HTTP
 listener (prometheus-client's own server, in a thread) answers any path with the metrics on
-``metrics.host:metrics.port``; keep it on 127.0.0.1 or a private interface.
+``metrics.host:metrics.port``; keep it on 127.0.0.1 or a private interface. A Celery worker
+serves its prefork children's metrics on that port instead
+(:mod:`callannotate.observability.multiproc`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from callannotate.config import MetricsSettings, Settings
 from callannotate.jobs.executors.base import Executor
@@ -26,8 +28,9 @@ log = logging.getLogger(__name__)
 class MetricsListener:
     """The separate metrics listener (``metrics.port``), stopped with :meth:`stop`."""
 
-    def __init__(self, settings: MetricsSettings) -> None:
+    def __init__(self, settings: MetricsSettings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
+        self.registry = registry
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -39,7 +42,7 @@ class MetricsListener:
         if not self.settings.port or self._server is not None:
             return
         self._server, self._thread = start_http_server(
-            self.settings.port, addr=self.settings.host, registry=REGISTRY
+            self.settings.port, addr=self.settings.host, registry=self.registry
         )
         log.info(
             "metrics listener started",

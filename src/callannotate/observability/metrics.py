@@ -18,7 +18,10 @@ Where the numbers come from:
 
 Worker processes (the embedded pool's spawned children) do not hold metrics themselves: they
 already report everything to their queue manager over its pipe, and the manager's process
-exports it. That is why prometheus-client's multiprocess mode is not used (see the docs).
+exports it. A Celery worker's prefork children do count their own jobs: ``callannotate
+worker --executor celery`` switches its metrics to prometheus-client's multiprocess mode
+before the children start (:mod:`callannotate.observability.multiproc`), which is why every
+gauge here names its ``multiprocess_mode``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from callannotate import __version__
 from callannotate.errors import CallAnnotateError
@@ -69,6 +73,7 @@ WS_CONNECTIONS = Gauge(
     f"{PREFIX}_websocket_connections",
     "WebSocket connections open now, by route template.",
     ["route"],
+    multiprocess_mode="livesum",
 )
 WS_ACCEPTED = Counter(
     f"{PREFIX}_websocket_connections_accepted",
@@ -143,6 +148,7 @@ ALERTS_FIRING = Gauge(
     f"{PREFIX}_alerts_firing",
     "Built-in alerts firing now (1) or not (0), by alert name.",
     ["alert"],
+    multiprocess_mode="livemax",
 )
 
 # ------------------------------------------------- resilience (callannotate.resilience)
@@ -152,6 +158,7 @@ CIRCUIT_BREAKERS = Gauge(
     "Circuits per breaker (a fixed list of names) and state (closed, open, half_open); a "
     "breaker keyed by account or host counts each key's circuit.",
     ["breaker", "state"],
+    multiprocess_mode="livesum",
 )
 CIRCUIT_TRANSITIONS = Counter(
     f"{PREFIX}_circuit_breaker_transitions",
@@ -183,6 +190,7 @@ CONTACTS_SYNC = Counter(
 CONTACTS_LAST_SYNC = Gauge(
     f"{PREFIX}_contacts_last_success_timestamp_seconds",
     "Unix time of the last successful sync of a CardDAV account in this process (0: none).",
+    multiprocess_mode="max",
 )
 
 # ----------------------------------------------------------- security (callannotate.security)
@@ -214,10 +222,28 @@ RATE_LIMIT_REJECTIONS = Counter(
     "Calls refused by the rate limiter (429, WebSocket refused or message dropped), by budget.",
     ["scope"],
 )
-for _reason in AUTH_FAILURE_REASONS:
-    AUTH_FAILURES.labels(_reason)  # every series exists from the start (0)
-for _scope in RATE_LIMIT_SCOPES:
-    RATE_LIMIT_REJECTIONS.labels(_scope)
+#: Results of webhook / e-mail deliveries and CardDAV syncs (the series exported from the start).
+WEBHOOK_KINDS = ("callback", "alert")
+DELIVERY_RESULTS = ("delivered", "retried", "failed", "circuit_open")
+CONTACTS_SYNC_RESULTS = ("ok", "failed", "circuit_open")
+
+
+def _create_fixed_series() -> None:
+    """Every series of a fixed label vocabulary exists from the start (0), so dashboards and
+    rate() see "none" rather than "no data"."""
+    for reason in AUTH_FAILURE_REASONS:
+        AUTH_FAILURES.labels(reason)
+    for scope in RATE_LIMIT_SCOPES:
+        RATE_LIMIT_REJECTIONS.labels(scope)
+    for result in DELIVERY_RESULTS:
+        EMAIL_DELIVERIES.labels(result)
+        for kind in WEBHOOK_KINDS:
+            WEBHOOK_DELIVERIES.labels(kind, result)
+    for result in CONTACTS_SYNC_RESULTS:
+        CONTACTS_SYNC.labels(result)
+
+
+_create_fixed_series()
 
 
 def observe_auth_failure(reason: str) -> None:
@@ -359,3 +385,33 @@ def observe_stream_latency(seconds: float) -> None:
 def render() -> bytes:
     """The text exposition of every metric of this process."""
     return generate_latest(REGISTRY)
+
+
+def _own_metrics() -> list[MetricWrapperBase]:
+    """The metric objects of this module (Info excepted: it has no value to store)."""
+    return [
+        m
+        for m in globals().values()
+        if isinstance(m, MetricWrapperBase) and not isinstance(m, Info)
+    ]
+
+
+def recreate_values() -> None:
+    """Give every metric of this module new value holders of the current
+    ``prometheus_client.values.ValueClass`` (see :mod:`callannotate.observability.multiproc`).
+
+    Labelled metrics keep the label values they had (their children are created again, at 0);
+    call it before anything was counted. Relies on prometheus-client internals
+    (``_labelnames``, ``_metrics``, ``_metric_init``), pinned in pyproject.toml and covered by
+    tests/observability/test_multiproc.py.
+    """
+    for metric in _own_metrics():
+        if metric._labelnames:
+            with metric._lock:
+                keys = list(metric._metrics)
+                metric._metrics.clear()
+            for key in keys:
+                metric.labels(*key)
+        else:
+            metric._metric_init()  # type: ignore[no-untyped-call]
+    _create_fixed_series()

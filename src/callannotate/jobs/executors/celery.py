@@ -36,7 +36,6 @@ from typing import Any, cast
 from celery import Celery, Task, current_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
-from celery.utils.time import get_exponential_backoff_interval
 
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError, NotFound
@@ -55,20 +54,23 @@ from callannotate.jobs.executors.external import ExternalExecutor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import try_lock, unlock
 from callannotate.jobs.heartbeat import start_heartbeat
+from callannotate.jobs.light import LightKind
+from callannotate.jobs.light_run import run_claimed
 from callannotate.jobs.manager import TIMEOUT, apply_step_reports, timeout_reason
 from callannotate.jobs.models import DEFAULT_PRIORITY, Job, JobState, StepProgress, utcnow
 from callannotate.jobs.runner import JobRunner, JobStopped, PipelineRunner
 from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.jobs.worker import _Control, _run_job
+from callannotate.observability.metrics import observe_model_load, observe_result
+from callannotate.observability.multiproc import CeleryWorkerMetrics
 from callannotate.security.atrest import vault_for
 
 log = logging.getLogger(__name__)
 
+RUN_LIGHT = "callannotate.run_light"
 CANCELLED = "cancelled"
 DELETED = "deleted"
 CHECK_INTERVAL_S = 0.5
-RETRY_BACKOFF_S = 1.0  # a transiently failed job is sent again after ~1, 2, 4 ... s
-RETRY_BACKOFF_MAX_S = 60.0
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
@@ -87,7 +89,9 @@ class _Announcer:
         self.settings = settings
         self.queue = FileQueue(settings.queue_dir, settings.queue, vault_for(settings))
         self.bus = create_bus(settings.events, public_url=settings.api.public_url)
-        self.callbacks = CallbackDispatcher(settings, self.queue)
+        # callbacks of the jobs this process finishes go to the light queue, not sent here
+        self.callbacks = CallbackDispatcher(settings, self.queue, handoff=self.send_light)
+        self._app: Celery | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="celery-job-events", daemon=True
@@ -113,6 +117,13 @@ class _Announcer:
             self.callbacks.on_job_event(event)
         except Exception:
             log.exception("event subscriber failed", extra={"job_id": job.id})
+
+    def send_light(self, task_id: str) -> None:
+        """Send a light task (a callback delivery) to the light queue; when the broker cannot
+        be reached the task stays queued in the data folder and the API sends it later."""
+        if self._app is None:
+            self._app = build_app(self.settings)
+        _send_light(self._app, self.settings, task_id)
 
     def flush(self) -> None:
         """Wait until the events published so far left this process."""
@@ -214,7 +225,11 @@ class JobHost:
         self.runner = runner
         self.announcer = _Announcer(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:celery"
-        self.preload_error = runner.preload(settings)
+        # a worker of the light queue only runs no annotation: no pipeline models to load
+        pool_queues = _pool[1] if _pool else []
+        light_only = bool(pool_queues) and heavy_queue(settings) not in pool_queues
+        self.preload_error = None if light_only else runner.preload(settings)
+        observe_model_load(getattr(runner, "load_seconds", None))
         self.current: str | None = None  # the job this child runs now (heartbeat)
         self.jobs_done = 0
         concurrency, queues, node = _pool or (settings.workers.concurrency, [], "celery")
@@ -252,6 +267,29 @@ class JobHost:
             self.current = None
             self.jobs_done += 1
             self.heartbeat.beat()  # the registry shows the finished job at once
+
+    def run_light(self, task_id: str) -> float | None:
+        """Run light task ``task_id`` once; returns the countdown of its next attempt, or
+        ``None`` (done, failed, or a no-op delivery: finished, or run by a live process)."""
+        store = self.announcer.callbacks.light
+        claim = store.claim(task_id, self.worker_id, early=True)
+        if claim is None:
+            log.info("light task not to run here: no-op", extra={"task_id": task_id})
+            return None
+        self.current = task_id
+        self.heartbeat.beat()
+        try:
+            if claim.task.kind == LightKind.CALLBACK:
+                future = asyncio.run_coroutine_threadsafe(
+                    self.announcer.callbacks.deliver_once(claim), self.announcer.loop
+                )
+                return future.result(self.settings.callbacks.timeout_s * 3 + 30)
+            return run_claimed(self.settings, claim)
+        finally:
+            claim.release()
+            self.current = None
+            self.jobs_done += 1
+            self.heartbeat.beat()
 
     def _run_claimed(self, job: Job) -> str:
         queue = self.announcer.queue
@@ -291,9 +329,11 @@ class JobHost:
         """Final per-step statuses from the annotation's own step reports (as the local
         executor does)."""
         try:
-            steps = json.loads(result).get("steps", [])
+            doc = json.loads(result)
+            steps = doc.get("steps", [])
         except (ValueError, AttributeError):
             return
+        observe_result(doc, time.monotonic() - channel.started)  # steps, RTF, audio seconds
         apply_step_reports(channel.progress, steps)
 
     def _finish(self, job: Job, channel: _TaskChannel, out: dict[str, Any]) -> str:
@@ -424,14 +464,15 @@ def _fail_when_child_gone(job_id: str, settings: Settings, wait_s: float = 60.0)
 def _run_job_task(job_id: str) -> str:
     outcome = _job_host().run(job_id)
     if outcome == JobState.QUEUED.value:
-        # A transient error put the job back in the queue (attempts left): send it again
-        # after an exponential backoff with full jitter (Celery's own retry; the file queue's
-        # queue.max_attempts bounds the attempts, not Celery's max_retries).
-        attempts = _job_host().announcer.queue.get(job_id).attempts
-        delay = get_exponential_backoff_interval(
-            factor=RETRY_BACKOFF_S, retries=attempts - 1, maximum=RETRY_BACKOFF_MAX_S,
-            full_jitter=True,
-        )  # fmt: skip
+        # A transient error put the job back in the queue (attempts left) with the time of its
+        # next attempt (``not_before``, the queue's backoff with jitter, in its history too):
+        # send it again then (Celery's own retry; the file queue's queue.max_attempts bounds
+        # the attempts, not Celery's max_retries).
+        job = _job_host().announcer.queue.get(job_id)
+        attempts = job.attempts
+        delay = 0.0
+        if job.not_before is not None:
+            delay = max(0.0, (job.not_before - utcnow()).total_seconds())
         log.warning(
             "job failed with a transient error; retrying",
             extra={"job_id": job_id, "attempts": attempts, "countdown_s": delay},
@@ -440,10 +481,38 @@ def _run_job_task(job_id: str) -> str:
     return outcome
 
 
+def _run_light_task(task_id: str) -> str:
+    delay = _job_host().run_light(task_id)
+    if delay is not None:  # a transient failure: the next attempt after the backoff
+        raise current_task.retry(countdown=delay, max_retries=None)
+    return "done"
+
+
+def _send_light(app: Celery, settings: Settings, task_id: str) -> None:
+    try:
+        app.send_task(
+            RUN_LIGHT,
+            args=[task_id],
+            task_id=f"{task_id}-{uuid.uuid4().hex[:8]}",
+            queue=light_queue(settings),
+        )
+    except Exception as exc:  # the task is stored: the API's light lane sends it again
+        log.warning(
+            "could not send a light task to the broker; will retry",
+            extra={"task_id": task_id, "reason": f"{type(exc).__name__}: {exc}"},
+        )
+
+
 def build_app(settings: Settings) -> Celery:
-    """The Celery app with task ``callannotate.run_job`` registered."""
+    """The Celery app with tasks ``callannotate.run_job`` (heavy queue) and
+    ``callannotate.run_light`` (light queue) registered."""
     app = create_celery_app(settings)
+    app.conf.task_routes = {
+        **dict(app.conf.task_routes or {}),
+        RUN_LIGHT: {"queue": light_queue(settings)},
+    }
     app.task(name=RUN_JOB, base=JobTask)(_run_job_task)
+    app.task(name=RUN_LIGHT)(_run_light_task)
     return app
 
 
@@ -479,7 +548,12 @@ def run_celery_worker(
         without_gossip=True,
         without_mingle=True,
     )
-    worker.start()
+    metrics = CeleryWorkerMetrics(settings.metrics)  # metrics.port: the children's metrics
+    metrics.start()  # before the pool forks its children
+    try:
+        worker.start()
+    finally:
+        metrics.stop()
     return int(worker.exitcode or 0)
 
 
@@ -545,6 +619,11 @@ class CeleryExecutor(ExternalExecutor):
         with self._lock:
             self._tasks[job_id] = task_id
             self._unsent.discard(job_id)
+
+    def send_light(self, task_id: str) -> None:
+        """Publish a light task id (asynchronous enrollment, callback delivery) on the light
+        queue; a failure is logged and the task sent again by the light lane's maintenance."""
+        _send_light(self.app, self.settings, task_id)
 
     def _resend(self) -> None:
         with self._lock:

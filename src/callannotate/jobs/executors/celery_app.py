@@ -20,7 +20,11 @@ The job id is the only payload; no result backend (results stay in the job folde
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from celery import Celery
+from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 
 from callannotate.config import Settings
@@ -30,6 +34,25 @@ RUN_JOB = "callannotate.run_job"
 # Redis pops priority 0 first (kombu scans its priority lists in ascending order), so a job's
 # priority (9 = most urgent) is sent as MAX_PRIORITY - priority.
 PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
+
+
+# Seconds between a worker's tries to reach a lost broker (kombu's default grows 2, 4, 6 ...
+# to 30 s, so a worker noticed Redis back up to 30 s late: 12 s after a 1-minute outage).
+RECONNECT_INTERVAL_S = 1.0
+
+
+class ReconnectingConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, retrying a lost broker every ``RECONNECT_INTERVAL_S`` (a TCP
+    connect to a dead port costs nothing) instead of kombu's growing interval."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=RECONNECT_INTERVAL_S,
+            interval_step=0,
+            interval_max=RECONNECT_INTERVAL_S,
+        )
+        return super().ensure_connected(conn)
 
 
 def message_priority(job_priority: int) -> int:
@@ -71,6 +94,12 @@ def create_celery_app(settings: Settings) -> Celery:
         },
         task_default_priority=message_priority(DEFAULT_PRIORITY),
         broker_connection_retry_on_startup=True,
+        # broker lost (Redis restart): the worker reconnects for as long as it takes, every
+        # RECONNECT_INTERVAL_S, and running jobs go on: the file queue's run lock makes the
+        # redelivery of their unacknowledged messages a no-op (docs/scale-out.md)
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_consumer=f"{__name__}:ReconnectingConsumer",
         task_soft_time_limit=workers.job_timeout_s,
         task_time_limit=workers.job_timeout_s + max(workers.timeout_grace_s, 1.0),
         task_ignore_result=True,
