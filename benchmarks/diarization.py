@@ -27,7 +27,8 @@ folder) through G.711 mu-law 8 kHz, GSM, AMR-NB (or its stand-in when this ffmpe
 AMR encoder; the output says so), Opus 16 kbit/s and MP3 24 (ffmpeg's default for 16 kHz
 mono), 32 and 64 kbit/s, and prints DER and speakers found per codec next to the WAV
 (``benchmarks/audio_codecs.py``). With ``--shifts`` each codec's figure is the mean over
-the delays too (the delay is applied before encoding).
+the delays too (the delay is applied before encoding). ``--only-codecs g711u,gsm`` limits
+the run to those codecs (by their short names).
 """
 
 from __future__ import annotations
@@ -390,6 +391,12 @@ def main() -> None:
         help="also score every clip re-encoded through telephone / streaming codecs (ffmpeg)",
     )
     parser.add_argument(
+        "--only-codecs",
+        default=None,
+        metavar="NAME,NAME",
+        help="with --codecs: only these (g711u, gsm, amrnb, g723_1, opus16, mp3_24, ...)",
+    )
+    parser.add_argument(
         "--direct",
         action="store_true",
         help="call the Diarizer on decoded audio instead of annotate() on the file",
@@ -431,6 +438,10 @@ def main() -> None:
         chosen, notes = codecs.plan(codecs.available_encoders(ffmpeg))
         for note in notes:
             print(f"codecs: {note}")
+        if args.only_codecs:
+            names = set(args.only_codecs.split(","))
+            chosen = [c for c in chosen if c.name in names]
+            print(f"codecs: only {', '.join(c.name for c in chosen)}")
 
     scratch = Path(tempfile.mkdtemp(prefix="diarization-bench-config-"))
     t0 = time.perf_counter()

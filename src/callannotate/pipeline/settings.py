@@ -283,6 +283,24 @@ class DiarizeSettings(StepSettings):
         ge=0,
         description="Per-channel mode: drop a channel's frames this far below the other (dB).",
     )
+    narrowband_db: float = Field(
+        -45.0,
+        le=0,
+        description=(
+            "Audio whose 4.3-7.6 kHz band is further than this below its 0.3-3.4 kHz band "
+            "(dB, measured on the decoded signal) is narrowband (telephone codecs); "
+            "0 turns the narrowband settings off."
+        ),
+    )
+    # Off by default: leave-one-clip-out tuning over the AMI clips under G.711/GSM/G.723.1
+    # found no held-out gain, and the call sample allows no other threshold than 0.80
+    # (docs/diarization.md, "Codecs", narrowband settings; benchmarks/tune_codec_threshold.py).
+    narrowband_threshold: float | None = Field(
+        None, gt=0, description="`threshold` for narrowband audio (None: `threshold`)."
+    )
+    narrowband_count_bias: float | None = Field(
+        None, description="`count_bias` for narrowband audio (None: `count_bias`)."
+    )
 
     def describe_model(self) -> str:
         return f"{MODELS['segmentation-3.0'].title} + CAM++"

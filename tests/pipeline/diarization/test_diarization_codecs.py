@@ -171,3 +171,32 @@ def test_call_sample_as_mp3_keeps_two_speakers_and_its_der(diarizer, tmp_path: P
         speakers, der = _der(diarizer, mp3)
         assert speakers == 2, bitrate
         assert der <= wav_der + 3.0, (bitrate, der, wav_der)
+
+
+def _sharing_models(diarizer, **settings: object):  # type: ignore[no-untyped-def]
+    """A ``Diarizer`` with other settings that reuses ``diarizer``'s loaded models."""
+    from callannotate.config import Settings
+    from callannotate.pipeline.diarization import Diarizer
+    from callannotate.pipeline.registry import step_config
+
+    proc = Diarizer({**step_config(Settings(), "diarize"), **settings}, diarizer.cache_dir)
+    proc._segmentation = diarizer._segmentation
+    proc._counter = diarizer._counter
+    proc.use_embedder(diarizer._embedder)
+    proc._frame_embedder = diarizer._frame_embedder
+    proc._loaded = True
+    return proc
+
+
+@pytest.mark.models
+@pytest.mark.skipif(
+    not (CALL / "sample.wav").is_file(), reason=f"shared evaluation data not found at {CALL}"
+)
+def test_narrowband_settings_reach_the_clustering_of_band_limited_audio(diarizer) -> None:  # type: ignore[no-untyped-def]
+    # The call sample is band-limited to 4 kHz as stored (upper band -69 dB): a narrowband
+    # threshold of 0.70 splits it into three speakers (measured with
+    # benchmarks/tune_codec_threshold.py), unless the detection limit is set below its level.
+    narrow = _sharing_models(diarizer, narrowband_threshold=0.7)
+    assert _der(narrow, CALL / "sample.wav")[0] == 3
+    below = _sharing_models(diarizer, narrowband_threshold=0.7, narrowband_db=-80.0)
+    assert _der(below, CALL / "sample.wav")[0] == 2

@@ -7,6 +7,11 @@ channel of a stereo call is one party: its speech activity comes from the segmen
 its speakers are clustered within the channel only when ``per_channel_max_speakers`` > 1,
 and a channel's frames that only carry the far party's echo (more than ``crosstalk_db``
 below the other channel, each relative to its own speech level) are dropped.
+
+Narrowband audio (telephone codecs: nothing above about 4 kHz in the decoded signal,
+:mod:`.bandwidth`) is clustered with ``narrowband_threshold`` and counted with
+``narrowband_count_bias`` when those are set: the bandwidth is measured on the signal, not
+taken from the file's format.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy.typing as npt
 
 from callannotate.errors import Unprocessable
 from callannotate.pipeline.base import MLProcessor
+from callannotate.pipeline.diarization.bandwidth import upper_band_db
 from callannotate.pipeline.diarization.clustering import (
     ClusteringParams,
 )
@@ -122,6 +128,9 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         self.min_speaker_s = cfg.min_speaker_s
         self.crosstalk_db = cfg.crosstalk_db
         self.per_channel_max_speakers = cfg.per_channel_max_speakers
+        self.narrowband_db = cfg.narrowband_db
+        self.narrowband_threshold = cfg.narrowband_threshold
+        self.narrowband_count_bias = cfg.narrowband_count_bias
         self.feature_chunk_s = cfg.feature_chunk_s
         self.feature_context_s = cfg.feature_context_s
         # Speaker embeddings: CAM++ features once per chunk, masked pooling (see `.pooled`).
@@ -199,8 +208,11 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             return DiarizationResult()
         started = time.perf_counter()
         embedder = data.embedder or self._embedder
+        clustering, reconstruction = self.clustering, self.reconstruction
+        if self.has_narrowband_settings:  # (the mix is only measured when it matters)
+            clustering, reconstruction = self.settings_for(audio.mono())
         params = replace(
-            self.clustering,
+            clustering,
             num_speakers=data.num_speakers,
             min_speakers=data.min_speakers,
             max_speakers=data.max_speakers,
@@ -208,7 +220,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         duration = audio.duration
         if data.per_channel and audio.channels > 1:
             per_channel = replace(
-                self.clustering,
+                clustering,
                 max_speakers=self.per_channel_max_speakers,
             )
             binaries: list[FloatArray] = []
@@ -219,6 +231,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
                 part = self._diarize_signal(
                     audio.channel(c),
                     per_channel,
+                    reconstruction,
                     embedder,
                     hook,
                     c / audio.channels,
@@ -242,7 +255,9 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
                 binary = binary * keep[:, np.asarray(channels)]
             result = self._result(binary, score, labels, channels, duration)
         else:
-            part = self._diarize_signal(audio.mono(), params, embedder, hook, 0.0, 1.0)
+            part = self._diarize_signal(
+                audio.mono(), params, reconstruction, embedder, hook, 0.0, 1.0
+            )
             k = part.binary.shape[1]
             result = self._result(
                 part.binary, part.scores, [f"SPEAKER_{i:02d}" for i in range(k)], None, duration
@@ -259,10 +274,40 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
 
     # -- pipeline -------------------------------------------------------------------------
 
+    def narrowband(self, signal: FloatArray) -> bool:
+        """Whether ``signal`` (16 kHz mono) is band-limited like telephone audio."""
+        if self.narrowband_db >= 0:
+            return False
+        level = upper_band_db(signal, SAMPLE_RATE)
+        narrow = level < self.narrowband_db
+        logger.info(
+            "upper band (4.3-7.6 kHz) %.1f dB below speech band: %s",
+            -level,
+            "narrowband" if narrow else "wideband",
+        )
+        return narrow
+
+    @property
+    def has_narrowband_settings(self) -> bool:
+        return self.narrowband_threshold is not None or self.narrowband_count_bias is not None
+
+    def settings_for(self, signal: FloatArray) -> tuple[ClusteringParams, ReconstructionParams]:
+        """Clustering and reconstruction parameters for ``signal``: the narrowband ones
+        when it is narrowband and they are set, else the configured ones."""
+        clustering, reconstruction = self.clustering, self.reconstruction
+        if not self.has_narrowband_settings or not self.narrowband(signal):
+            return clustering, reconstruction
+        if self.narrowband_threshold is not None:
+            clustering = replace(clustering, threshold=self.narrowband_threshold)
+        if self.narrowband_count_bias is not None:
+            reconstruction = replace(reconstruction, count_bias=self.narrowband_count_bias)
+        return clustering, reconstruction
+
     def _diarize_signal(
         self,
         signal: FloatArray,
         params: ClusteringParams,
+        recon: ReconstructionParams,
         embedder: SpeakerEmbedder,
         hook: ProgressHook,
         base: float,
@@ -286,7 +331,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
         duration = len(signal) / SAMPLE_RATE
         total_frames = total_frames_for(duration)
         offsets = window_offsets(seg.starts)
-        weights = frame_weights(seg.frames_per_window, self.reconstruction)
+        weights = frame_weights(seg.frames_per_window, recon)
         mean = mean_count(
             seg.soft if self.soft_count else seg.activity, offsets, total_frames, weights
         )
@@ -301,8 +346,8 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             mean,
             second,
             self.count_weight,
-            self.reconstruction.count_bias,
-            self.reconstruction.overlap_bias,
+            recon.count_bias,
+            recon.overlap_bias,
         )
         active = seg.activity.sum(axis=1) > 0  # (windows, local)
 
