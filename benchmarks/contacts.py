@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "contacts"))
+sys.path.append(
+    str(Path(__file__).resolve().parents[1] / "tests")
+)  # local_servers, for carddav_servers
 
 import httpx
 from carddav_servers import Radicale

@@ -54,7 +54,9 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_throughput import free_port, write_tone
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # local_servers
+from api_throughput import write_tone
+from local_servers import callannotate_command, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CALLANNOTATE_SHARED_DATA", REPO / ".." / "shared" / "data"))
@@ -103,11 +105,6 @@ def short_wav(folder: Path) -> Path:
     return target
 
 
-def cli() -> list[str]:
-    script = Path(sys.executable).parent / "callannotate"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
-
-
 def server_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ, CALLANNOTATE_DATA_DIR=str(data_dir), CALLANNOTATE_LOG__LEVEL="WARNING")
     env.pop("CALLANNOTATE_AUTH__ENABLED", None)  # authentication on, as by default
@@ -140,7 +137,12 @@ def create_accounts(env: dict[str, str], count: int) -> list[dict[str, Any]]:
 
 def run_cli(env: dict[str, str], argv: list[str], stdin: str = "") -> str:
     done = subprocess.run(
-        cli() + argv, env=env, input=stdin, capture_output=True, text=True, timeout=120
+        callannotate_command() + argv,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if done.returncode != 0:
         raise SetupError(f"callannotate {' '.join(argv[:2])} failed: {done.stderr.strip()}")
@@ -157,7 +159,11 @@ class Service:
     def start(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             process = subprocess.Popen(
-                cli() + argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                callannotate_command() + argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes.append(process)
         self.logs.append(log)

@@ -38,15 +38,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # local_servers
 
 import api_throughput
-from api_throughput import bench_status, free_port, pct
+from api_throughput import bench_status, pct
 from callannotate.config import ApiSettings, MetricsSettings, QueueSettings, Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import AudioMeta, Job, JobState, utcnow
 from callannotate.observability import collector
 from callannotate.observability.metrics import render
 from callannotate.observability.middleware import MetricsMiddleware
+from local_servers import free_port
 
 META = AudioMeta(
     filename="call.wav",

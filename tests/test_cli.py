@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, Settings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.pipeline.types import Annotation
+from local_servers import free_port
 
 
 def write_wav(path: Path, seconds: float = 1.0, rate: int = 16000, channels: int = 1) -> Path:
@@ -197,18 +197,12 @@ def test_serve_settings_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------------ jobs (HTTP)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, FileQueue]]:
     """A real uvicorn server (API only) in a thread."""
     settings = Settings(data_dir=tmp_path / "srv", api=ApiSettings(embedded_workers=False))
     app = create_app(settings)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -252,6 +246,6 @@ def test_jobs_list_show_cancel(
 
 
 def test_jobs_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert cli.main(["jobs", "--url", url, "--timeout", "2", "list"]) == 2
     assert "cannot reach" in capsys.readouterr().err

@@ -16,14 +16,9 @@ from starlette.routing import Route
 
 from callannotate.api import protocol
 from callannotate.api.protocol import HTTP_PROTOCOL, JsonErrorH11Protocol
+from local_servers import free_port
 
 PROTOCOLS = [JsonErrorH11Protocol, HTTP_PROTOCOL]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _app() -> Starlette:
@@ -35,7 +30,7 @@ def _app() -> Starlette:
 
 @pytest.fixture(params=PROTOCOLS, ids=lambda cls: cls.__name__)
 def server_port(request: pytest.FixtureRequest) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         _app(), host="127.0.0.1", port=port, log_config=None, http=request.param
     )

@@ -24,6 +24,8 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from local_servers import callannotate_command, free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callannotate.api.headers import HSTS
@@ -52,28 +54,17 @@ class TlsServer:
         return httpx.Client(base_url=self.url, verify=self.certs.client_context(), timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "callannotate"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     root = tmp_path_factory.mktemp("tls")
     certs = make_certs(root / "certs")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CALLANNOTATE_DATA_DIR": str(root / "data")}
     log = root / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
-                *_command(),
+                *callannotate_command(),
                 "serve",
                 "--host",
                 "127.0.0.1",

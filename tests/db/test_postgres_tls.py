@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+
+from local_servers import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,12 +64,6 @@ def _pg_bin() -> Path | None:
             version = folder.parent.name
             found.append((int(version) if version.isdigit() else 0, folder))
     return max(found)[1] if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_as() -> dict[str, Any]:
@@ -160,7 +155,7 @@ def tls_postgres() -> Iterator[TlsPostgres]:
         (data / "pg_hba.conf").write_text(
             f"hostssl all {SUPERUSER} 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n"
         )
-        server = TlsPostgres(_free_port(), certs.ca_file, other.ca_file)
+        server = TlsPostgres(free_port(), certs.ca_file, other.ca_file)
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(server.port),

@@ -14,7 +14,6 @@ connect, exec). Not emulated: scheduling, resource limits, NetworkPolicy.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import socket
@@ -26,55 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from docker_cli import Docker
 
 Manifest = dict[str, Any]
-
-
-class Docker:
-    """``docker`` commands with the daemon's environment, bounded in time."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-
-    def run(
-        self, *args: str, timeout: float = 120, check: bool = True, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["docker", *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args[:3])} -> {done.stderr[-2000:]}")
-        return done
-
-    def out(self, *args: str, timeout: float = 120) -> str:
-        return self.run(*args, timeout=timeout).stdout.strip()
-
-
-def docker_env() -> tuple[dict[str, str] | None, str]:
-    """The environment reaching a Docker daemon (``DOCKER_HOST``, else the private daemon of
-    scripts/docker/dockerd.sh), or ``None`` and why not."""
-    env = dict(os.environ)
-    private = Path(os.environ.get("CALLANNOTATE_DOCKER_ROOT", "/tmp/callannotate-docker"))
-    if not env.get("DOCKER_HOST") and (private / "docker.sock").exists():
-        env["DOCKER_HOST"] = f"unix://{private / 'docker.sock'}"
-    try:
-        done = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"docker CLI not usable: {exc}"
-    if done.returncode != 0:
-        return None, "no Docker daemon (scripts/docker/dockerd.sh start)"
-    return env, ""
 
 
 def _expand(value: str, env: Mapping[str, str]) -> str:
@@ -254,7 +207,7 @@ class PodRunner:
         cid = self.docker.out(*args, container["image"], *container.get("args", []))
         self.started.append(cid)
         fmt = f'{{{{json (index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
-        ip = json.loads(self.docker.out("inspect", "--format", fmt, cid))
+        ip = self.docker.inspect(cid, fmt)
         return Pod(self.docker, cid, ip, deployment)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from docker_cli import Docker, docker_env
 from helm_tools import (
     CHART,
     FULL_VALUES,
@@ -42,7 +43,7 @@ from helm_tools import (
     selects,
     tool,
 )
-from pod_runner import Docker, PodRunner, docker_env
+from pod_runner import PodRunner
 from prometheus_client import REGISTRY
 
 from callannotate.cli import build_parser
@@ -161,17 +162,14 @@ def test_probes_on_health_and_ready(rendered: tuple[str, list[Manifest]]) -> Non
     # the service's own parser accepts the probe command
     assert build_parser().parse_args(healthcheck[1:]).local is True
     assert w["readinessProbe"]["exec"]["command"] == healthcheck
-    if rendered[0] == "default":
-        # local executor: liveness is the process's own metrics listener, not the shared
-        # dependencies (one Redis outage must not restart every worker pod)
-        assert {p["name"] for p in w["ports"]} == {"metrics"}
-        assert w["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
-        assert w["startupProbe"]["tcpSocket"] == {"port": "metrics"}
-    else:
-        # a Celery worker serves no metrics port
-        assert "ports" not in w
-        assert w["livenessProbe"]["exec"]["command"] == healthcheck
-        assert w["livenessProbe"]["failureThreshold"] >= 5
+    # either executor (a Celery worker serves its children's metrics): liveness is the
+    # process's own metrics listener, not the shared dependencies (one Redis outage must not
+    # restart every worker pod)
+    assert {p["name"] for p in w["ports"]} == {"metrics"}
+    assert w["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert w["startupProbe"]["tcpSocket"] == {"port": "metrics"}
+    if rendered[0] == "full":
+        assert "--executor" in w["args"] and "celery" in w["args"]
 
 
 def test_security_context(rendered: tuple[str, list[Manifest]]) -> None:

@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from pod_runner import docker_env as find_docker
+from docker_cli import Docker
+from docker_cli import docker_env as find_docker
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "scripts" / "docker" / "build-images.sh"
@@ -47,31 +48,6 @@ def docker_env() -> dict[str, str]:
             pytest.fail(f"CALLANNOTATE_DOCKER_TESTS=1 needs Docker: {why}")
         pytest.skip(why)
     return env
-
-
-class Docker:
-    """``docker`` commands with the daemon's environment, bounded in time."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-
-    def run(
-        self, *args: str, timeout: float = 120, check: bool = True, stdin: bytes | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
-        done = subprocess.run(
-            ["docker", *args], env=self.env, input=stdin, capture_output=True, timeout=timeout
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"docker {' '.join(args)} -> {done.returncode}: {done.stderr.decode()[-2000:]}"
-            )
-        return done
-
-    def out(self, *args: str, timeout: float = 120) -> str:
-        return self.run(*args, timeout=timeout).stdout.decode().strip()
-
-    def inspect(self, ref: str, fmt: str = "{{json .}}") -> Any:
-        return json.loads(self.out("inspect", "--format", fmt, ref))
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +124,11 @@ class Container:
 
     def logs(self) -> str:
         done = self.docker.run("logs", "--tail", "25", self.id, check=False)
-        return (done.stdout + done.stderr).decode(errors="replace")
+        return done.stdout + done.stderr
 
-    def exec(self, *cmd: str, stdin: bytes | None = None) -> str:
+    def exec(self, *cmd: str, stdin: str | None = None) -> str:
         flags = ["-i"] if stdin is not None else []
-        return self.docker.run("exec", *flags, self.id, *cmd, stdin=stdin).stdout.decode()
+        return self.docker.run("exec", *flags, self.id, *cmd, stdin=stdin).stdout
 
     def stop(self, timeout_s: int) -> tuple[float, int]:
         """``docker stop`` (SIGTERM, SIGKILL after ``timeout_s``): seconds taken, exit code."""
@@ -199,7 +175,7 @@ def api_key(service: Container) -> str:
     """An admin API key made with the CLI inside the container, as docs/deployment.md says."""
     service.exec(
         "callannotate", "users", "create", "admin", "--role", "admin", "--password-stdin",
-        stdin=b"image-test-password-1\n",
+        stdin="image-test-password-1\n",
     )  # fmt: skip
     out = service.exec("callannotate", "apikeys", "create", "--user", "admin", "--name", "test")
     return out.strip().splitlines()[-1].strip()
@@ -237,7 +213,7 @@ def test_no_compiler_torch_or_test_tools(docker: Docker, image: str) -> None:
         "run", "--rm", "--network", "none", "--read-only", image, "python3", "-c", script,
         check=False,
     )  # fmt: skip
-    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_models_are_baked_in_and_verified(docker: Docker, image: str) -> None:
@@ -247,7 +223,7 @@ def test_models_are_baked_in_and_verified(docker: Docker, image: str) -> None:
         "callannotate", "config", "check", "/opt/callannotate/config/models.yaml", "--files",
         "--json", timeout=300, check=False,
     )  # fmt: skip
-    assert done.returncode == 0, (done.stdout + done.stderr).decode()[-2000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
     checks = json.loads(done.stdout)["model_files"]
     assert checks and all(v == "ok" for v in checks.values()), checks
 
@@ -260,7 +236,7 @@ def test_serves_read_only_as_non_root(service: Container) -> None:
     assert service.exec("id", "-u").strip() == "10001"
     probe = "import pathlib; pathlib.Path('/opt/venv/probe').write_text('x')"
     done = service.docker.run("exec", service.id, "python3", "-c", probe, check=False)
-    assert done.returncode != 0 and b"Read-only file system" in done.stderr
+    assert done.returncode != 0 and "Read-only file system" in done.stderr
     # authentication is on: the job list needs a credential
     assert httpx.get(service.url + "/jobs", timeout=10).status_code == 401
 

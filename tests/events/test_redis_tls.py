@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from urllib.parse import quote
 
 import pytest
 import redis
+
+from local_servers import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,12 +32,6 @@ from tls_certs import Certs, make_certs
 pytestmark = pytest.mark.integration
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _unavailable(reason: str) -> None:
@@ -51,7 +46,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, C
         _unavailable("redis-server is not installed")
     root = tmp_path_factory.mktemp("redis-tls")
     certs = make_certs(root / "certs")
-    port = _free_port()
+    port = free_port()
     log = root / "redis.log"
     options = {
         "port": "0",  # no plain-text port

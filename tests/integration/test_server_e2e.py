@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import wave
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import httpx
 import pytest
 
 from callannotate.pipeline.types import Annotation
+from local_servers import callannotate_command, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -60,19 +59,6 @@ class Server:
         return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "callannotate"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "callannotate.cli"]
-
-
 def _wait_workers_ready(server: Server, timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     workers: list[dict[str, Any]] = []
@@ -92,7 +78,7 @@ def _wait_workers_ready(server: Server, timeout: float) -> list[dict[str, Any]]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("server-data")
     log = data / "server.log"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         {
@@ -108,7 +94,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [*_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            [
+                *callannotate_command(),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -14,9 +14,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +24,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
+from local_servers import callannotate_command, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +53,12 @@ def needs_redis() -> None:
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "callannotate"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
-
-
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*_command(), *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [*callannotate_command(), *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     try:
         yield proc
     finally:
@@ -120,7 +111,7 @@ def test_standalone_worker_events_reach_api_websocket_clients(tmp_path: Path) ->
     audio = tmp_path / "tone.wav"
     t = np.arange(32000) / 16000
     sf.write(audio, 0.3 * np.sin(2 * np.pi * 440.0 * t), 16000)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CALLANNOTATE_DATA_DIR": str(tmp_path / "data"),

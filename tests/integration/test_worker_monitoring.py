@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,28 +26,19 @@ import psutil
 import pytest
 import soundfile as sf
 
+from local_servers import callannotate_command, free_port
+
 pytestmark = pytest.mark.integration
 
 LOST_AFTER_S = 3.0
 HEARTBEAT_S = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "callannotate"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
-
-
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*_command(), *args],
+            [*callannotate_command(), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -88,7 +78,7 @@ def _poll(fetch: Any, done: Any, timeout: float, what: str) -> Any:
 
 def _status(url: str, env: dict[str, str], *extra: str) -> str:
     out = subprocess.run(
-        [*_command(), "status", "--url", url, *extra],
+        [*callannotate_command(), "status", "--url", url, *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -102,7 +92,7 @@ def test_workers_and_queues_of_a_running_service(tmp_path: Path) -> None:
     audio = tmp_path / "tone.wav"
     t = np.arange(32000) / 16000
     sf.write(audio, 0.3 * np.sin(2 * np.pi * 440.0 * t), 16000)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

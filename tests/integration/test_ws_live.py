@@ -21,9 +21,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -50,6 +48,7 @@ from callannotate.events.models import EventDraft
 from callannotate.events.session import CloseCode, Session
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import AudioMeta, Job
+from local_servers import callannotate_command, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +66,6 @@ JOB_TIMEOUT_S = 600.0
 # Cheap real steps: the point is the event stream, not the annotation.
 JOB_FORM = {"steps": "preprocess,vad", "language": "en"}
 TRANSCRIBE_FORM = {"steps": "vad,transcribe", "language": "en"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_or_skip() -> None:
@@ -141,8 +134,7 @@ def _serve(tmp: Path, extra_env: dict[str, str], *, workers: bool) -> ServeProce
         }
     )
     env.setdefault("CALLANNOTATE_MODEL_CACHE_DIR", str(tmp.parent / "model-cache"))
-    script = Path(sys.executable).parent / "callannotate"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "callannotate.cli"]
+    command = callannotate_command()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if not workers:
         args.append("--no-workers")

