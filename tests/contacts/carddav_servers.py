@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,6 +122,33 @@ class Xandikos(DavServer):
             str(self.root / "storage"),
             "--defaults",
         ]
+
+
+@contextlib.contextmanager
+def running_radicale(root: Path) -> Iterator[Radicale]:
+    """Radicale started in ``root`` with its user's ``contacts`` address book made; stopped
+    on exit."""
+    from callannotate.contacts.davclient import CardDAVClient
+
+    server = Radicale(root)
+    server.start()
+    try:
+        with CardDAVClient(server.url, server.username, server.password) as client:
+            client.create_addressbook(f"/{server.username}/contacts/", "Contacts")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_xandikos(root: Path) -> Iterator[Xandikos]:
+    """Xandikos started in ``root``; stopped on exit."""
+    server = Xandikos(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def make_settings(tmp_path: Path, **contacts: object) -> Settings:

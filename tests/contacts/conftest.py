@@ -6,9 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from carddav_servers import DavServer, Radicale, Xandikos, make_settings
+from carddav_servers import (
+    DavServer,
+    Radicale,
+    Xandikos,
+    make_settings,
+    running_radicale,
+    running_xandikos,
+)
 
-from callannotate.contacts.davclient import CardDAVClient
 from callannotate.contacts.service import ContactsService
 from callannotate.db.engine import Database
 from callannotate.db.migrate import upgrade_database
@@ -21,24 +27,14 @@ from callannotate.db.testing import (
 
 @pytest.fixture
 def radicale(tmp_path: Path) -> Iterator[Radicale]:
-    server = Radicale(tmp_path / "radicale")
-    server.start()
-    try:
-        with CardDAVClient(server.url, server.username, server.password) as client:
-            client.create_addressbook(f"/{server.username}/contacts/", "Contacts")
+    with running_radicale(tmp_path / "radicale") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
-    server = Xandikos(tmp_path / "xandikos")
-    server.start()
-    try:
+    with running_xandikos(tmp_path / "xandikos") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["radicale", "xandikos"])

@@ -17,7 +17,6 @@ for longer outages.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +35,7 @@ from callannotate.jobs.executors.celery import CeleryExecutor
 from callannotate.jobs.executors.celery_app import ReconnectingConsumer, create_celery_app
 from callannotate.jobs.models import JobState
 from callannotate.jobs.service import JobService, build_job_service
+from local_servers import running_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -56,16 +56,8 @@ def test_broker_loss_settings(tmp_path: Path) -> None:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[DurableRedis]:
-    if not DurableRedis.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is required under CI")
-        pytest.skip("redis-server is not installed")
-    server = DurableRedis(tmp_path / "redis")
-    server.start()
-    try:
+    with running_redis(DurableRedis(tmp_path / "redis")) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

@@ -12,10 +12,6 @@ The shared Redis on 6379 is never touched.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from local_servers import free_port
+from local_servers import PrivateRedis, running_redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 
@@ -45,44 +41,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 RESET_S = 0.5
 
 
-class PrivateRedis:
-    """``redis-server`` on 127.0.0.1:``port`` in ``root``, started and stopped by pid."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                 "--appendonly", "no", "--dir", str(self.root)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"private redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+class EventBusRedis(PrivateRedis):
+    """The event bus's private Redis, no persistence (events are not kept)."""
 
     def subscribers(self, channel: str) -> int:
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
@@ -93,21 +53,13 @@ class PrivateRedis:
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is required under CI")
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    try:
+def private_redis(tmp_path: Path) -> Iterator[EventBusRedis]:
+    with running_redis(EventBusRedis(tmp_path / "redis")) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
-async def app_client(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[Any]:
+async def app_client(tmp_path: Path, private_redis: EventBusRedis) -> AsyncIterator[Any]:
     settings = make_settings(tmp_path)
     settings.events = EventSettings(
         backend="redis",
@@ -134,7 +86,7 @@ async def _until(pred: Any, timeout: float, what: str) -> None:
 
 
 async def test_redis_restart_jobs_complete_breaker_opens_and_events_resume(
-    app_client: Any, private_redis: PrivateRedis
+    app_client: Any, private_redis: EventBusRedis
 ) -> None:
     app, client = app_client
     jobs = app.state.jobs

@@ -9,62 +9,20 @@ shared Redis on 6379 is never touched. Restarting it on the same folder reloads 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from local_servers import free_port
+from local_servers import PrivateRedis
 
 
-class DurableRedis:
-    """``redis-server`` on 127.0.0.1:``port`` with its data in ``root``."""
+class DurableRedis(PrivateRedis):
+    """The private broker of the chaos test and the benchmark: append-only, fsync always."""
+
+    start_timeout_s = 15.0
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("redis-server") is not None
-
-    def start(self, timeout: float = 15.0) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed"
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.root)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:  # PING answers once the append-only file is loaded (BusyLoadingError before)
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"private redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, like a crash or an OOM kill."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        super().__init__(root, durable=True)
 
     def unacked_task_ids(self, prefix: str) -> list[str]:
         """Ids of the Celery tasks still in the broker's unacknowledged set (their ack was

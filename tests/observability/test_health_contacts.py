@@ -24,33 +24,21 @@ from callannotate.observability.health import dependency_outcomes, is_failing
 from callannotate.security.secrets import seal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contacts"))
-from carddav_servers import DavServer, Radicale, Xandikos
+from carddav_servers import DavServer, Radicale, Xandikos, running_radicale, running_xandikos
 
 OWNER = "owner-1"
 
 
 @pytest.fixture
 def radicale(tmp_path: Path) -> Iterator[Radicale]:
-    from callannotate.contacts.davclient import CardDAVClient
-
-    server = Radicale(tmp_path / "radicale")
-    server.start()
-    try:
-        with CardDAVClient(server.url, server.username, server.password) as client:
-            client.create_addressbook(f"/{server.username}/contacts/", "Contacts")
+    with running_radicale(tmp_path / "radicale") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
-    server = Xandikos(tmp_path / "xandikos")
-    server.start()
-    try:
+    with running_xandikos(tmp_path / "xandikos") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
