@@ -259,24 +259,26 @@ class LightStore:
             except (FileNotFoundError, ValueError):
                 continue
 
-    def unfinished(self) -> builtins.list[LightTask]:
-        """Queued and running tasks (running ones whatever their runner's state)."""
-        return [task for _, task in self._tasks() if task.state not in FINISHED]
+    def unfinished(self) -> builtins.list[tuple[LightTask, bool]]:
+        """Queued and running tasks, each with whether it is orphaned (running, but its
+        runner died: the lock is free)."""
+        out: builtins.list[tuple[LightTask, bool]] = []
+        for folder, task in self._tasks():
+            if task.state == LightState.QUEUED:
+                out.append((task, False))
+            elif task.state == LightState.RUNNING:
+                out.append((task, _lock_free(folder)))
+        return out
 
     def pending(self, kinds: Sequence[LightKind] | None = None) -> builtins.list[LightTask]:
         """Tasks to run: queued ones, and running ones whose runner died (lock free); oldest
         first. Not-yet-due retries are included (callers check :meth:`LightTask.due`)."""
-        out: builtins.list[LightTask] = []
-        for folder, task in self._tasks():
-            if kinds is not None and task.kind not in kinds:
-                continue
-            if task.state == LightState.QUEUED:
-                out.append(task)
-            elif task.state == LightState.RUNNING:
-                fd = try_lock(folder / LOCK_FILE)
-                if fd is not None:
-                    unlock(fd)
-                    out.append(task)
+        out = [
+            task
+            for task, orphaned in self.unfinished()
+            if (kinds is None or task.kind in kinds)
+            and (task.state == LightState.QUEUED or orphaned)
+        ]
         out.sort(key=lambda t: t.created_at)
         return out
 
@@ -296,6 +298,15 @@ class LightStore:
                         if now - entry.stat().st_mtime > STALE_BUILD_S:
                             shutil.rmtree(entry.path, ignore_errors=True)
         return removed
+
+
+def _lock_free(folder: Path) -> bool:
+    """No live process holds the task's lock (its runner, if any, is gone)."""
+    fd = try_lock(folder / LOCK_FILE)
+    if fd is None:
+        return False
+    unlock(fd)
+    return True
 
 
 def light_store(data_dir: Path) -> LightStore:

@@ -119,11 +119,10 @@ def light_stats(store: LightStore, now: datetime | None = None) -> list[LightKin
     now = now or utcnow()
     rows = {kind: LightKindStats(kind=kind.value, waiting=0, delayed=0, running=0, orphaned=0,
                                  oldest_waiting_s=None) for kind in LightKind}  # fmt: skip
-    orphans = {task.id for task in store.pending() if task.state == LightState.RUNNING}
-    for task in store.unfinished():
+    for task, orphaned in store.unfinished():
         row = rows[task.kind]
         if task.state == LightState.RUNNING:
-            if task.id in orphans:
+            if orphaned:
                 row.orphaned += 1
             else:
                 row.running += 1
