@@ -90,6 +90,28 @@ def test_retry_is_announced(app: FastAPI, live: TestClient, audio_dir: Path) -> 
         assert again["type"] == "job.queued" and again["seq"] == 2
 
 
+def test_job_queued_is_on_the_bus_before_a_worker_can_claim_the_job(
+    app: FastAPI, live: TestClient, audio_dir: Path
+) -> None:
+    """A worker in another process polls the queue folder: were the job claimable before
+    ``job.queued`` is numbered, that worker's ``job.started`` could come first (it did in CI)."""
+    queue = app.state.queue
+    claimable: list[tuple[str, bool]] = []
+
+    def listener(event: Any) -> None:
+        if event.type == "job.queued":
+            claimable.append((event.job_id, (queue.root / "incoming" / event.job_id).exists()))
+
+    remove = app.state.events.bus.add_listener(listener)
+    try:
+        job = upload(live, audio_dir / "tone.wav")
+        queue.cancel(job["id"])
+        assert live.post(f"/jobs/{job['id']}/retry").status_code == 202
+    finally:
+        remove()
+    assert claimable == [(job["id"], False), (job["id"], False)]  # upload, then retry
+
+
 def test_unknown_and_foreign_jobs_get_errors_not_a_closed_socket(
     app: FastAPI, live: TestClient, audio_dir: Path
 ) -> None:

@@ -31,6 +31,7 @@ def new_job(
     stored_as: str = "audio.wav",
     callback_url: str | None = None,
     priority: int = 5,
+    before_visible: Callable[[Job], None] | None = None,
 ) -> Job:
     """Stage an upload the way the API does and submit it."""
     job_id = queue.new_job_id()
@@ -57,4 +58,4 @@ def new_job(
         callback_url=callback_url,
         priority=priority,
     )
-    return queue.submit(job, staged)
+    return queue.submit(job, staged, before_visible=before_visible)

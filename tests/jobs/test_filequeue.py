@@ -17,7 +17,7 @@ from queue_testing import MakeJob, new_job
 from callannotate.config import QueueSettings
 from callannotate.errors import Conflict, NotFound
 from callannotate.jobs.filequeue import FOLDERS, FileQueue
-from callannotate.jobs.models import JobState, StepProgress, utcnow
+from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
 
 
 def folder_of(queue: FileQueue, job_id: str) -> str:
@@ -46,6 +46,30 @@ def test_submit_moves_audio_and_queues(queue: FileQueue) -> None:
     stored = json.loads((folder / "job.json").read_text())
     assert stored["state"] == "queued"
     assert queue.get(job.id) == job
+
+
+def test_before_visible_runs_once_stored_and_before_any_claim(queue: FileQueue) -> None:
+    """The API announces ``job.queued`` in this hook: no worker may claim the job before it."""
+    seen: list[tuple[str, bool, object]] = []
+
+    def hook(job: Job) -> None:
+        staged = [p for p in queue.staging_dir().iterdir() if p.name.startswith(".build-")]
+        seen.append((job.id, bool(staged), queue.claim("other-worker")))
+
+    job = new_job(queue, before_visible=hook)
+    assert seen == [(job.id, True, None)]  # stored in staging, not claimable yet
+    claimed = queue.claim("w")
+    assert claimed is not None and claimed.id == job.id
+
+
+def test_a_failing_before_visible_leaves_nothing_queued(queue: FileQueue) -> None:
+    def hook(job: Job) -> None:
+        raise OSError("bus down and the caller chose to give up")
+
+    with pytest.raises(OSError):
+        new_job(queue, before_visible=hook)
+    assert sum(queue.counts().values()) == 0
+    assert list(queue.staging_dir().iterdir()) == []
 
 
 def test_submit_sanitises_stored_name(queue: FileQueue) -> None:
@@ -294,6 +318,25 @@ def test_delete_removes_files(queue: FileQueue, make_job: MakeJob, stage: str) -
     with pytest.raises(NotFound):
         queue.get(job.id)
     assert not any(p.name.startswith(".trash") for p in queue.staging_dir().iterdir())
+    assert sum(queue.counts().values()) == 0
+
+
+def test_retry_runs_before_visible_while_the_job_is_still_failed(queue: FileQueue) -> None:
+    job = new_job(queue)
+    queue.claim("w")
+    queue.fail(job.id, "died")
+    states: list[str] = []
+    again = queue.retry(job.id, before_visible=lambda j: states.append(folder_of(queue, j.id)))
+    assert states == ["failed"]
+    assert again.state == JobState.QUEUED and folder_of(queue, job.id) == "incoming"
+
+
+def test_retry_checks_again_after_before_visible(queue: FileQueue) -> None:
+    job = new_job(queue)
+    queue.claim("w")
+    queue.fail(job.id, "died")
+    with pytest.raises(NotFound):  # deleted while the hook ran: nothing is queued
+        queue.retry(job.id, before_visible=lambda j: queue.delete(j.id))
     assert sum(queue.counts().values()) == 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -23,6 +24,7 @@ from callannotate.events.hub import Hub
 from callannotate.events.session import AuthRefused, CloseCode, OwnerLookup, Renew, Session
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.models import Job
+from callannotate.observability.metrics import EVENTS_DROPPED, observe_job_event
 from callannotate.security.errors import AuthenticationFailed
 from callannotate.security.principal import Principal
 from callannotate.security.scopes import READ
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from callannotate.jobs.filequeue import FileQueue
 
 log = logging.getLogger(__name__)
+
+PUBLISH_WAIT_S = 5.0  # how long an upload waits for the bus to take its job.queued
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -71,6 +75,31 @@ class EventService:
         """Publish a manager/API :class:`JobEvent`; safe from any thread."""
         self.bus.on_job_event(event)
 
+    def publish_and_wait(self, event: JobEvent) -> None:
+        """Publish ``event`` from a worker thread and return once the bus has numbered it
+        (at most ``PUBLISH_WAIT_S``): for an event that must come before what the caller
+        does next. A bus that is down loses the event (logged), never the caller's work."""
+        if not self.started:
+            self.bus.on_job_event(event)  # dropped with a debug line, as before start
+            return
+        observe_job_event(event)
+        draft = self.bus.draft_from_job_event(event)
+
+        async def publish() -> None:
+            with anyio.fail_after(PUBLISH_WAIT_S):
+                await self.bus.publish(draft)
+
+        try:
+            anyio.from_thread.run(publish)
+        except Exception as exc:
+            EVENTS_DROPPED.inc()
+            log.warning(
+                "publishing %s failed: %s",
+                event.type,
+                f"{type(exc).__name__}: {exc}"[:300],
+                extra={"job_id": event.job_id},
+            )
+
     async def owner_of(self, job_id: str) -> str | None:
         try:
             job = await anyio.to_thread.run_sync(self._queue.get, job_id)
@@ -86,17 +115,25 @@ def publish_job_event(app: FastAPI, event: JobEvent) -> None:
         service.on_job_event(event)
 
 
-def publish_job_queued(app: FastAPI, job: Job) -> None:
-    """Announce a job that the API just queued (upload, retry): ``job.queued``."""
-    publish_job_event(
-        app,
-        JobEvent(
+def announce_queued_before_visible(app: FastAPI) -> Callable[[Job], None]:
+    """The ``before_visible`` hook of ``FileQueue.submit``/``retry`` for the API: publish
+    ``job.queued`` and wait until the bus has it, before any worker (of this process or
+    another) can claim the job and publish ``job.started``. Call the hook from a worker
+    thread (``anyio.to_thread``), never from the event loop."""
+
+    def announce(job: Job) -> None:
+        service: EventService | None = getattr(app.state, "events", None)
+        if service is None:
+            return
+        event = JobEvent(
             type="job.queued",
             job_id=job.id,
             owner=job.owner,
             data={"state": job.state.value, "attempts": job.attempts},
-        ),
-    )
+        )
+        service.publish_and_wait(event)
+
+    return announce
 
 
 def token_renewer(websocket: WebSocket, principal: Principal, scope: str) -> Renew | None:

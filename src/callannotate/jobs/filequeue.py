@@ -521,12 +521,16 @@ class FileQueue:
     def new_job_id(self) -> str:
         return uuid.uuid4().hex
 
-    def submit(self, job: Job, audio_src: Path) -> Job:
+    def submit(
+        self, job: Job, audio_src: Path, *, before_visible: Callable[[Job], None] | None = None
+    ) -> Job:
         """Store ``audio_src`` (moved, not copied) with ``job`` and enqueue it atomically.
 
         The folder is built in ``staging/`` (audio moved in and fsync'd, ``job.json`` written
         and fsync'd) and only then renamed into ``incoming/``: a crash leaves either nothing
-        in the queue or a complete job.
+        in the queue or a complete job. ``before_visible(job)`` runs once the job is stored
+        and just before any worker can claim it (the API announces ``job.queued`` there, so
+        no worker's ``job.started`` can come first).
         """
         _check_id(job.id)
         audio_src = Path(audio_src)
@@ -554,6 +558,8 @@ class FileQueue:
             job.created_at = utcnow()
             self._save(build, job)
             fsync_dir(build)
+            if before_visible is not None:
+                before_visible(job)
             with self._locked():
                 if self._locate(job.id) is not None:
                     raise Conflict(f"job {job.id} already exists")
@@ -782,9 +788,12 @@ class FileQueue:
         shutil.rmtree(trash, ignore_errors=True)
         log.info("job deleted", extra={"job_id": job_id})
 
-    def retry(self, job_id: str) -> Job:
-        """Queue a failed or cancelled job again with a fresh attempt count."""
-        with self._locked():
+    def retry(self, job_id: str, *, before_visible: Callable[[Job], None] | None = None) -> Job:
+        """Queue a failed or cancelled job again with a fresh attempt count;
+        ``before_visible`` as in :meth:`submit` (it runs outside the queue's lock, so the job
+        is checked again after it)."""
+
+        def reset() -> tuple[Path, Job]:
             folder, path, job = self._find(job_id)
             if folder != FAILED:
                 raise Conflict(
@@ -792,6 +801,14 @@ class FileQueue:
                 )
             self._reset_to_queued(job)
             job.progress = []
+            return path, job
+
+        if before_visible is not None:
+            with self._locked():
+                _, job = reset()
+            before_visible(job)
+        with self._locked():
+            path, job = reset()
             return self._transition(path, job, INCOMING)
 
     # ------------------------------------------------------------------ maintenance

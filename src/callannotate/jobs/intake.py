@@ -9,6 +9,7 @@ from the client's filename (an HTML page renamed ``.wav`` is not audio; an MP3 n
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from callannotate.config import Settings
@@ -63,6 +64,7 @@ def new_job(
     caller: str | None = None,
     callee: str | None = None,
     priority: int = DEFAULT_PRIORITY,
+    before_visible: Callable[[Job], None] | None = None,
 ) -> Job:
     """Probe ``staged_path`` (``InvalidAudio`` when it is not audio), build the job record and
     queue it durably (the staged file is moved into the job folder, mode 0600).
@@ -70,8 +72,8 @@ def new_job(
     ``filename`` is the display name (already made safe by the caller). ``caller`` and
     ``callee`` are E.164 numbers; when neither is given they are read from ``filename`` with
     ``call.filename_pattern`` (when set). ``priority`` (0-9, 9 most urgent) orders the
-    queue. Blocking: call it
-    from a worker thread. The caller announces the job (``job.queued``) once this returns.
+    queue. ``before_visible(job)`` runs once the job is stored and before a worker can
+    claim it: the API announces ``job.queued`` there. Blocking: call it from a worker thread.
     """
     if caller is None and callee is None:  # a call recorder's file name may carry them
         numbers = numbers_from_filename(
@@ -102,4 +104,4 @@ def new_job(
         ),
         max_attempts=settings.queue.max_attempts,
     )
-    return queue.submit(job, staged_path)
+    return queue.submit(job, staged_path, before_visible=before_visible)

@@ -21,7 +21,7 @@ from callannotate.api.deps import (
 from callannotate.api.errors import error_responses
 from callannotate.api.schemas import JobPage
 from callannotate.api.uploads import FILE_FIELD, StagedUpload, receive_upload
-from callannotate.api.ws import publish_job_queued
+from callannotate.api.ws import announce_queued_before_visible
 from callannotate.errors import InvalidAudio, NotFound, Unprocessable
 from callannotate.jobs.callback_targets import check_callback_url
 from callannotate.jobs.filequeue import FileQueue, valid_job_id
@@ -206,13 +206,12 @@ def parse_priority(form_value: str | None, query_value: int | None) -> int:
     return value
 
 
-def announce_queued(app: FastAPI, job: Job) -> None:
-    """The one way a newly queued job is announced (uploads, streams, retries): wake the
-    executor and publish ``job.queued``. Safe from a worker thread."""
+def wake_executor(app: FastAPI, job: Job) -> None:
+    """Hand a newly queued job (upload, stream, retry) to the executor. Its ``job.queued``
+    went out before the job became visible (``announce_queued_before_visible``)."""
     executor = getattr(app.state, "executor", None)
     if executor is not None:
         executor.submit(job.id)
-    publish_job_queued(app, job)
 
 
 def _location(request: Request, job_id: str) -> str:
@@ -286,6 +285,7 @@ async def submit_job(
                 caller=caller,
                 callee=callee,
                 priority=job_priority,
+                before_visible=announce_queued_before_visible(request.app),
             )
         )
     except BaseException as exc:
@@ -305,7 +305,7 @@ async def submit_job(
                 "duration_s": job.audio.duration,
             },
         )
-    announce_queued(request.app, job)
+    wake_executor(request.app, job)
     return _job_response(request, job, 202)
 
 
@@ -431,8 +431,8 @@ def retry_job(
 ) -> Response:
     """409 unless the job is failed or cancelled."""
     visible_job(queue, job_id, principal)
-    job = queue.retry(job_id)
+    job = queue.retry(job_id, before_visible=announce_queued_before_visible(request.app))
     with job_context(job_id):
         logger.info("job retried by %s", principal.id)
-    announce_queued(request.app, job)
+    wake_executor(request.app, job)
     return _job_response(request, job, 202)

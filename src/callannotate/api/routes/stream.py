@@ -56,8 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callannotate.api.deps import QueueDep, SettingsDep, WritePrincipal, ws_subprotocol
 from callannotate.api.origin import origin_allowed
-from callannotate.api.routes.jobs import announce_queued
-from callannotate.api.ws import token_renewer
+from callannotate.api.routes.jobs import wake_executor
+from callannotate.api.ws import announce_queued_before_visible, token_renewer
 from callannotate.config import Settings
 from callannotate.errors import BadRequest, CallAnnotateError, PayloadTooLarge
 from callannotate.events.limits import parse_message
@@ -191,9 +191,15 @@ def _submit_job(
         initial_prompt=cfg.initial_prompt,
     )
     job = new_job(
-        queue, settings, staged_path=path, filename="stream.wav", options=options, owner=owner
+        queue,
+        settings,
+        staged_path=path,
+        filename="stream.wav",
+        options=options,
+        owner=owner,
+        before_visible=announce_queued_before_visible(app),
     )
-    anyio.from_thread.run_sync(announce_queued, app, job)  # on the event loop's thread
+    anyio.from_thread.run_sync(wake_executor, app, job)  # on the event loop's thread
     return job.id
 
 
