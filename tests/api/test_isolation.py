@@ -35,7 +35,7 @@ from callannotate.events.session import CloseCode
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import new_job
-from callannotate.jobs.light import LightKind, light_store
+from callannotate.jobs.light import LightKind, LightState, light_store
 from callannotate.pipeline.types import (
     AnnotateOptions,
 )
@@ -211,6 +211,26 @@ def _enrollment_factory(app: FastAPI, settings: Settings, accounts: Accounts) ->
     return {"enrollment_id": task.id}
 
 
+def _export_factory(app: FastAPI, settings: Settings, accounts: Accounts) -> dict[str, str]:
+    """A completed PDF export of one of alice's jobs (rendered here, as the lane would)."""
+    from callannotate.jobs.light_run import run_claimed
+    from callannotate.reports.export_task import request_export
+    from callannotate.reports.exporters import get_format
+
+    queue: FileQueue = app.state.queue
+    job_id = completed_job(queue, settings, accounts.ids["alice"])
+    store = light_store(settings.data_dir)
+    task, _ = request_export(queue, store, queue.get(job_id), get_format("pdf"))
+    claim = store.claim(task.id, "test")
+    if claim is not None:  # else the app's light lane took it: wait for it below
+        run_claimed(settings, claim)
+    deadline = time.monotonic() + 30
+    while store.get(task.id).state != LightState.COMPLETED:
+        assert time.monotonic() < deadline, "export never completed"
+        time.sleep(0.05)
+    return {"job_id": job_id, "export_id": task.id}
+
+
 def _key_factory(app: FastAPI, settings: Settings, accounts: Accounts) -> dict[str, str]:
     return {"key_id": accounts.api_key("alice", "read")[0]}
 
@@ -226,6 +246,7 @@ FACTORIES: dict[str, Factory] = {
     "voice_id": _voice_factory,
     "sample_id": _voice_factory,
     "enrollment_id": _enrollment_factory,
+    "export_id": _export_factory,
     "key_id": _key_factory,
     "contact_id": _contacts_factory,
     "account_id": _contacts_factory,

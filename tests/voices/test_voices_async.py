@@ -28,7 +28,6 @@ from callannotate.config import ApiSettings, Settings, WorkerSettings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import JobState
 from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, Turn
-from callannotate.voices.routes import _wants_async
 
 
 @pytest.fixture
@@ -178,16 +177,3 @@ async def test_speaker_of_a_job_enrolled_as_light_work(
         # what is refused in the request still is, at once
         r = await client.post(f"/jobs/{job_id}/speakers/S9/enroll?wait=false", json={"name": "X"})
         assert r.status_code == 404
-
-
-class _Req:
-    def __init__(self, prefer: str | None) -> None:
-        self.headers = {"prefer": prefer} if prefer is not None else {}
-
-
-def test_async_is_asked_by_query_or_prefer_header() -> None:
-    assert not _wants_async(_Req(None), True)  # type: ignore[arg-type]
-    assert _wants_async(_Req(None), False)  # type: ignore[arg-type]
-    assert _wants_async(_Req("respond-async, wait=10"), True)  # type: ignore[arg-type]
-    assert _wants_async(_Req("handling=lenient; respond-async"), True)  # type: ignore[arg-type]
-    assert not _wants_async(_Req("return=minimal"), True)  # type: ignore[arg-type]

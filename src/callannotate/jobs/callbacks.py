@@ -35,7 +35,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -46,6 +45,7 @@ import tenacity
 from callannotate import __version__
 from callannotate.config import Settings
 from callannotate.errors import NotFound
+from callannotate.jobs.callback_sweep import CallbackSweep, delivery_task_id
 from callannotate.jobs.callback_targets import Target, TargetPolicy, TargetRefused
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
@@ -70,6 +70,7 @@ DELIVERY_HEADER = "X-CallAnnotate-Delivery"
 ANNOUNCED = frozenset({"job.completed", "job.failed"})
 STOP_GRACE_S = 5.0
 STALE_QUEUED_S = 30.0  # a queued delivery this old lost its process: recover() takes it
+SWEEP_WINDOW_S = 24 * 3600.0  # jobs ended this long ago at most are checked for a lost delivery
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -136,6 +137,9 @@ class CallbackDispatcher:
 
     A delivery whose process died is found by :meth:`recover` (the local lane calls it) or
     by the Celery API's recovery and delivered again; attempts stay in ``Job.callbacks``.
+    So is one whose process died after the job ended but before the delivery was stored
+    (:mod:`callannotate.jobs.callback_sweep`): a delivery's task id is derived from the job
+    and its end, so it is stored, and sent, once however many processes look.
     """
 
     def __init__(
@@ -169,6 +173,9 @@ class CallbackDispatcher:
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_unsigned = False
+        # never longer than finished tasks are kept: a purged task must not look missing
+        window = min(SWEEP_WINDOW_S, settings.queue.retention_hours * 3600.0)
+        self.sweep = CallbackSweep(queue, self.light, window_s=window, grace_s=STALE_QUEUED_S)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -227,8 +234,17 @@ class CallbackDispatcher:
             return None  # deleted meanwhile: nobody to tell about it
         if not job.callback_url:
             return None
-        params = {"job_id": job.id, "event": event.type, "delivery": uuid.uuid4().hex}
-        task = self.light.create(LightKind.CALLBACK, params, owner=job.owner)
+        return self._store(job, event.type)
+
+    def _store(self, job: Job, event: str) -> LightTask | None:
+        """The delivery task of ``job``'s end ``event``; ``None`` when it is stored already
+        (by the sweep of another process): it is delivered from there."""
+        task_id = delivery_task_id(job.id, event, job.finished_at)
+        params = {"job_id": job.id, "event": event, "delivery": task_id}
+        try:
+            task = self.light.create(LightKind.CALLBACK, params, owner=job.owner, task_id=task_id)
+        except FileExistsError:
+            return None
         if self.handoff is not None:  # one attempt per run: the retries count in the task
             task.max_attempts = self.config.max_attempts
             self.light.save(task)
@@ -250,17 +266,37 @@ class CallbackDispatcher:
 
     def recover(self) -> int:
         """Deliver (local) or hand off (Celery) callbacks left by a process that died:
-        queued deliveries older than ``stale_s`` and running ones whose lock is free."""
+        queued deliveries older than :data:`STALE_QUEUED_S`, running ones whose lock is free,
+        and those of jobs that ended without their delivery being stored (the sweep)."""
         loop = self._loop
         if loop is None:
             return 0
         count = 0
         stale = utcnow() - timedelta(seconds=STALE_QUEUED_S)
-        for task in self.light.pending([LightKind.CALLBACK]):
+        unfinished = [
+            (task, orphaned)
+            for task, orphaned in self.light.unfinished()
+            if task.kind == LightKind.CALLBACK
+        ]
+        unfinished.sort(key=lambda pair: pair[0].created_at)
+        for task, orphaned in unfinished:
+            if task.state == LightState.RUNNING and not orphaned:
+                continue  # a live process delivers it
             if task.state == LightState.QUEUED and (task.not_before or task.created_at) > stale:
                 continue  # its own process is about to deliver it
             count += 1
             loop.call_soon_threadsafe(self._spawn, self._resume(task.id), task.id)
+        busy = frozenset(str(task.params.get("job_id")) for task, _ in unfinished)
+        for missed in self.sweep.find(busy):
+            stored = self._store(missed.job, missed.event)
+            if stored is None:
+                continue  # another process stored it first
+            log.warning(
+                "stored the callback delivery of a job whose process ended before storing it",
+                extra={"job_id": missed.job.id, "task_id": stored.id},
+            )
+            count += 1
+            loop.call_soon_threadsafe(self._spawn, self._resume(stored.id), stored.id)
         return count
 
     async def _resume(self, task_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Light tasks: short work kept apart from annotation jobs (enrollment, callback delivery).
+"""Light tasks: short work kept apart from annotation jobs (enrollment, exports, callbacks).
 
 A light task is one folder under ``data_dir/light/<id>/`` holding ``task.json`` (kind, owner,
 parameters, state, result or error), any input files (an enrollment's staged samples, still
@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from callannotate.errors import NotFound
 from callannotate.jobs.fsutil import atomic_write, fsync_dir, private_dir, try_lock, unlock
 from callannotate.jobs.models import utcnow
+from callannotate.observability.metrics import LIGHT_TASKS_FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ MAX_ATTEMPTS = 3
 class LightKind(StrEnum):
     ENROLL = "enroll"  # POST /voices answered 202: embed samples, create the voice
     CALLBACK = "callback"  # deliver a job's callback_url announcement
+    EXPORT = "export"  # GET /jobs/{id}/export answered 202: render a format into the job folder
+
+
+#: Kinds run by :func:`callannotate.jobs.light_run.run_claimed` (callbacks have their own path).
+RUN_KINDS: tuple[LightKind, ...] = (LightKind.ENROLL, LightKind.EXPORT)
 
 
 class LightState(StrEnum):
@@ -62,6 +68,17 @@ class LightState(StrEnum):
 
 
 FINISHED = frozenset({LightState.COMPLETED, LightState.FAILED})
+
+
+def _create_series() -> None:
+    """``callannotate_light_tasks_finished_total`` exports every kind and outcome from the
+    start (0), so a dashboard sees "none" rather than "no data"."""
+    for kind in LightKind:
+        for outcome in FINISHED:
+            LIGHT_TASKS_FINISHED.labels(kind.value, outcome.value)
+
+
+_create_series()
 
 
 class LightTask(BaseModel):
@@ -136,7 +153,9 @@ class Claim:
         self.task.worker = None
         self.task.not_before = None
         self.store.drop_inputs(self.task)
-        return self._release()
+        ended = self._release()
+        LIGHT_TASKS_FINISHED.labels(ended.kind.value, ended.state.value).inc()
+        return ended
 
     def _release(self) -> LightTask:
         self.store.save(self.task)
@@ -170,11 +189,20 @@ class LightStore:
         *,
         owner: str | None = None,
         files: Sequence[tuple[Path, str]] = (),
+        task_id: str | None = None,
     ) -> LightTask:
-        """Store a new queued task durably; ``files`` (path, display name) are moved in."""
+        """Store a new queued task durably; ``files`` (path, display name) are moved in.
+
+        ``task_id`` (32 hex digits) makes the creation idempotent: a task of that id stored
+        already, by this process or any other, raises :class:`FileExistsError` and nothing
+        changes (the rename into place is atomic and never replaces a task)."""
+        if task_id is not None and not _valid_id(task_id):
+            raise ValueError("a light task id is 32 hex digits")
         private_dir(self.root)
-        task = LightTask(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params)
-        build = self.root / f"{BUILD_PREFIX}{task.id}"
+        task = LightTask(id=task_id or uuid.uuid4().hex, kind=kind, owner=owner, params=params)
+        if task_id is not None and (self.root / task_id).exists():
+            raise FileExistsError(f"light task {task_id} exists")
+        build = self.root / f"{BUILD_PREFIX}{task.id}-{uuid.uuid4().hex[:8]}"
         private_dir(build)
         try:
             for index, (path, shown) in enumerate(files):
@@ -182,7 +210,12 @@ class LightStore:
                 shutil.move(str(path), build / stored)
                 task.files.append((stored, shown[:200]))
             atomic_write(build / TASK_FILE, task.model_dump_json().encode())
-            os.rename(build, self.root / task.id)
+            try:
+                os.rename(build, self.root / task.id)
+            except OSError as exc:  # ENOTEMPTY / EEXIST: stored meanwhile by another process
+                if (self.root / task.id).is_dir():
+                    raise FileExistsError(f"light task {task.id} exists") from exc
+                raise
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise

@@ -10,8 +10,8 @@ network, not on a core).
 With ``jobs.executor: celery`` nothing runs here (``local=False``): light tasks go to the
 ``<prefix>.light`` queue through ``handoff``. In both cases the lane's maintenance, every
 ``queue.lease_seconds``, picks up what a dead process left (callbacks through
-:meth:`CallbackDispatcher.recover`; with Celery, enrollments whose message may be lost are
-sent again, a duplicate being a no-op) and deletes finished tasks after
+:meth:`CallbackDispatcher.recover`; with Celery, enrollments and exports whose message may be
+lost are sent again, a duplicate being a no-op) and deletes finished tasks after
 ``queue.retention_hours``.
 """
 
@@ -28,7 +28,7 @@ from datetime import timedelta
 
 from callannotate.config import Settings
 from callannotate.jobs.callbacks import CallbackDispatcher
-from callannotate.jobs.light import LightKind, LightState, light_store
+from callannotate.jobs.light import RUN_KINDS, LightState, light_store
 from callannotate.jobs.light_run import run_claimed
 from callannotate.jobs.models import utcnow
 
@@ -110,7 +110,7 @@ class LightLane:
     async def _poll(self) -> None:
         if len(self._active) >= self.concurrency:
             return
-        pending = await asyncio.to_thread(self.store.pending, [LightKind.ENROLL])
+        pending = await asyncio.to_thread(self.store.pending, RUN_KINDS)
         now = utcnow()
         for task in pending:
             if len(self._active) >= self.concurrency:
@@ -137,7 +137,7 @@ class LightLane:
         await asyncio.to_thread(self.callbacks.recover)  # reads the folder: off the loop
         if not self.local and self.handoff is not None:
             stale = utcnow() - timedelta(seconds=RESEND_AFTER_S)
-            pending = await asyncio.to_thread(self.store.pending, [LightKind.ENROLL])
+            pending = await asyncio.to_thread(self.store.pending, RUN_KINDS)
             for task in pending:
                 if task.state == LightState.QUEUED and (task.not_before or task.created_at) > stale:
                     continue

@@ -47,6 +47,10 @@ def run_claimed(settings: Settings, claim: Claim) -> float | None:
                 from callannotate.voices.enrollment import run_enrollment
 
                 result = run_enrollment(settings, claim)
+            elif task.kind == LightKind.EXPORT:
+                from callannotate.reports.export_task import run_export
+
+                result = run_export(settings, claim)
             else:
                 raise ValueError(f"light task kind {task.kind.value} is not run here")
             claim.complete(result)

@@ -3,7 +3,7 @@
 * the file queue (every executor keeps its jobs there): jobs waiting, oldest waiting age,
   waiting jobs per priority, jobs per state, and jobs finished in the last 5 minutes and the
   last hour;
-* the light tasks (``data_dir/light/``: asynchronous enrollments, callback deliveries), kept
+* the light tasks (``data_dir/light/``: asynchronous enrollments and exports, callbacks), kept
   there by every executor: waiting (due now or waiting out a retry backoff), running, and the
   age of the oldest waiting, per kind;
 * with ``jobs.executor: celery``, the Celery queues in Redis (``<prefix>.heavy``,
@@ -71,7 +71,7 @@ class FileQueueStats(BaseModel):
 
 
 class LightKindStats(BaseModel):
-    kind: str = Field(description="enroll or callback.")
+    kind: str = Field(description="enroll, export or callback.")
     waiting: int = Field(description="Queued tasks due now.")
     delayed: int = Field(description="Queued tasks waiting out a retry backoff.")
     running: int = Field(description="Tasks a live process is running.")

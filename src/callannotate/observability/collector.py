@@ -1,4 +1,5 @@
-"""Gauges computed when Prometheus scrapes: queue, jobs per state, workers, disk, SLAs.
+"""Gauges computed when Prometheus scrapes: queue, jobs per state, light tasks, workers, disk,
+SLAs.
 
 Nothing here is updated on the hot path: :class:`ServiceCollector` looks at the file queue
 and the executor at scrape time. The cost is one listing per queue folder, one dict look-up
@@ -39,6 +40,8 @@ from callannotate.jobs.filequeue import (
     valid_job_id,
 )
 from callannotate.jobs.heartbeat import WorkerRegistry
+from callannotate.jobs.light import LightStore, light_store
+from callannotate.observability.light_gauges import LightTally, light_families
 from callannotate.observability.metrics import PREFIX
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class Source:
     executor: Executor | None
     settings: MetricsSettings
     registry: WorkerRegistry | None = None  # heartbeat records of every worker process
+    light: LightStore | None = None  # light tasks (data_dir/light); none: no light gauges
 
 
 class _CreatedAt:
@@ -93,6 +97,7 @@ class ServiceCollector(Collector):
         self._source: Source | None = None
         self._created = _CreatedAt()
         self._listing = _Listing()
+        self._light = LightTally()
 
     def attach(self, source: Source | None) -> None:
         self._source = source
@@ -113,6 +118,8 @@ class ServiceCollector(Collector):
             yield from self._worker_metrics(source)
             if source.registry is not None:
                 yield from registry_metrics(source.registry)
+            if source.light is not None:
+                yield from light_families(self._light, source.light)
             yield from self._disk_metrics(source.queue.root)
             yield sla_family(source.settings)
         except Exception:  # a broken scrape must not take the endpoint down
@@ -315,10 +322,15 @@ def install(
     executor: Executor | None,
     settings: MetricsSettings,
     registry: WorkerRegistry | None = None,
+    light: LightStore | None = None,
 ) -> Source:
-    """Export the state of ``queue`` and ``executor`` (and the workers of ``registry``) from
-    now on (replaces a previous one)."""
-    source = Source(queue=queue, executor=executor, settings=settings, registry=registry)
+    """Export the state of ``queue`` and ``executor`` (and the workers of ``registry``, the
+    light tasks of ``light``: by default the folder beside the queue's, as
+    ``Settings.queue_dir`` is ``data_dir/queue``) from now on (replaces a previous one)."""
+    light = light if light is not None else light_store(queue.root.parent)
+    source = Source(
+        queue=queue, executor=executor, settings=settings, registry=registry, light=light
+    )
     COLLECTOR.attach(source)
     return source
 

@@ -20,6 +20,7 @@ from callannotate.config import MetricsSettings, Settings
 from callannotate.jobs.executors.base import Executor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.heartbeat import WorkerRegistry
+from callannotate.jobs.light import light_store
 from callannotate.observability.collector import Source, install, uninstall
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class MetricsExport:
 
     def start(self) -> None:
         registry = WorkerRegistry.from_settings(self.settings)  # every process's workers
-        self._source = install(self.queue, self.executor, self.settings.metrics, registry)
+        light = light_store(self.settings.data_dir)  # light tasks of every process
+        self._source = install(
+            self.queue, self.executor, self.settings.metrics, registry, light=light
+        )
         self.listener.start()
 
     def stop(self) -> None:

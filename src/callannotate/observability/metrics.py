@@ -13,7 +13,10 @@ Where the numbers come from:
 * per-step durations, real-time factor and audio processed: :func:`observe_result`, called
   by the queue manager with each finished annotation (the step reports the pipeline wrote);
 * model load times: :func:`observe_model_load`, from the worker processes' "ready" message;
-* queue depth, jobs per state, oldest waiting job, workers, disk: computed at scrape time by
+* light tasks ended: :data:`LIGHT_TASKS_FINISHED`, counted by
+  :class:`callannotate.jobs.light.Claim` when a task completes or fails;
+* queue depth, jobs per state, oldest waiting job, light tasks per kind and state, workers,
+  disk: computed at scrape time by
   :class:`callannotate.observability.collector.ServiceCollector`.
 
 Worker processes (the embedded pool's spawned children) do not hold metrics themselves: they
@@ -130,6 +133,13 @@ REAL_TIME_FACTOR = Histogram(
 AUDIO_PROCESSED = Counter(
     f"{PREFIX}_audio_processed_seconds",
     "Seconds of audio in completed jobs (divide by 3600 for hours).",
+)
+LIGHT_TASKS_FINISHED = Counter(
+    f"{PREFIX}_light_tasks_finished",
+    "Light tasks (asynchronous enrollments and exports, callback deliveries) this process "
+    "ended, by kind and outcome (completed, failed); counted where the task ends, Celery "
+    "worker children included.",
+    ["kind", "outcome"],
 )
 MODEL_LOAD = Histogram(
     f"{PREFIX}_model_load_seconds",

@@ -1,7 +1,10 @@
 """Report routes: exports of a finished job, the report viewer page and the job's audio.
 
 * ``GET /jobs/{id}/export?format=pdf``: the annotation in one of :data:`FORMATS`, as a
-  download (``Content-Disposition: attachment``) with the format's content type.
+  download (``Content-Disposition: attachment``) with the format's content type. With
+  ``?wait=false`` or ``Prefer: respond-async``: ``202`` and a status URL, the rendering runs
+  as light work (:mod:`callannotate.reports.export_task`).
+* ``GET /jobs/{id}/exports/{export_id}`` (status) and ``.../file`` (the rendered file).
 * ``GET /jobs/{id}/report``: the interactive report page (player, transcript, timeline).
 * ``GET /jobs/{id}/audio``: the job's stored audio; honours ``Range`` so players can seek.
 """
@@ -9,40 +12,44 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
-from pydantic import ValidationError
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, visible_job
 from callannotate.api.encrypted_files import DecryptedFileResponse, plaintext_stat
 from callannotate.api.errors import error_json, error_responses
-from callannotate.errors import NotFound, Unprocessable
+from callannotate.api.prefer import wants_async
+from callannotate.config import Settings
+from callannotate.errors import Conflict, NotFound
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import AUDIO_TYPES, audio_type
-from callannotate.pipeline.types import Annotation
-from callannotate.reports.exporters import FORMATS, export_filename, get_format
+from callannotate.jobs.light import LightState, light_store
+from callannotate.jobs.service import JobService
+from callannotate.reports.export_task import (
+    ExportStatus,
+    check_has_result,
+    export_path,
+    export_task,
+    load_annotation,
+    request_export,
+)
+from callannotate.reports.exporters import FORMATS, ExportFormat, export_filename, get_format
 from callannotate.reports.html import render_html
 from callannotate.security.atrest import vault_for
+from callannotate.security.principal import Principal
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["reports"], responses=error_responses(404))
 
-
-def load_annotation(queue: FileQueue, job_id: str) -> Annotation:
-    """The stored result of a completed job (409 while it has none)."""
-    raw = queue.read_result(job_id)
-    try:
-        return Annotation.model_validate_json(raw)
-    except ValidationError as exc:
-        log.error("stored annotation does not validate", extra={"job_id": job_id})
-        raise Unprocessable(f"job {job_id} result is not a valid annotation") from exc
+_EXPORT_CONTENT: dict[str, Any] = {f.media_type.split(";")[0]: {} for f in FORMATS.values()}
 
 
 def _disposition(kind: str, filename: str) -> str:
@@ -53,18 +60,26 @@ def _disposition(kind: str, filename: str) -> str:
 @router.get(
     "/{job_id}/export",
     summary="Export the annotation",
+    description=(
+        "Rendered in the request by default (200 with the file). With `?wait=false` or the "
+        "header `Prefer: respond-async` the format and the job are checked, the answer is 202 "
+        "with the export's status and its URL in `Location` "
+        "(`GET /jobs/{job_id}/exports/{export_id}`), and the rendering runs as light work "
+        "(the local light lane or the Celery `light` queue). A pending or completed export of "
+        "the same job and format is reused."
+    ),
     response_class=Response,
     responses={
-        200: {
-            "description": "The annotation in the requested format.",
-            "content": {f.media_type.split(";")[0]: {} for f in FORMATS.values()},
-        },
+        200: {"description": "The annotation in the requested format.", "content": _EXPORT_CONTENT},
+        202: {"model": ExportStatus, "description": "Accepted: poll the status URL."},
         **error_responses(400, 409),
     },
 )
 async def export_job(
     job_id: str,
+    request: Request,
     queue: QueueDep,
+    settings: SettingsDep,
     principal: ReadPrincipal,
     format: Annotated[
         str,
@@ -73,9 +88,14 @@ async def export_job(
             json_schema_extra={"enum": list(FORMATS)},
         ),
     ] = "json",
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once and render as light work")
+    ] = True,
 ) -> Response:
     """409 while the job is not completed; 400 for an unknown format."""
     fmt = get_format(format)
+    if wants_async(request, wait):
+        return await _export_later(request, queue, settings, principal, job_id, fmt)
     visible_job(queue, job_id, principal)
     annotation = load_annotation(queue, job_id)
     body = await anyio.to_thread.run_sync(fmt.render, annotation)
@@ -89,6 +109,102 @@ async def export_job(
             "Cache-Control": "private, no-store",
         },
     )
+
+
+async def _export_later(
+    request: Request,
+    queue: FileQueue,
+    settings: Settings,
+    principal: Principal,
+    job_id: str,
+    fmt: ExportFormat,
+) -> Response:
+    """Check the job (visible, has a result), store or reuse the export task, answer 202."""
+    store = light_store(settings.data_dir)
+
+    def accept() -> tuple[ExportStatus, bool]:
+        job = visible_job(queue, job_id, principal)
+        check_has_result(queue, job)
+        task, created = request_export(queue, store, job, fmt)
+        return ExportStatus.of(task), created
+
+    status, created = await anyio.to_thread.run_sync(accept)
+    if created:
+        jobs: JobService = request.app.state.jobs
+        await anyio.to_thread.run_sync(jobs.submit_light, status.id)
+        log.info("export %s of job %s queued (%s)", status.id, job_id, fmt.name)
+    return Response(
+        status.model_dump_json(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": status.status_url, "Cache-Control": "private, no-store"},
+    )
+
+
+@router.get(
+    "/{job_id}/exports/{export_id}",
+    response_model=ExportStatus,
+    summary="Status of an export accepted with 202",
+)
+async def get_export(
+    job_id: str, export_id: str, queue: QueueDep, settings: SettingsDep, principal: ReadPrincipal
+) -> ExportStatus:
+    """Whoever may read the job may read its exports; 404 otherwise."""
+
+    def status() -> ExportStatus:
+        visible_job(queue, job_id, principal)
+        return ExportStatus.of(export_task(light_store(settings.data_dir), job_id, export_id))
+
+    return await anyio.to_thread.run_sync(status)
+
+
+@router.get(
+    "/{job_id}/exports/{export_id}/file",
+    summary="The rendered file of a completed export",
+    response_class=Response,
+    responses={
+        200: {"description": "The rendered export.", "content": _EXPORT_CONTENT},
+        206: {"description": "Partial content (one or more byte ranges)."},
+        **error_responses(400, 409, 416),
+    },
+)
+async def export_file(
+    job_id: str,
+    export_id: str,
+    request: Request,
+    queue: QueueDep,
+    settings: SettingsDep,
+    principal: ReadPrincipal,
+) -> Response:
+    """As the synchronous export answers it (type, attachment, no-store); 409 until the
+    export completed; decrypted as it is sent when encryption at rest is on."""
+    vault = vault_for(settings)
+
+    def locate() -> tuple[Path, str, str, os.stat_result]:
+        visible_job(queue, job_id, principal)
+        task = export_task(light_store(settings.data_dir), job_id, export_id)
+        if task.state != LightState.COMPLETED or task.result is None:
+            raise Conflict(f"export {export_id} is {task.state.value}; it has no file yet")
+        fmt = get_format(str(task.params["format"]))
+        path = export_path(queue, job_id, fmt)
+        try:
+            stat = plaintext_stat(vault, path)
+        except FileNotFoundError:
+            raise NotFound(f"export {export_id} has no stored file") from None
+        return path, fmt.media_type, str(task.result["filename"]), stat
+
+    path, media_type, filename, stat = await anyio.to_thread.run_sync(locate)
+    response = DecryptedFileResponse(
+        path,
+        vault,
+        media_type=media_type,
+        stat_result=stat,
+        headers={
+            "Content-Disposition": _disposition("attachment", filename),
+            "Cache-Control": "private, no-store",
+        },  # nosniff and a sandboxing CSP: api/headers.py
+    )
+    return _range_error(request, response, stat.st_size, "the file") or response
 
 
 @router.get(
@@ -111,7 +227,9 @@ async def report_page(
     )
 
 
-def _range_error(request: Request, response: FileResponse, size: int) -> Response | None:
+def _range_error(
+    request: Request, response: FileResponse, size: int, what: str = "the audio"
+) -> Response | None:
     """The JSON error for a ``Range`` the file response would refuse (400 / 416), else None.
 
     Starlette answers these in plain text; the API's errors all carry the error body.
@@ -128,7 +246,7 @@ def _range_error(request: Request, response: FileResponse, size: int) -> Respons
         return error_json(
             416,
             "range_not_satisfiable",
-            f"the Range starts past the end of the audio ({size} bytes)",
+            f"the Range starts past the end of {what} ({size} bytes)",
             headers={"Content-Range": f"bytes */{size}"},
         )
     return None

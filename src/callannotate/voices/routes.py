@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 
 from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, WritePrincipal, visible_job
 from callannotate.api.errors import error_responses
+from callannotate.api.prefer import wants_async
 from callannotate.api.uploads import StagedUpload, receive_upload
 from callannotate.config import Settings
 from callannotate.errors import (
@@ -179,13 +180,6 @@ def _check_samples(staged: list[tuple[Path, str]], vault: Vault) -> None:
             raise InvalidAudio(f"sample {name!r}: {exc.detail}") from exc
 
 
-def _wants_async(request: Request, wait: bool) -> bool:
-    """``?wait=false`` or ``Prefer: respond-async`` (RFC 7240)."""
-    prefer = request.headers.get("prefer", "")
-    tokens = {part.strip().lower() for item in prefer.split(",") for part in item.split(";")}
-    return not wait or "respond-async" in tokens
-
-
 @router.post(
     "/voices",
     status_code=201,
@@ -213,7 +207,7 @@ async def create_voice(
         bool, Query(description="false: answer 202 at once and enroll as light work")
     ] = True,
 ) -> Response:
-    if _wants_async(request, wait):
+    if wants_async(request, wait):
         return await _enroll_later(request, settings, queue.staging_dir(), principal)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
     contact_id = await check_contact(request, principal.id, fields.get("contact_id"))
@@ -320,7 +314,7 @@ async def add_samples(
     store = _store(settings)
     # 404 before the upload is processed
     voice = await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
-    if _wants_async(request, wait):
+    if wants_async(request, wait):
         return await _enroll_later(request, settings, queue.staging_dir(), principal, add_to=voice)
     samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
     if "name" in fields or "contact_id" in fields:
@@ -442,7 +436,7 @@ async def enroll_job_speaker(
     audio_path = await anyio.to_thread.run_sync(queue.audio_path, job_id)
     if not audio_path.is_file():
         raise NotFound(f"the audio of job {job_id} is no longer stored")
-    if _wants_async(request, wait):
+    if wants_async(request, wait):
         name = body.name
         if name is None:
             assert body.voice_id is not None
