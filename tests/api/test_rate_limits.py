@@ -91,6 +91,27 @@ async def test_reads_over_the_budget_get_429_with_headers(
     assert body["request_id"] == "rl-1" == r.headers["X-Request-ID"]
 
 
+async def test_each_rate_limit_and_security_header_is_sent_once(
+    tmp_path: Path, client_factory: Any
+) -> None:
+    """One middleware adds the security and ``RateLimit-*`` headers (and a 405's ``Allow``):
+    allowed, refused and not-allowed responses carry each of them exactly once."""
+    limits = RateLimitSettings(roles=RoleRateLimitTable(admin=AdminRateLimits(reads=bucket(2))))
+    client = client_factory(create_app(make_settings(tmp_path, limits)))
+    ok = await client.get("/jobs")
+    not_allowed = await client.put("/jobs")  # no PUT route: 405 before any token is taken
+    assert (await client.get("/jobs")).status_code == 200  # the second token
+    refused = await client.get("/jobs")
+    assert (ok.status_code, not_allowed.status_code, refused.status_code) == (200, 405, 429)
+    names = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy")
+    for response in (ok, refused):
+        for name in (*names, "content-security-policy", "x-content-type-options"):
+            assert len(response.headers.get_list(name)) == 1, (response.status_code, name)
+    assert len(refused.headers.get_list("retry-after")) == 1
+    assert not_allowed.headers.get_list("allow") == ["GET, POST, OPTIONS"]
+    assert len(not_allowed.headers.get_list("content-security-policy")) == 1
+
+
 async def test_health_is_exempt(tmp_path: Path, client_factory: Any) -> None:
     limits = RateLimitSettings(
         roles=RoleRateLimitTable(

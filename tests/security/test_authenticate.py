@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -190,6 +191,97 @@ async def test_concurrent_cache_misses_share_one_lookup(
         assert len(principals) == 50 and all(p is not None for p in principals)
         assert store.calls[counter] == 1, store.calls
     assert api.lookups.in_flight() == 0
+
+
+async def _refreshes_done() -> None:
+    from callannotate.security import authenticate as module
+
+    while module._refreshes:
+        await asyncio.gather(*module._refreshes)
+
+
+async def test_busy_credentials_are_refreshed_ahead_without_waiting(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    """Past half the cache time a request is still answered from the cache and starts one
+    background lookup; after the entry's original expiry no request waits for the database."""
+    access, key = creds
+    api = _service_with_cache(service, 1.0)
+    store = _CountingStore(api.store)
+    api.store = store  # type: ignore[assignment]
+    for headers, counter in (
+        ({"Authorization": f"Bearer {access}"}, "get_user"),
+        ({"X-API-Key": key}, "api_key_by_prefix"),
+    ):
+        assert await authenticate(_conn(headers), api.settings, api) is not None
+        assert store.calls[counter] == 1
+        await asyncio.sleep(0.6)  # past half the cache time
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(authenticate(_conn(headers), api.settings, api) for _ in range(20))
+        )
+        assert all(p is not None and p.name == "alice" for p in results)
+        assert time.monotonic() - started < 0.015  # none waited for the (20 ms) lookup
+        await _refreshes_done()
+        assert store.calls[counter] == 2, store.calls  # one refresh for the 20 requests
+        await asyncio.sleep(0.5)  # past the first entry's expiry: the refreshed one answers
+        assert await authenticate(_conn(headers), api.settings, api) is not None
+        assert store.calls[counter] == 2, store.calls
+
+
+async def test_a_refresh_that_finds_the_key_revoked_drops_it_at_once(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    _, key = creds
+    api = _service_with_cache(service, 2.0)
+    principal = await authenticate(_conn({"X-API-Key": key}), api.settings, api)
+    assert principal is not None and principal.credential_id is not None
+    service.revoke_api_key(principal.credential_id)  # by another process: api keeps its cache
+    await asyncio.sleep(1.05)  # past half the cache time, well before the expiry
+    # still within the cache time: answered from the cache, and a refresh starts
+    assert await authenticate(_conn({"X-API-Key": key}), api.settings, api) is not None
+    await _refreshes_done()
+    with pytest.raises(AuthenticationFailed):  # refused before the entry's own expiry
+        await authenticate(_conn({"X-API-Key": key}), api.settings, api)
+
+
+class _PausingStore:
+    """The real store; the first key lookup returns only once ``proceed`` is set."""
+
+    def __init__(self, store: AuthStore) -> None:
+        self._store = store
+        self.read_done = threading.Event()
+        self.proceed = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def api_key_by_prefix(self, prefix: str) -> Any:
+        found = self._store.api_key_by_prefix(prefix)
+        if not self.read_done.is_set():
+            self.read_done.set()
+            assert self.proceed.wait(5)
+        return found
+
+
+async def test_a_lookup_older_than_a_change_is_not_cached(
+    service: AuthService, creds: tuple[str, str]
+) -> None:
+    """A key revoked through the service while a lookup of it runs is refused afterwards:
+    the lookup's answer (read before the change) is not put back into the cleared cache."""
+    _, key = creds
+    api = _service_with_cache(service, 3600)
+    store = _PausingStore(api.store)
+    api.store = store  # type: ignore[assignment]
+    lookup = asyncio.ensure_future(authenticate(_conn({"X-API-Key": key}), api.settings, api))
+    assert await asyncio.to_thread(store.read_done.wait, 5)
+    row = store._store.api_key_by_prefix(key.split("_")[1])
+    assert row is not None
+    api.revoke_api_key(row[0].id)  # through the service: clears its caches
+    store.proceed.set()
+    assert await lookup is not None  # it read the key before the change
+    with pytest.raises(AuthenticationFailed):
+        await authenticate(_conn({"X-API-Key": key}), api.settings, api)
 
 
 async def test_concurrent_misses_of_a_bad_key_all_fail(service: AuthService) -> None:

@@ -6,8 +6,8 @@ so the request id is known) records, after the response has started:
 * every mutating call (POST, PUT, PATCH, DELETE), on any route, matched or not;
 * every read of a recording, a result, a report or an export: a GET whose route template ends
   in one of :data:`AUDITED_READ_SEGMENTS` (``/jobs/{job_id}/audio``, ``/result``, ``/report``,
-  ``/export``; a route added later with such a name is covered too), and reads of the audit
-  log itself (``/audit...``);
+  ``/export``, ``/exports/{export_id}/file``; a route added later with such a name is covered
+  too), and reads of the audit log itself (``/audit...``);
 * every call refused for its credential (401, 403) on any route;
 * every WebSocket session, when it ends (``/stream`` is ``stream.create``: it uploads a
   recording; ``/ws/{client_id}`` is ``events.subscribe``), with its close code; a session
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import lru_cache
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD"})
-AUDITED_READ_SEGMENTS = frozenset({"audio", "result", "report", "export"})
+AUDITED_READ_SEGMENTS = frozenset({"audio", "result", "report", "export", "file"})
 AUDITED_READ_PREFIXES = ("/audit",)
 # Refusals recorded on any route, reads included. Not 429: a flood of rate-limited reads
 # would turn into a flood of rows (rate-limited *mutating* calls are still recorded).
@@ -116,6 +117,7 @@ def describe_route(
     return verb.replace("-", "_"), resource, resource_id
 
 
+@lru_cache(maxsize=1024)  # a route template: a bounded set
 def audited_read(template: str) -> bool:
     if template.startswith(AUDITED_READ_PREFIXES):
         return True

@@ -23,6 +23,12 @@
 * ``Strict-Transport-Security: max-age=31536000; includeSubDomains`` on responses served over
   HTTPS (``serve --ssl-certfile``, or a TLS proxy with uvicorn's ``--proxy-headers``).
 
+The same pass over the response headers also adds what inner layers decided but no longer
+add on their own send channel (each wrapper of ``send`` costs a call per message on every
+request): the ``RateLimit-*`` fields of the request's rate-limit decision
+(:mod:`callannotate.api.ratelimit`, left in ``scope["state"]``) and the complete ``Allow``
+list of a ``405`` (:func:`callannotate.api.methods.allowed_methods`).
+
 :func:`install_cors` adds Starlette's ``CORSMiddleware`` only when ``api.cors_origins`` lists
 origins; without it, browsers keep the same-origin policy (no ``Access-Control-*`` header).
 """
@@ -39,7 +45,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from callannotate.api.methods import allowed_methods
 from callannotate.config import ApiSettings
+from callannotate.security.ratelimit import Decision
+
+#: ``scope["state"]`` key of the request's allowed rate-limit decision (set by
+#: ``callannotate.api.ratelimit.enforce_rate_limits``).
+STATE_RATELIMIT_DECISION = "ratelimit_decision"
 
 HSTS = "max-age=31536000; includeSubDomains"
 
@@ -65,6 +77,7 @@ ROUTE_POLICIES: dict[str, str] = {
     "/jobs/{job_id}/report": REPORT_PAGE,
     "/jobs/{job_id}/audio": USER_BYTES,
     "/jobs/{job_id}/export": USER_BYTES,
+    "/jobs/{job_id}/exports/{export_id}/file": USER_BYTES,
     "/docs": DOCS_PAGE,
     "/docs/oauth2-redirect": DOCS_PAGE,
     "/redoc": DOCS_PAGE,
@@ -117,13 +130,65 @@ _STATIC: tuple[tuple[bytes, bytes], ...] = (
 _OWNED = frozenset(
     {name for name, _ in _STATIC} | {b"content-security-policy", b"strict-transport-security"}
 )
+_HSTS_HEADER = (b"strict-transport-security", HSTS.encode("ascii"))
+# The headers added to every response of a fixed policy (all but the pages'), built once.
+_FIXED_TAILS: dict[str, tuple[tuple[bytes, bytes], ...]] = {
+    policy: (*_STATIC, (b"content-security-policy", policy.encode("ascii")))
+    for policy in (API_DEFAULT, USER_BYTES)
+}
+_ROUTE_TAILS: dict[str, tuple[tuple[bytes, bytes], ...]] = {
+    path: _FIXED_TAILS[name] for path, name in ROUTE_POLICIES.items() if name in _FIXED_TAILS
+}
+_DEFAULT_TAIL = _FIXED_TAILS[API_DEFAULT]
+
+
+def _security_tail(scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
+    """The security headers of the response to ``scope`` (without HSTS)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) if route is not None else None
+    if path is None:
+        return _DEFAULT_TAIL
+    tail = _ROUTE_TAILS.get(path)
+    if tail is not None:
+        return tail
+    if path not in ROUTE_POLICIES:
+        return _DEFAULT_TAIL
+    return (*_STATIC, (b"content-security-policy", policy_for(scope).encode("ascii")))
+
+
+def response_headers(scope: Scope, message: Message) -> list[tuple[bytes, bytes]]:
+    """The headers of ``message`` (an ``http.response.start``) as sent: the security headers
+    replacing any set inside, ``RateLimit-*`` of the request's decision unless a route or
+    error set them, and the full ``Allow`` list on a ``405``."""
+    status = message["status"]
+    allow = allowed_methods(scope) if status == 405 else None
+    state = scope.get("state")
+    decision: Decision | None = state.get(STATE_RATELIMIT_DECISION) if state else None
+    headers: list[tuple[bytes, bytes]] = []
+    has_limit = False
+    for header in message.get("headers", ()):
+        name = header[0].lower()
+        if name in _OWNED or (allow and name == b"allow"):
+            continue
+        if name == b"ratelimit-limit":
+            has_limit = True
+        headers.append(header)
+    if decision is not None and not has_limit:
+        headers.extend(decision.header_pairs())
+    if allow:
+        headers.append((b"allow", ", ".join(allow).encode("ascii")))
+    headers.extend(_security_tail(scope))
+    if scope.get("scheme") == "https":
+        headers.append(_HSTS_HEADER)
+    return headers
 
 
 class SecurityHeadersMiddleware:
-    """Pure ASGI middleware adding the headers of the module doc to every HTTP response.
+    """Pure ASGI middleware adding the headers of the module doc to every HTTP response
+    (:func:`response_headers`).
 
-    The headers it owns replace any a route or an inner middleware set, so there is one
-    source of truth (:data:`ROUTE_POLICIES`).
+    The security headers it owns replace any a route or an inner middleware set, so there is
+    one source of truth (:data:`ROUTE_POLICIES`).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -133,16 +198,10 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() not in _OWNED]
-                headers.extend(_STATIC)
-                headers.append((b"content-security-policy", policy_for(scope).encode("ascii")))
-                if https:
-                    headers.append((b"strict-transport-security", HSTS.encode("ascii")))
-                message["headers"] = headers
+                message["headers"] = response_headers(scope, message)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

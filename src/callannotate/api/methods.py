@@ -3,13 +3,14 @@
 Starlette answers from the first route whose path matches, so ``/jobs`` (GET and POST are two
 routes) announced only one method. :class:`AllowMiddleware` looks at every route: ``OPTIONS``
 on a known path answers ``204`` with the full ``Allow`` header, and a ``405``'s ``Allow`` is
-rewritten to the same list.
+rewritten to the same list (by :class:`callannotate.api.headers.SecurityHeadersMiddleware`,
+which already rewrites the headers of every response: one wrapper of ``send`` instead of two).
 """
 
 from __future__ import annotations
 
 from starlette.routing import Match, Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
@@ -40,7 +41,7 @@ def allowed_methods(scope: Scope) -> list[str]:
 
 
 class AllowMiddleware:
-    """Pure ASGI middleware: answer ``OPTIONS`` and complete ``Allow`` on ``405``."""
+    """Pure ASGI middleware: answer ``OPTIONS`` (``405``'s ``Allow``: see the module doc)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,14 +62,4 @@ class AllowMiddleware:
                 )
                 await send({"type": "http.response.body", "body": b""})
                 return
-
-        async def send_with_allow(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 405:
-                methods = allowed_methods(scope)
-                if methods:
-                    headers = [h for h in message.get("headers", []) if h[0].lower() != b"allow"]
-                    headers.append((b"allow", ", ".join(methods).encode("ascii")))
-                    message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_allow)
+        await self.app(scope, receive, send)

@@ -15,9 +15,11 @@ matched route and takes a token:
 
 Over a budget an HTTP request gets 429 with ``Retry-After`` and ``RateLimit-*`` headers and
 the usual error body; a WebSocket handshake is accepted, gets an error frame and is closed
-with 1008. :class:`RateLimitMiddleware` adds the ``RateLimit-*`` headers to allowed
-responses and meters WebSocket messages: a message over the ``ws_messages`` budget is
-dropped with an error frame; the next one while still over closes the socket with 1008.
+with 1008. The ``RateLimit-*`` headers of allowed responses are added from the decision left
+in ``scope["state"]`` by :class:`callannotate.api.headers.SecurityHeadersMiddleware` (it
+rewrites every response's headers anyway). :class:`RateLimitMiddleware` meters WebSocket
+messages: a message over the ``ws_messages`` budget is dropped with an error frame; the next
+one while still over closes the socket with 1008.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callannotate.api.deps import get_optional_principal, ws_subprotocol
+from callannotate.api.headers import STATE_RATELIMIT_DECISION
 from callannotate.api.origin import origin_allowed
 from callannotate.config import Settings
 from callannotate.security.errors import AuthenticationFailed
@@ -64,8 +67,8 @@ LOGIN_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {("POST", "/auth/token"), ("POST", "/auth/refresh"), ("POST", "/auth/logout")}
 )
 WS_POLICY_VIOLATION = 1008
-#: ``scope["state"]`` keys shared by the dependency and the middleware.
-STATE_DECISION = "ratelimit_decision"
+#: ``scope["state"]`` keys shared by the dependency and the middlewares.
+STATE_DECISION = STATE_RATELIMIT_DECISION
 STATE_SUBJECT = "ratelimit_subject"
 
 
@@ -171,15 +174,27 @@ async def _subject(
     return Subject(role_of(principal), principal_key(principal))
 
 
+def _plan(limiter: RateLimiter, method: str, path: str) -> tuple[Budget, ...] | None:
+    """:func:`budgets_for` of a call, ``None`` for an exempt path; worked out once per route
+    and kept on the limiter (``route_plans``: bounded by the app's routes)."""
+    key = (method, path)
+    plans = limiter.route_plans
+    if key in plans:
+        return plans[key]
+    plan = None if path in limiter.settings.exempt_paths else budgets_for(method, path)
+    if len(plans) < 4096:
+        plans[key] = plan
+    return plan
+
+
 async def enforce_rate_limits(conn: HTTPConnection) -> None:
     """App-wide dependency: take this call's tokens or refuse it (see the module docstring)."""
     limiter = limiter_of(conn)
     if limiter is None:
         return
-    path = _route_path(conn)
-    if path in limiter.settings.exempt_paths:
+    budgets = _plan(limiter, _method(conn), _route_path(conn))
+    if budgets is None:
         return
-    budgets = budgets_for(_method(conn), path)
     if budgets == (Budget.LOGIN,):
         subject = Subject(ANONYMOUS_ROLE, _client_key(conn))
     else:
@@ -192,39 +207,18 @@ async def enforce_rate_limits(conn: HTTPConnection) -> None:
 
 
 class RateLimitMiddleware:
-    """``RateLimit-*`` headers on allowed HTTP responses; the ``ws_messages`` budget.
-
-    Pure ASGI: it reads what :func:`enforce_rate_limits` left in ``scope["state"]``.
-    """
+    """The ``ws_messages`` budget (pure ASGI: it reads the subject :func:`enforce_rate_limits`
+    left in ``scope["state"]``). HTTP passes straight through: the ``RateLimit-*`` headers are
+    added by the security-headers middleware (see the module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "websocket":
+        if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                decision: Decision | None = state.get(STATE_DECISION)
-                if decision is not None:
-                    headers = list(message.get("headers", []))
-                    if not any(name.lower() == b"ratelimit-limit" for name, _ in headers):
-                        headers.extend(
-                            (k.lower().encode("latin-1"), v.encode("latin-1"))
-                            for k, v in decision.headers().items()
-                        )
-                        message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope.get("app")

@@ -15,11 +15,20 @@ Credentials, first found wins:
 A JWT is checked in the event loop (HMAC, microseconds); the user's disabled state and API
 keys come from a per-process cache, and only a cache miss goes to the database in a thread
 (one lookup per credential however many requests missed at once: ``service.lookups``).
+An entry in use is refreshed ahead of its expiry by a background lookup (:func:`refresh_soon`),
+so a busy credential's requests do not all wait for the database when it expires; they are
+still answered from an entry only until its expiry, and a refresh that finds the key revoked
+or the user disabled drops the entry, so the revocation bound stays
+``auth.principal_cache_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
 from functools import partial
+from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
@@ -30,10 +39,15 @@ from callannotate.security import credentials
 from callannotate.security.errors import AuthenticationFailed
 from callannotate.security.principal import Principal
 from callannotate.security.service import AuthService
+from callannotate.security.singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
 
 WS_PROTOCOL_MARKERS = ("bearer", "access_token")
 MAX_TOKEN_LENGTH = 4096
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"sec-websocket-protocol"})
+#: Background refreshes in progress (a reference keeps each task alive until it is done).
+_refreshes: set[asyncio.Task[None]] = set()
 
 
 def _bearer(value: str) -> str:
@@ -110,17 +124,47 @@ async def _principal_from_token(token: str, service: AuthService) -> Principal:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise AuthenticationFailed()
     if credentials.looks_like_api_key(token):
-        cached = service.cached_api_key(token)
+        cached = service.cached_api_key_entry(token)
         if cached is not None:
-            return cached
-        # concurrent misses of one key (cache expiry under load) share one lookup
+            principal, refresh_due = cached
+            if refresh_due:
+                refresh_soon(
+                    service.lookups, ("api_key", token), partial(service.refresh_api_key, token)
+                )
+            return principal
+        # concurrent misses of one key (cache expiry under load) share one lookup, also
+        # with a refresh of it in progress
         return await service.lookups.run(
             ("api_key", token), partial(service.principal_from_api_key, token)
         )
     claims = service.codec.decode(token)
-    principal = service.cached_principal(claims)
-    if principal is None:
-        principal = await service.lookups.run(
+    hit = service.cached_principal(claims)
+    if hit is None:
+        return await service.lookups.run(
             ("jwt", token), partial(service.principal_from_claims, claims)
         )
-    return principal
+    if service.user_refresh_due(claims.subject):
+        refresh_soon(
+            service.user_lookups,
+            ("user", claims.subject),
+            partial(service.refresh_user_state, claims.subject),
+        )
+    return hit
+
+
+def refresh_soon(flight: SingleFlight[Any], key: Hashable, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` through ``flight`` in a background task, unless ``key``'s call is running."""
+    if flight.running(key):
+        return
+    task = asyncio.get_running_loop().create_task(_refresh(flight, key, fn))
+    _refreshes.add(task)
+    task.add_done_callback(_refreshes.discard)
+
+
+async def _refresh(flight: SingleFlight[Any], key: Hashable, fn: Callable[[], Any]) -> None:
+    try:
+        await flight.run(key, fn)
+    except AuthenticationFailed:
+        pass  # the entry was dropped: the credential's next request is refused
+    except Exception:  # the next request after the entry's expiry looks up again
+        log.warning("background refresh of a cached credential failed", exc_info=True)

@@ -98,6 +98,12 @@ class Decision:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return headers
 
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as raw ASGI header pairs (lower-case names)."""
+        return [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers().items()
+        ]
+
 
 class RateLimited(CallAnnotateError):
     """Over a budget: 429 with ``Retry-After`` and ``RateLimit-*`` headers."""
@@ -309,6 +315,8 @@ class RateLimiter:
         self._clock = clock
         self._down_until = 0.0
         self._last_warning = -math.inf
+        #: (method, route template) -> its budgets, ``None`` when exempt (api.ratelimit fills it)
+        self.route_plans: dict[tuple[str, str], tuple[Budget, ...] | None] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:

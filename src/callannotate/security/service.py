@@ -97,6 +97,16 @@ class _Cache:
             return None
         return hit[1]
 
+    def entry(self, key: str) -> tuple[float, object] | None:
+        """``(expiry, value)`` of an unexpired entry, ``None`` otherwise."""
+        hit = self.items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit
+
+    def drop(self, key: str) -> None:
+        self.items.pop(key, None)
+
     def deadline(self, key: str) -> float | None:
         """When the entry of ``key`` expires (``time.monotonic()``), ``None`` without one."""
         hit = self.items.get(key)
@@ -169,6 +179,14 @@ class AuthService:
         self._touched: dict[str, float] = {}
         #: concurrent cache misses of one credential share one database lookup (API only)
         self.lookups: SingleFlight[Principal] = SingleFlight()
+        #: background refreshes of cached user states (see :meth:`user_refresh_due`)
+        self.user_lookups: SingleFlight[object] = SingleFlight()
+        # Bumped by invalidate(): a lookup that read the database before a change made through
+        # this service does not put its (stale) answer back into the cleared caches.
+        self._generation = 0
+        # An entry with less than this left is refreshed ahead (in the background, by the API)
+        # so busy credentials never all miss at once; it still expires at its time.
+        self._refresh_ahead_s = self.auth.principal_cache_s / 2
 
     @property
     def passwords(self) -> Passwords:
@@ -199,6 +217,7 @@ class AuthService:
 
     def invalidate(self) -> None:
         """Forget cached users, keys and clients (after a change)."""
+        self._generation += 1
         self._users.clear()
         self._keys.clear()
         self._clients.clear()
@@ -256,12 +275,28 @@ class AuthService:
         cached = self._users.get(user_id)
         if isinstance(cached, _UserState):
             return cached
+        return self.refresh_user_state(user_id)
+
+    def refresh_user_state(self, user_id: str) -> _UserState | None:
+        """Read the user's state from the database into the cache (``None``: no such user).
+
+        The API calls this ahead of the cached entry's expiry (:meth:`user_refresh_due`): a
+        user disabled meanwhile is refused as soon as the tokens cached from the old state
+        expire, which is never later than that state's own expiry."""
+        generation = self._generation
         user = self.store.get_user(user_id)
         if user is None:
+            self._users.drop(user_id)
             return None
         state = _UserState(user.id, user.username, user.role, user.disabled)
-        self._users.put(user_id, state)
+        if generation == self._generation:
+            self._users.put(user_id, state)
         return state
+
+    def user_refresh_due(self, user_id: str) -> bool:
+        """True when the cached state of ``user_id`` expires within half the cache time."""
+        until = self._users.deadline(user_id)
+        return until is not None and until - time.monotonic() < self._refresh_ahead_s
 
     # ------------------------------------------------------------------ password flow
 
@@ -603,12 +638,37 @@ class AuthService:
             return None
         return hit
 
+    def cached_api_key_entry(self, key: str) -> tuple[Principal, bool] | None:
+        """``(principal, refresh due)`` for ``key`` from the cache, ``None`` on a miss.
+
+        The hot path of every API-key request. A refresh is due when the entry expires
+        within half the cache time or a last-used write is due: the API then runs
+        :meth:`refresh_api_key` in the background and keeps answering from the entry until
+        it expires (never longer: the revocation bound stays ``auth.principal_cache_s``)."""
+        hit = self._keys.entry(credentials.digest(key))
+        if hit is None or not isinstance(hit[1], Principal):
+            return None
+        principal = hit[1]
+        due = hit[0] - time.monotonic() < self._refresh_ahead_s or self._touch_due(
+            principal.credential_id or ""
+        )
+        return principal, due
+
+    def refresh_api_key(self, key: str) -> Principal:
+        """:meth:`principal_from_api_key`; a refused key is dropped from the cache at once."""
+        try:
+            return self.principal_from_api_key(key)
+        except AuthenticationFailed:
+            self._keys.drop(credentials.digest(key))
+            raise
+
     def _touch_due(self, key_id: str) -> bool:
         last = self._touched.get(key_id)
         return last is None or time.monotonic() - last >= self.auth.api_key_touch_interval_s
 
     def principal_from_api_key(self, key: str) -> Principal:
         """The caller of an API key; records the last-used time (at most once a minute)."""
+        generation = self._generation
         prefix = credentials.api_key_prefix(key)
         found = self.store.api_key_by_prefix(prefix) if prefix else None
         if found is None:
@@ -625,7 +685,8 @@ class AuthService:
                 self._touched.clear()
             self._touched[row.id] = time.monotonic()
             self.store.touch_api_key(row.id)
-        self._keys.put(credentials.digest(key), principal)
+        if generation == self._generation:  # no change through this service meanwhile
+            self._keys.put(credentials.digest(key), principal)
         return principal
 
     def has_users(self) -> bool:

@@ -32,6 +32,10 @@ class SingleFlight(Generic[T]):
     def in_flight(self) -> int:
         return len(self._calls)
 
+    def running(self, key: Hashable) -> bool:
+        """Whether a call of ``key`` is in progress."""
+        return key in self._calls
+
     async def run(self, key: Hashable, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker thread, or the result of the same key's call in progress."""
         loop = asyncio.get_running_loop()
