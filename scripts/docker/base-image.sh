@@ -37,6 +37,13 @@ TAG=callannotate-base:$SUITE-$ARCH
 [[ $(id -u) -eq 0 ]] || die "debootstrap needs root"
 docker version >/dev/null 2>&1 ||
   die "no Docker daemon at ${DOCKER_HOST:-the default socket}; run: eval \"\$(scripts/docker/dockerd.sh env)\""
+# one run per architecture at a time: a second one waits, then finds the image
+mkdir -p "$ROOT"
+exec 9>"$ROOT/base-image-$ARCH.lock"
+if ! flock -n 9; then
+  say "waiting for another base-image.sh $ARCH run (lock $ROOT/base-image-$ARCH.lock)"
+  flock 9
+fi
 if [[ ${CALLANNOTATE_BASE_REBUILD:-0} != 1 ]] && docker image inspect "$TAG" >/dev/null 2>&1; then
   say "$TAG exists"
   exit 0

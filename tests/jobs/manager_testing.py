@@ -61,6 +61,17 @@ class Harness:
     async def wait_ready(self) -> None:
         await self.wait(lambda: all(w.ready and w.alive for w in self.manager.workers()))
 
+    async def run_one(self) -> Job:
+        """Start the manager, submit one job once its workers are ready, wait until the job is
+        completed or failed, stop the manager; returns the job as it ended."""
+        await self.manager.start()
+        try:
+            await self.wait_ready()
+            job = self.submit()
+            return await self.wait_state(job.id, JobState.COMPLETED, JobState.FAILED)
+        finally:
+            await self.manager.stop()
+
     async def wait_running(self, job_id: str) -> int:
         """Wait until a worker reports progress on the job; returns that worker's pid."""
         await self.wait(lambda: "job.progress" in self.types(job_id))

