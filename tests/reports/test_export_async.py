@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from reports_sample import completed_job
-from test_report_routes import queue_of, tone_wav
+from test_report_routes import queue_of, queued_job, tone_wav
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 
@@ -28,7 +28,7 @@ from callannotate.api.headers import USER_BYTES
 from callannotate.config import ApiSettings, Settings, WorkerSettings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.light import LightKind, LightState, light_store
-from callannotate.jobs.models import AudioMeta, Job, JobState
+from callannotate.jobs.models import JobState
 from callannotate.pipeline.types import Annotation
 from callannotate.security.envelope import MAGIC
 
@@ -198,24 +198,6 @@ async def test_export_of_a_job_deleted_before_it_ran_fails_with_not_found(
     assert (ended.error_code, ended.status_code) == ("not_found", 404)
 
 
-def _queued_job(queue: FileQueue, tmp_path: Path) -> str:
-    qid = queue.new_job_id()
-    staged = queue.staging_dir() / "up"
-    tone_wav(staged)
-    meta = AudioMeta(
-        filename="q.wav",
-        stored_as="q.wav",
-        size_bytes=1,
-        format="wav",
-        codec="pcm_s16le",
-        sample_rate=8000,
-        channels=1,
-        duration=2.0,
-    )
-    queue.submit(Job(id=qid, owner="local", audio=meta), staged)
-    return qid
-
-
 async def test_errors_answer_at_once_and_store_nothing(
     client: httpx.AsyncClient,
     job_id: str,
@@ -231,7 +213,7 @@ async def test_errors_answer_at_once_and_store_nothing(
         "/jobs/" + "0" * 32 + "/export?format=pdf", headers={"Prefer": "respond-async"}
     )
     assert r.status_code == 404 and r.json()["error"] == "not_found"
-    qid = _queued_job(queue_of(client), tmp_path)
+    qid = queued_job(queue_of(client))
     r = await client.get(f"/jobs/{qid}/export?format=pdf&wait=false")
     assert r.status_code == 409 and r.json()["error"] == "conflict"
     r = await client.get(f"/jobs/{job_id}/export", params={"wait": "maybe"})

@@ -40,6 +40,25 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+def queued_job(queue: FileQueue) -> str:
+    """A job that is still queued (no result yet); returns its id."""
+    qid = queue.new_job_id()
+    staged = queue.staging_dir() / f"up-{qid}"
+    tone_wav(staged)
+    meta = AudioMeta(
+        filename="q.wav",
+        stored_as="q.wav",
+        size_bytes=1,
+        format="wav",
+        codec="pcm_s16le",
+        sample_rate=8000,
+        channels=1,
+        duration=2.0,
+    )
+    queue.submit(Job(id=qid, owner="local", audio=meta), staged)
+    return qid
+
+
 def queue_of(client: httpx.AsyncClient) -> FileQueue:
     queue: FileQueue = client.app.state.queue  # type: ignore[attr-defined]
     return queue
@@ -91,20 +110,7 @@ async def test_export_errors(client: httpx.AsyncClient, job_id: str, tmp_path: P
     assert r.status_code == 404
     # a queued job has no result yet: 409
     queue = queue_of(client)
-    qid = queue.new_job_id()
-    staged = queue.staging_dir() / "up"
-    tone_wav(staged)
-    meta = AudioMeta(
-        filename="q.wav",
-        stored_as="q.wav",
-        size_bytes=1,
-        format="wav",
-        codec="pcm_s16le",
-        sample_rate=8000,
-        channels=1,
-        duration=2.0,
-    )
-    queue.submit(Job(id=qid, owner="local", audio=meta), staged)
+    qid = queued_job(queue)
     r = await client.get(f"/jobs/{qid}/export", params={"format": "pdf"})
     assert r.status_code == 409 and r.json()["error"] == "conflict"
     r = await client.get(f"/jobs/{qid}/report")
