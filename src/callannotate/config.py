@@ -180,6 +180,15 @@ class WorkerSettings(Section):
             "'timeout', its worker keeps serving) before its worker process is killed."
         ),
     )
+    stop_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "On SIGTERM (serve, worker with the local executor): seconds running jobs get to "
+            "finish before they go back to the queue. Keep it below the orchestrator's stop "
+            "timeout (Compose stop_grace_period, Kubernetes terminationGracePeriodSeconds)."
+        ),
+    )
     max_jobs_per_worker: int = Field(
         0,
         ge=0,

@@ -32,6 +32,7 @@ from docker_cli import docker_env as find_docker
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "data" / "diarization" / "callsample" / "sample.wav"
 READY_TIMEOUT_S = 300
+STOP_GRACE_S = "5"  # workers.stop_grace_s of the service container
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
@@ -129,10 +130,16 @@ def start_container(
     started: list[str] = []
 
     def start(
-        image: str, *command: str, platform: str | None = None, health_interval: str = ""
+        image: str,
+        *command: str,
+        platform: str | None = None,
+        health_interval: str = "",
+        env: dict[str, str] | None = None,
     ) -> Container:
         args = ["run", "-d", "--read-only", "--tmpfs", "/tmp:rw,size=256m,mode=1777"]
         args += ["-v", f"{volume}:/data", "--network", network, "--label", "callannotate-test=1"]
+        for name, value in (env or {}).items():
+            args += ["-e", f"{name}={value}"]
         if platform:
             args += ["--platform", platform]
         if health_interval:  # the image's HEALTHCHECK command, run more often
@@ -153,8 +160,12 @@ def service(image: str, start_container: Callable[..., Container]) -> Iterator[C
     """The image's default command (API + one embedded worker, authentication on). Its
     HEALTHCHECK runs every 5 s instead of the image's 15 s (test_image_metadata checks those):
     test_healthcheck_becomes_healthy waits for the first check after /ready, not for the 15th
-    second (each check is a `callannotate healthcheck` of ~3 s, so not more often)."""
-    container = start_container(image, health_interval="5s")
+    second (each check is a `callannotate healthcheck` of ~3 s, so not more often). Running
+    jobs get 5 s after SIGTERM (workers.stop_grace_s) instead of 30 s: the SIGTERM test
+    waits for that grace to run out."""
+    container = start_container(
+        image, health_interval="5s", env={"CALLANNOTATE_WORKERS__STOP_GRACE_S": STOP_GRACE_S}
+    )
     cold = container.wait_http("/ready", READY_TIMEOUT_S)
     print(f"\ncold start (container started -> /ready 200): {cold:.1f} s")
     yield container
@@ -285,12 +296,12 @@ def test_sigterm_returns_running_job_to_queue(
         assert time.monotonic() < deadline, "the job did not start within 120 s"
         time.sleep(0.5)
 
-    # SIGTERM via tini: uvicorn stops, the worker gets its grace period (30 s), then the job
-    # goes back to incoming; well within docker's own 60 s before SIGKILL.
+    # SIGTERM via tini: uvicorn stops, the running job gets workers.stop_grace_s (5 s here),
+    # then it goes back to incoming; well within docker's own 60 s before SIGKILL.
     took, code = service.stop(60)
     print(f"\nstop with a running job: {took:.1f} s, exit code {code}")
     assert code == 0, service.logs()
-    assert took < 50
+    assert float(STOP_GRACE_S) <= took < 30
 
     # The same data volume, the API alone: the job waits in the queue for the next worker.
     api = start_container(image, "callannotate", "serve", "--host", "0.0.0.0", "--no-workers")

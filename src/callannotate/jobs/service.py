@@ -99,7 +99,6 @@ def build_job_service(
     *,
     embedded: bool,
     runner: JobRunner | None = None,
-    grace_s: float = 30.0,
 ) -> JobService:
     """Queue, bus and executor for ``settings``; ``embedded``: run jobs in worker processes
     of this process with ``runner`` (the pipeline by default), else leave them to others."""
@@ -117,7 +116,9 @@ def build_job_service(
             return CeleryExecutor(settings, queue, on_event=publish)
         if not embedded:
             return ExternalExecutor(queue, on_event=publish)
-        manager = QueueManager(queue, settings, job_runner, on_event=publish, grace_s=grace_s)
+        manager = QueueManager(
+            queue, settings, job_runner, on_event=publish, grace_s=settings.workers.stop_grace_s
+        )
         return LocalExecutor(manager)
 
     return JobService(settings, queue, bus, make_executor)
@@ -126,9 +127,9 @@ def build_job_service(
 def run_standalone_worker(settings: Settings, runner: JobRunner | None = None) -> None:
     """``callannotate worker``: a worker pool on the queue folder, no HTTP.
 
-    Exits on SIGTERM/SIGINT: stops taking work, lets running jobs finish within the grace
-    period and returns the others to incoming. A second signal stops at once (running jobs
-    go back to incoming).
+    Exits on SIGTERM/SIGINT: stops taking work, lets running jobs finish within
+    ``workers.stop_grace_s`` and returns the others to incoming. A second signal stops at
+    once (running jobs go back to incoming).
     """
 
     async def main() -> None:
