@@ -15,8 +15,12 @@ What it does, in order (everything on 127.0.0.1, in a temporary data folder):
    uploads of a short WAV, another account's job expecting 404) and WebSocket subscribers
    receiving their account's job events, in the ratio ``--ws-share``;
 5. prints requests/s, p50/p95/p99 and failures per request type next to the targets
-   (0 failures; ``GET /jobs/{id}`` p99 < 50 ms at 200 users on 2 cores), the server's CPU,
-   and stops the server (and worker) by pid, also on failure.
+   (0 failures; ``GET /jobs/{id}`` p99 < 50 ms at 200 users on 2 cores), the server's own
+   duration quantiles per route for the load phase (its ``/metrics`` histogram, scraped before
+   and after with a token of this run), the server's CPU, and stops the server (and worker) by
+   pid, also on failure. With ``--loop-debug-ms N`` it lists the event-loop callbacks of the
+   server that held the loop longer than N ms, with their CPU (finds stalls; the server then
+   runs asyncio's loop, timed, so do not compare that run's latencies).
 
 Rate limits stay on, raised for the load-test accounts (``--rate-limits raised``, the
 default): the default per-user budgets (30 reads/s) are for people, not for one account
@@ -89,6 +93,54 @@ RAISED_BUCKET = '{"burst": 100000, "per_second": 100000}'
 BUDGETS = ("UPLOADS", "READS", "WS_CONNECT", "WS_MESSAGES")
 
 
+METRICS_TOKEN = os.urandom(16).hex()
+# ``--loop-debug-ms``: a sitecustomize.py on the server's PYTHONPATH (benchmark only) that times
+# every callback the event loop runs (asyncio's Handle._run; the server then runs asyncio's own
+# loop instead of uvloop, whose callbacks cannot be timed) and logs those holding the loop
+# longer than the threshold, with the loop thread's CPU time in them: a long callback with
+# little CPU was the thread waiting (for a core, or for the GIL held by a worker thread), not
+# work that a to_thread would move off the loop.
+LOOP_DEBUG_HOOK = """\
+import asyncio.events, sys, time
+
+sys.modules["uvloop"] = None
+_run = asyncio.events.Handle._run
+_limit = {ms} / 1000
+
+
+def _what(handle):
+    task = getattr(handle._callback, "__self__", None)
+    coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None:
+        return f"{{coro.__qualname__}} at {{frame.f_code.co_filename}}:{{frame.f_lineno}}", frame
+    if coro is not None:
+        return getattr(coro, "__qualname__", repr(coro)), None
+    return getattr(handle._callback, "__qualname__", repr(handle._callback)), None
+
+
+def _scope(frame):
+    owner = frame.f_locals.get("self") if frame is not None else None
+    scope = getattr(owner, "scope", None)
+    return f" [{{scope.get('method', 'WS')}} {{scope['path']}}]" if scope else ""
+
+
+def _timed(self):
+    wall, cpu = time.perf_counter(), time.thread_time()
+    what, frame = _what(self)  # before: a task that finishes in this step has no frame after
+    _run(self)
+    wall = time.perf_counter() - wall
+    if wall > _limit:
+        cpu = time.thread_time() - cpu
+        print(f"LOOPDEBUG Executing {{what}}{{_scope(frame)}} took {{wall:.3f}} s "
+              f"cpu {{cpu:.3f}} s",
+              file=sys.stderr, flush=True)
+
+
+asyncio.events.Handle._run = _timed
+"""
+
+
 class SetupError(Exception):
     """The server, the accounts or the seed jobs could not be made ready."""
 
@@ -114,6 +166,12 @@ def server_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         env["CALLANNOTATE_RATE_LIMITS__ENABLED"] = "true"
         for budget in BUDGETS:
             env[f"CALLANNOTATE_RATE_LIMITS__ROLES__USER__{budget}"] = RAISED_BUCKET
+    env["CALLANNOTATE_METRICS__TOKEN"] = METRICS_TOKEN  # server-side durations, see scrape()
+    if args.loop_debug_ms > 0:
+        hook = data_dir.parent / "loop-debug"
+        hook.mkdir(parents=True, exist_ok=True)
+        (hook / "sitecustomize.py").write_text(LOOP_DEBUG_HOOK.format(ms=args.loop_debug_ms))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     if args.worker_process:
         env["CALLANNOTATE_EVENTS__BACKEND"] = "redis"
         env["CALLANNOTATE_EVENTS__REDIS_PREFIX"] = f"load-{os.getpid()}"
@@ -331,6 +389,88 @@ def run_locust(
     return figures, cpu
 
 
+Histograms = dict[tuple[str, str], dict[float, float]]
+
+
+def scrape(url: str) -> Histograms:
+    """The server's ``http_request_duration_seconds`` buckets: {(route, method): {le: count}}."""
+    try:
+        text = httpx.get(
+            url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+        ).text
+    except httpx.HTTPError:
+        return {}
+    out: Histograms = {}
+    for line in text.splitlines():
+        if "_http_request_duration_seconds_bucket{" not in line:
+            continue
+        labels_text, _, value = line.partition("{")[2].rpartition("} ")
+        labels = dict(
+            (k, v.strip('"')) for k, _, v in (p.partition("=") for p in labels_text.split('",'))
+        )
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        out.setdefault((labels["route"], labels["method"]), {})[le] = float(value)
+    return out
+
+
+def server_quantiles(
+    before: Histograms, after: Histograms
+) -> dict[tuple[str, str], tuple[int, list[float]]]:
+    """p50/p95/p99 of the load phase per route (the difference of two scrapes), linear within
+    a bucket; the top bucket's quantiles are its lower bound."""
+    result: dict[tuple[str, str], tuple[int, list[float]]] = {}
+    for key, buckets in after.items():
+        old = before.get(key, {})
+        bounds = sorted(buckets)
+        counts = [buckets[b] - old.get(b, 0.0) for b in bounds]
+        total = counts[-1] if counts else 0
+        if total < 20:
+            continue
+        quantiles = []
+        for q in (0.5, 0.95, 0.99):
+            rank = q * total
+            low, below = 0.0, 0.0
+            for bound, cumulative in zip(bounds, counts, strict=True):
+                if cumulative >= rank:
+                    if bound == float("inf"):
+                        quantiles.append(low)
+                    else:
+                        share = (rank - below) / max(cumulative - below, 1e-9)
+                        quantiles.append(low + share * (bound - low))
+                    break
+                low, below = bound, cumulative
+        result[key] = (int(total), quantiles)
+    return result
+
+
+def slow_callbacks(log: Path, threshold_ms: float) -> None:
+    """Print the loop stalls the hook logged, longest first, grouped by callback (a task's
+    coroutine and where it next suspended)."""
+    stalls: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "LOOPDEBUG Executing" not in line or " took " not in line:
+            continue
+        what, _, took = line.partition("LOOPDEBUG Executing ")[2].rpartition(" took ")
+        parts = took.split()  # "0.123 s cpu 0.004 s"
+        seconds, cpu = float(parts[0]), float(parts[3])
+        key = what.replace("/work/main/", "").strip()[:160]
+        cpus.setdefault(key, []).append(cpu)
+        stalls.setdefault(key, []).append(seconds)
+    total = sum(len(v) for v in stalls.values())
+    print(
+        f"\nloop stalls > {threshold_ms:.0f} ms: {total}, "
+        f"{sum(map(sum, stalls.values())):.2f} s in all, of it loop-thread CPU "
+        f"{sum(map(sum, cpus.values())):.2f} s"
+    )
+    ranked = sorted(stalls.items(), key=lambda kv: -sum(kv[1]))
+    for key, values in ranked[:15]:
+        print(
+            f"  {len(values):5d}x  max {max(values) * 1e3:5.0f} ms  sum "
+            f"{sum(values) * 1e3:6.0f} ms  cpu {sum(cpus[key]) * 1e3:5.0f} ms  {key}"
+        )
+
+
 def parse_seconds(text: str) -> float:
     units = {"h": 3600, "m": 60, "s": 1}
     total, number = 0.0, ""
@@ -412,6 +552,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="raised (default): user budgets 100000/s for the test accounts",
     )
     parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log")
+    parser.add_argument(
+        "--loop-debug-ms",
+        type=float,
+        default=0,
+        help="> 0: time every event-loop callback of the server (asyncio loop instead of "
+        "uvloop) and list those that held the loop longer than this many ms, with their CPU "
+        "(finds stalls; the timing slows the server, so do not compare its latencies)",
+    )
     parser.add_argument("--allow-failures", action="store_true", help="exit 0 despite failures")
     parser.add_argument("--json-out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -506,15 +654,30 @@ def main(argv: list[str] | None = None) -> int:
                     f"REST mix {','.join(f'{k}={v}' for k, v in args.mix_weights.items())}"
                 )
                 api_before, workers_before = procs.cpu_s()
+                server_before = scrape(url)
                 figures, locust_cpu = run_locust(url, plan, folder, args)
+                server_after = scrape(url)
                 api_after, workers_after = procs.cpu_s()
                 api_cpu, workers_cpu = api_after - api_before, workers_after - workers_before
                 procs.check_alive()
+            if args.loop_debug_ms > 0:
+                slow_callbacks(data_dir.parent / "serve.log", args.loop_debug_ms)
         except (SetupError, subprocess.TimeoutExpired) as exc:
             print(f"load test set-up failed: {exc}", file=sys.stderr)
             return 2
     rows, failures = figures["rows"], figures["failures"]
     report(rows, failures, args)
+    server_side = server_quantiles(server_before, server_after)
+    if server_side:
+        print(
+            "\nserver-side (its own histogram, request start to last body byte; excludes time "
+            "queued before the loop reads the request), estimated within buckets:"
+        )
+        for (route, method), (count, q) in sorted(server_side.items()):
+            print(
+                f"  {method} {route:28} {count:7d}  p50 {q[0] * 1e3:6.0f}  p95 "
+                f"{q[1] * 1e3:6.0f}  p99 {q[2] * 1e3:6.0f} ms"
+            )
     seen = {r["name"] for r in rows if r["requests"] > 0}
     missing = [name for name in ALL_NAMES if name not in seen]
     if missing:
