@@ -24,7 +24,6 @@ from callannotate.events.hub import Hub
 from callannotate.events.session import AuthRefused, CloseCode, OwnerLookup, Renew, Session
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.models import Job
-from callannotate.observability.metrics import EVENTS_DROPPED, observe_job_event
 from callannotate.security.errors import AuthenticationFailed
 from callannotate.security.principal import Principal
 from callannotate.security.scopes import READ
@@ -75,31 +74,6 @@ class EventService:
         """Publish a manager/API :class:`JobEvent`; safe from any thread."""
         self.bus.on_job_event(event)
 
-    def publish_and_wait(self, event: JobEvent) -> None:
-        """Publish ``event`` from a worker thread and return once the bus has numbered it
-        (at most ``PUBLISH_WAIT_S``): for an event that must come before what the caller
-        does next. A bus that is down loses the event (logged), never the caller's work."""
-        if not self.started:
-            self.bus.on_job_event(event)  # dropped with a debug line, as before start
-            return
-        observe_job_event(event)
-        draft = self.bus.draft_from_job_event(event)
-
-        async def publish() -> None:
-            with anyio.fail_after(PUBLISH_WAIT_S):
-                await self.bus.publish(draft)
-
-        try:
-            anyio.from_thread.run(publish)
-        except Exception as exc:
-            EVENTS_DROPPED.inc()
-            log.warning(
-                "publishing %s failed: %s",
-                event.type,
-                f"{type(exc).__name__}: {exc}"[:300],
-                extra={"job_id": event.job_id},
-            )
-
     async def owner_of(self, job_id: str) -> str | None:
         try:
             job = await anyio.to_thread.run_sync(self._queue.get, job_id)
@@ -131,7 +105,7 @@ def announce_queued_before_visible(app: FastAPI) -> Callable[[Job], None]:
             owner=job.owner,
             data={"state": job.state.value, "attempts": job.attempts},
         )
-        service.publish_and_wait(event)
+        service.bus.on_job_event_and_wait(event, PUBLISH_WAIT_S)
 
     return announce
 

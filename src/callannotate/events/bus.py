@@ -141,6 +141,36 @@ class EventBus(ABC):
         observe_job_event(event)  # every job event of this process passes here exactly once
         self.publish_threadsafe(self.draft_from_job_event(event))
 
+    def on_job_event_and_wait(self, event: JobEvent, timeout_s: float) -> None:
+        """As :meth:`on_job_event`, but from a thread other than the loop's return only once
+        the event is numbered (at most ``timeout_s``): for an event that must come before what
+        the caller does next. A bus that is down loses the event (logged), never the caller's
+        work."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or threading.get_ident() == self._loop_thread:
+            self.on_job_event(event)  # not started (dropped, as always) or on the loop: queued
+            return
+        observe_job_event(event)
+        draft = self.draft_from_job_event(event)
+        future = asyncio.run_coroutine_threadsafe(self._publish(draft), loop)
+        try:
+            future.result(timeout_s)
+        except Exception as exc:
+            future.cancel()
+            self._dropped(draft, exc)
+
+    def _dropped(self, draft: EventDraft, exc: Exception) -> None:
+        EVENTS_DROPPED.inc()
+        if isinstance(exc, CircuitOpen):  # the bus's dependency is down: logged when it opened
+            log.debug("event %s dropped: circuit open", draft.type)
+            return
+        log.warning(
+            "publishing %s failed: %s",
+            draft.type,
+            f"{type(exc).__name__}: {exc}"[:300],
+            extra={"job_id": draft.job_id},
+        )
+
     def draft_from_job_event(self, event: JobEvent) -> EventDraft:
         data = dict(event.data)
         if event.type == "job.completed":
@@ -161,17 +191,8 @@ class EventBus(ABC):
             draft = await outbox.get()
             try:
                 await self._publish(draft)
-            except CircuitOpen:
-                EVENTS_DROPPED.inc()  # the bus's dependency is down: logged when it opened
-                log.debug("event %s dropped: circuit open", draft.type)
             except Exception as exc:
-                EVENTS_DROPPED.inc()
-                log.warning(
-                    "publishing %s failed: %s",
-                    draft.type,
-                    f"{type(exc).__name__}: {exc}"[:300],
-                    extra={"job_id": draft.job_id},
-                )
+                self._dropped(draft, exc)
             finally:
                 outbox.task_done()
             # A burst must not starve the connections' writers: let them run between events.
