@@ -318,24 +318,10 @@ def tune(args: argparse.Namespace) -> None:
         f"{args.call_slack} points of today and 2 speakers: {len(allowed)}"
     )
     allowed = allowed or combos
-    ami_clips = sorted({e[1] for e in store if e[0] == "ami"})
-
-    def pick(clips: list[str]) -> Setting:
-        return min(
-            allowed,
-            key=lambda c: _err(s for e, s in grid[c].items() if e[0] == "ami" and e[1] in clips),
-        )
-
-    held: dict[Entry, Score] = {}
-    choices: list[str] = []
-    for clip in ami_clips:
-        choice = pick([c for c in ami_clips if c != clip])
-        choices.append(f"{clip}: {'/'.join(map(str, choice))}")
-        for e in every:
-            if e[0] == "ami" and e[1] == clip:
-                held[e] = grid[choice][e] if narrow[e] else before[e]
-    overall = pick(ami_clips)
-    inside = {e: grid[overall][e] if narrow[e] else before[e] for e in every}
+    held, folds, overall, inside = base_tune.leave_one_clip_out(
+        grid, allowed, every, narrow, before
+    )
+    choices = [f"{clip}: {'/'.join(map(str, choice))}" for clip, choice in folds]
     print(f"choice per fold (held-out clip: {'/'.join(NAMES)}):")
     for n in range(0, len(choices), 3):
         print("  " + ", ".join(choices[n : n + 3]))

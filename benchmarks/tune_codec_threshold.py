@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -164,6 +164,7 @@ class Score:
 
 
 Entry = tuple[str, str, str]  # (folder, clip, codec)
+C = TypeVar("C")  # a candidate setting (a tuple of values)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -278,6 +279,42 @@ def _errors(scores: Iterable[Score]) -> float:
     return sum(s.confusion + s.miss + s.fa for s in scores)
 
 
+def leave_one_clip_out(
+    grid: dict[C, dict[Entry, Score]],
+    allowed: list[C],
+    entries: Iterable[Entry],
+    narrow: dict[Entry, bool],
+    before: dict[Entry, Score],
+) -> tuple[dict[Entry, Score], list[tuple[str, C]], C, dict[Entry, Score]]:
+    """Choose among ``allowed`` settings (keys of ``grid``) by leaving one AMI clip out.
+
+    Each fold picks the setting with the least error over the other clips' narrowband runs
+    (ties: the first in grid order) and scores the held-out clip with it; runs that are not
+    narrowband keep their ``before`` score. Returns the held-out scores of the AMI runs, the
+    choice per fold ``(clip, setting)``, the choice on all clips and every entry's score with
+    that choice (the in-sample figures, and the call sample's)."""
+    entries = list(entries)
+    ami_clips = sorted({e[1] for e in entries if e[0] == "ami"})
+
+    def pick(clips: list[str]) -> C:
+        return min(
+            allowed,
+            key=lambda c: _errors(s for e, s in grid[c].items() if e[0] == "ami" and e[1] in clips),
+        )
+
+    held: dict[Entry, Score] = {}
+    folds: list[tuple[str, C]] = []
+    for clip in ami_clips:
+        choice = pick([c for c in ami_clips if c != clip])
+        folds.append((clip, choice))
+        for e in entries:
+            if e[0] == "ami" and e[1] == clip:
+                held[e] = grid[choice][e] if narrow[e] else before[e]
+    overall = pick(ami_clips)
+    inside = {e: grid[overall][e] if narrow[e] else before[e] for e in entries}
+    return held, folds, overall, inside
+
+
 def tune(args: argparse.Namespace) -> None:
     store = load_cache(args.cache_dir)
     if not store:
@@ -317,7 +354,6 @@ def tune(args: argparse.Namespace) -> None:
     for threshold, bias in combos:
         tuned = {**params, "narrowband_threshold": threshold, "narrowband_count_bias": bias}
         grid[(threshold, bias)] = evaluate(store, narrow_entries, tuned, base, score)
-    ami_clips = sorted({e[1] for e in store if e[0] == "ami"})
     # The call sample (itself band-limited: every run of it is narrowband) is a constraint,
     # not a target: combinations that make its WAV worse than --call-limit, or give it the
     # wrong speaker count under any codec, are not candidates.
@@ -334,24 +370,8 @@ def tune(args: argparse.Namespace) -> None:
     print(f"speaker count under every codec: {len(allowed)} of {len(combos)}")
     allowed = allowed or combos
 
-    def pick(clips: list[str]) -> tuple[float, float]:
-        """The allowed combination with the least error over these AMI clips' narrowband
-        runs (ties: the first in grid order)."""
-        return min(
-            allowed,
-            key=lambda c: _errors(s for e, s in grid[c].items() if e[0] == "ami" and e[1] in clips),
-        )
-
-    held: dict[Entry, Score] = {}
-    choices: list[str] = []
-    for clip in ami_clips:
-        choice = pick([c for c in ami_clips if c != clip])
-        choices.append(f"{clip}: {choice[0]:.2f}/{choice[1]:+.2f}")
-        for e in store:
-            if e[0] == "ami" and e[1] == clip:
-                held[e] = grid[choice][e] if narrow[e] else before[e]
-    overall = pick(ami_clips)
-    inside = {e: grid[overall][e] if narrow[e] else before[e] for e in store}
+    held, folds, overall, inside = leave_one_clip_out(grid, allowed, store, narrow, before)
+    choices = [f"{clip}: {choice[0]:.2f}/{choice[1]:+.2f}" for clip, choice in folds]
     print("choice per fold (held-out clip: narrowband_threshold/narrowband_count_bias):")
     for n in range(0, len(choices), 4):
         print("  " + ", ".join(choices[n : n + 4]))
