@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,9 +136,12 @@ async def run_local(args: argparse.Namespace, data: Path) -> float:
         await svc.stop()
 
 
-async def run_celery(args: argparse.Namespace, data: Path) -> float:
-    prefix = f"cabench-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(data, "celery", args, prefix)
+@contextlib.asynccontextmanager
+async def celery_service(
+    settings: Settings, args: argparse.Namespace
+) -> AsyncIterator[tuple[JobService, CeleryExecutor]]:
+    """The API's job service on the Celery executor with a Celery worker of fake jobs,
+    both ready; stopped on exit."""
     svc = build_job_service(settings, embedded=False)
     executor = svc.executor
     assert isinstance(executor, CeleryExecutor)
@@ -147,6 +152,16 @@ async def run_celery(args: argparse.Namespace, data: Path) -> float:
         ):
             while not executor.readiness()[0]:
                 await asyncio.sleep(0.05)
+            yield svc, executor
+    finally:
+        await svc.stop()
+
+
+async def run_celery(args: argparse.Namespace, data: Path) -> float:
+    prefix = f"cabench-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(data, "celery", args, prefix)
+    try:
+        async with celery_service(settings, args) as (svc, executor):
             start = time.monotonic()
             ids = []
             for _ in range(args.jobs):
@@ -175,7 +190,6 @@ async def run_celery(args: argparse.Namespace, data: Path) -> float:
             )
             return per_hour
     finally:
-        await svc.stop()
         cleanup_broker(prefix, args.broker)
 
 
@@ -187,16 +201,8 @@ async def run_broker_restart(args: argparse.Namespace, data: Path, down_s: float
     bench = argparse.Namespace(**{**vars(args), "broker": broker.url})
     settings = settings_for(data, "celery", bench, prefix)
     settings.queue.lease_seconds = 5.0  # the API looks for jobs of lost workers every 5 s
-    svc = build_job_service(settings, embedded=False)
-    executor = svc.executor
-    assert isinstance(executor, CeleryExecutor)
-    await svc.start()
     try:
-        with celery_worker(
-            settings, concurrency=args.concurrency, steps=args.steps, step_s=args.step_s
-        ):
-            while not executor.readiness()[0]:
-                await asyncio.sleep(0.05)
+        async with celery_service(settings, args) as (svc, executor):
             ids = [new_job(svc.queue).id for _ in range(args.jobs)]
             for job_id in ids:
                 executor.submit(job_id)
@@ -225,7 +231,6 @@ async def run_broker_restart(args: argparse.Namespace, data: Path, down_s: float
                 f"processing)"
             )
     finally:
-        await svc.stop()
         broker.kill()
 
 
