@@ -18,11 +18,7 @@ from carddav_servers import (
 from callannotate.contacts.service import ContactsService
 from callannotate.db.engine import Database
 from callannotate.db.migrate import upgrade_database
-from callannotate.db.testing import (
-    postgres_admin_url,
-    postgres_required,
-    temporary_postgres_database,
-)
+from callannotate.db.testing import temporary_postgres_database
 
 
 @pytest.fixture
@@ -54,11 +50,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
         finally:
             database.dispose()
         return
-    admin, reason = postgres_admin_url()
-    if admin is None:
-        if postgres_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    admin: str = request.getfixturevalue("postgres_admin")  # skips, or fails under CI=true
     with temporary_postgres_database(admin) as url:
         database = Database(url)
         upgrade_database(database)

@@ -499,17 +499,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | 
     if request.param == "sqlite":
         yield None
         return
-    from callannotate.db.testing import (
-        postgres_admin_url,
-        postgres_required,
-        temporary_postgres_database,
-    )
+    from callannotate.db.testing import temporary_postgres_database
 
-    admin, reason = postgres_admin_url()
-    if admin is None:
-        if postgres_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    admin: str = request.getfixturevalue("postgres_admin")  # skips, or fails under CI=true
     with temporary_postgres_database(admin) as url:
         yield url
 

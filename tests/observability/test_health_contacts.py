@@ -157,19 +157,10 @@ def test_refused_credentials_are_named(tmp_path: Path, radicale: Radicale) -> No
         db.dispose()
 
 
-def test_accounts_on_postgresql(tmp_path: Path, radicale: Radicale) -> None:
-    from callannotate.db.testing import (
-        postgres_admin_url,
-        postgres_required,
-        temporary_postgres_database,
-    )
+def test_accounts_on_postgresql(tmp_path: Path, radicale: Radicale, postgres_admin: str) -> None:
+    from callannotate.db.testing import temporary_postgres_database
 
-    admin, reason = postgres_admin_url()
-    if admin is None:
-        if postgres_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with temporary_postgres_database(admin) as url:
+    with temporary_postgres_database(postgres_admin) as url:
         settings = settings_for(tmp_path, url)
         db, _ = connect(settings, radicale)
         try:
