@@ -300,7 +300,7 @@ class LightStore:
             if task.state == LightState.QUEUED:
                 out.append((task, False))
             elif task.state == LightState.RUNNING:
-                out.append((task, _lock_free(folder)))
+                out.append((task, lock_free(folder)))
         return out
 
     def pending(self, kinds: Sequence[LightKind] | None = None) -> builtins.list[LightTask]:
@@ -333,9 +333,13 @@ class LightStore:
         return removed
 
 
-def _lock_free(folder: Path) -> bool:
-    """No live process holds the task's lock (its runner, if any, is gone)."""
-    fd = try_lock(folder / LOCK_FILE)
+def lock_free(folder: Path) -> bool:
+    """No live process holds the task's lock (its runner, if any, is gone). A task folder
+    purged meanwhile is not running anywhere, and not orphaned either: ``False``."""
+    try:
+        fd = try_lock(folder / LOCK_FILE)
+    except OSError:
+        return False
     if fd is None:
         return False
     unlock(fd)

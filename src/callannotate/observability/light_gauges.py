@@ -28,14 +28,13 @@ from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from callannotate.jobs.fsutil import try_lock, unlock
 from callannotate.jobs.light import (
-    LOCK_FILE,
     TASK_FILE,
     LightKind,
     LightState,
     LightStore,
     LightTask,
+    lock_free,
 )
 from callannotate.observability.metrics import PREFIX
 
@@ -84,7 +83,7 @@ class LightTally:
         for name, record in records.items():
             row = counts.setdefault(record.kind, dict.fromkeys(STATES, 0))
             if record.state == LightState.RUNNING:
-                row["orphaned" if _lock_free(store, name) else "running"] += 1
+                row["orphaned" if lock_free(store.root / name) else "running"] += 1
             elif record.state == LightState.QUEUED:
                 due = record.not_before is None or record.not_before <= now
                 row["waiting" if due else "delayed"] += 1
@@ -130,18 +129,6 @@ class LightTally:
         for gone in self._cache.keys() - out.keys():
             del self._cache[gone]  # purged tasks: memory stays bounded by the folder
         return out
-
-
-def _lock_free(store: LightStore, name: str) -> bool:
-    """No live process holds the task's lock (its runner died)."""
-    try:
-        fd = try_lock(store.root / name / LOCK_FILE)
-    except OSError:
-        return False  # purged meanwhile: not running anywhere, not orphaned either
-    if fd is None:
-        return False
-    unlock(fd)
-    return True
 
 
 def light_families(tally: LightTally, store: LightStore) -> Iterator[Metric]:
