@@ -12,11 +12,18 @@ it passes ``enabled=False`` itself.
 ``database`` is the relational store on each backend: SQLite always, the local PostgreSQL
 when it answers (one throw-away database per test session, dropped afterwards; every test
 starts from empty tables). Under ``CI=true`` an unreachable PostgreSQL fails the run.
+
+``radicale`` and ``xandikos`` are real CardDAV servers (tests/contacts/carddav_servers.py) for
+the contacts tests and the ``/ready`` contacts probe: bound to 127.0.0.1, a bounded wait for
+them to answer, stopped by their pid; skipped where the server is not installed, or failing
+under ``CI=true``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +38,9 @@ from callannotate.db.testing import (
     postgres_required,
     temporary_postgres_database,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "contacts"))
+from carddav_servers import Radicale, Xandikos, running_radicale, running_xandikos
 
 AUTH_ENV = "CALLANNOTATE_AUTH__ENABLED"
 
@@ -99,3 +109,28 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield db
     finally:
         db.dispose()
+
+
+# ------------------------------------------------------------------ CardDAV servers
+
+
+def _installed_or_skip(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true needs the {module} CardDAV server installed")
+        pytest.skip(f"{module} (a CardDAV server) is not installed")
+
+
+@pytest.fixture
+def radicale(tmp_path: Path) -> Iterator[Radicale]:
+    """Radicale with htpasswd auth and its user's ``contacts`` address book."""
+    _installed_or_skip("radicale")
+    with running_radicale(tmp_path / "radicale") as server:
+        yield server
+
+
+@pytest.fixture
+def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
+    _installed_or_skip("xandikos")
+    with running_xandikos(tmp_path / "xandikos") as server:
+        yield server

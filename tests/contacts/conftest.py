@@ -1,4 +1,5 @@
-"""Fixtures: real Radicale / Xandikos servers, a database, a contacts service."""
+"""Fixtures: either real CardDAV server (``radicale`` / ``xandikos``, tests/conftest.py), a
+database, a contacts service."""
 
 from __future__ import annotations
 
@@ -6,31 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from carddav_servers import (
-    DavServer,
-    Radicale,
-    Xandikos,
-    make_settings,
-    running_radicale,
-    running_xandikos,
-)
+from carddav_servers import DavServer, make_settings
 
 from callannotate.contacts.service import ContactsService
 from callannotate.db.engine import Database
 from callannotate.db.migrate import upgrade_database
 from callannotate.db.testing import temporary_postgres_database
-
-
-@pytest.fixture
-def radicale(tmp_path: Path) -> Iterator[Radicale]:
-    with running_radicale(tmp_path / "radicale") as server:
-        yield server
-
-
-@pytest.fixture
-def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
-    with running_xandikos(tmp_path / "xandikos") as server:
-        yield server
 
 
 @pytest.fixture(params=["radicale", "xandikos"])

@@ -34,6 +34,7 @@ from celery_testing import (
     unique_prefix,
     wait_for_final,
     worker_env,
+    worker_process,
 )
 from queue_testing import new_job
 
@@ -68,30 +69,20 @@ async def service(tmp_path: Path) -> AsyncIterator[JobService]:
 def metrics_worker(
     service: JobService, port: int, tmp: Path, concurrency: int = 2
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """celery_metrics_worker.py serving ``port``; stopped by a warm shutdown (SIGTERM), so the
+    worker's own cleanup (its multiprocess folder in ``tmp``) runs."""
     settings = service.settings
     env = worker_env(settings)
     env["CALLANNOTATE_METRICS__PORT"] = str(port)
     env["TMPDIR"] = str(tmp)  # where the worker makes its multiprocess folder
-    log = settings.data_dir / "worker.log"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER_MAIN), str(concurrency), "0.2"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with worker_process(
+        [sys.executable, str(WORKER_MAIN), str(concurrency), "0.2"],
+        env,
+        settings.data_dir / "worker.log",
+        stop=signal.SIGTERM,
+        stop_timeout_s=30,
+    ) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # warm shutdown: the worker's own cleanup runs
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 def scrape(port: int) -> Samples:
@@ -223,15 +214,13 @@ async def test_cli_worker_metrics_port_flag(service: JobService, tmp_path: Path)
     env["TMPDIR"] = str(tmp_path)
     cmd = callannotate_command()
     log = tmp_path / "cli-worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "worker", "--executor", "celery", "--workers", "1", "--metrics-port", f"{port}"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with worker_process(
+        [*cmd, "worker", "--executor", "celery", "--workers", "1", "--metrics-port", f"{port}"],
+        env,
+        log,
+        stop=signal.SIGTERM,
+        stop_timeout_s=30,
+    ):
         samples = await wait_scrape(port, "callannotate_sla_seconds", 1, kind="queue_wait")
         assert value(samples, "callannotate_jobs_completed_total") == 0
         assert len(list(tmp_path.glob("callannotate-metrics-*"))) == 1
@@ -242,11 +231,4 @@ async def test_cli_worker_metrics_port_flag(service: JobService, tmp_path: Path)
         while not executor.readiness()[0]:
             assert time.monotonic() < deadline, log.read_text(errors="replace")
             await asyncio.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
     assert not list(tmp_path.glob("callannotate-metrics-*")), log.read_text(errors="replace")

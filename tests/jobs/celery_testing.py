@@ -79,6 +79,35 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def worker_process(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    *,
+    stop: signal.Signals = signal.SIGQUIT,
+    stop_timeout_s: float = 15.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker subprocess in its own session, its output in ``log``. On exit, if still
+    running, it gets ``stop`` by its pid (``SIGQUIT``: cold shutdown; ``SIGTERM``: warm, the
+    worker's own cleanup runs), and its process group a SIGKILL after ``stop_timeout_s``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(stop)
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@contextlib.contextmanager
 def celery_worker(
     settings: Settings,
     *,
@@ -90,35 +119,15 @@ def celery_worker(
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery worker`` subprocess (prefork) running the fake SleepRunner;
-    ``queues``: ``heavy``, ``light`` or both (default); ``env``: more variables."""
-    log = settings.data_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER_MAIN),
-                str(concurrency),
-                str(steps),
-                str(step_s),
-                queues,
-                runner,
-            ],
-            env={**worker_env(settings), **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    ``queues``: ``heavy``, ``light`` or both (default); ``env``: more variables. Stopped by a
+    cold shutdown (SIGQUIT): the jobs of a test are done."""
+    argv = [sys.executable, str(WORKER_MAIN), str(concurrency), str(steps), str(step_s)]
+    with worker_process(
+        [*argv, queues, runner],
+        {**worker_env(settings), **(env or {})},
+        settings.data_dir / f"worker-{uuid.uuid4().hex[:6]}.log",
+    ) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)  # cold shutdown: the jobs of a test are done
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 def wait_for_final(queue: FileQueue, job_ids: list[str], timeout: float = 40.0) -> None:

@@ -24,21 +24,9 @@ from callannotate.observability.health import dependency_outcomes, is_failing
 from callannotate.security.secrets import seal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contacts"))
-from carddav_servers import DavServer, Radicale, Xandikos, running_radicale, running_xandikos
+from carddav_servers import DavServer, Radicale
 
 OWNER = "owner-1"
-
-
-@pytest.fixture
-def radicale(tmp_path: Path) -> Iterator[Radicale]:
-    with running_radicale(tmp_path / "radicale") as server:
-        yield server
-
-
-@pytest.fixture
-def xandikos(tmp_path: Path) -> Iterator[Xandikos]:
-    with running_xandikos(tmp_path / "xandikos") as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

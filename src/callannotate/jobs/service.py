@@ -53,7 +53,7 @@ class JobService:
         self.queue = queue
         self.bus = bus
         self.executor: Executor = make_executor(queue, self.publish)
-        # light work (callbacks, asynchronous enrollment): Celery's light queue, or this
+        # light work (callbacks, asynchronous enrollment and exports): Celery's light queue, or this
         # process's light lane (docs/scale-out.md "Queues and priority")
         send_light = getattr(self.executor, "send_light", None)
         self.handoff: Callable[[str], None] | None = send_light if callable(send_light) else None

@@ -45,8 +45,8 @@ class QueuesBody(BaseModel):
     executor: str
     queue: FileQueueStats = Field(description="The file queue (every executor keeps jobs there).")
     light: list[LightKindStats] = Field(
-        description="Light tasks (asynchronous enrollments, callback deliveries) not finished, "
-        "per kind; every executor keeps them in the data folder."
+        description="Light tasks (asynchronous enrollments and exports, callback deliveries) "
+        "not finished, per kind; every executor keeps them in the data folder."
     )
     broker: BrokerStats | None = Field(
         None, description="The Celery queues in Redis (executor celery only)."

@@ -621,8 +621,9 @@ class CeleryExecutor(ExternalExecutor):
             self._unsent.discard(job_id)
 
     def send_light(self, task_id: str) -> None:
-        """Publish a light task id (asynchronous enrollment, callback delivery) on the light
-        queue; a failure is logged and the task sent again by the light lane's maintenance."""
+        """Publish a light task id (asynchronous enrollment or export, callback delivery) on
+        the light queue; a failure is logged and the task sent again by the light lane's
+        maintenance."""
         _send_light(self.app, self.settings, task_id)
 
     def _resend(self) -> None:
