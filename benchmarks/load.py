@@ -7,7 +7,8 @@ What it does, in order (everything on 127.0.0.1, in a temporary data folder):
 2. starts ``callannotate serve`` on a free port with authentication on (the default) and
    ``--workers`` embedded workers, or ``serve --no-workers`` plus a separate
    ``callannotate worker`` process (``--worker-process``; events then go through the Redis
-   on 127.0.0.1:6379), and waits for ``/ready``;
+   on 127.0.0.1:6379), with ``--processes N`` as ``serve --processes N --no-workers``, and
+   waits for ``/ready``;
 3. uploads ``--completed`` jobs per account and waits until they are completed, so result
    downloads have something to download;
 4. runs locust (``benchmarks/locustfile.py``) headless for ``--run-time`` with ``--users``
@@ -172,7 +173,7 @@ def server_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         hook.mkdir(parents=True, exist_ok=True)
         (hook / "sitecustomize.py").write_text(LOOP_DEBUG_HOOK.format(ms=args.loop_debug_ms))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    if args.worker_process:
+    if args.worker_process:  # and with --processes > 1, which needs it
         env["CALLANNOTATE_EVENTS__BACKEND"] = "redis"
         env["CALLANNOTATE_EVENTS__REDIS_PREFIX"] = f"load-{os.getpid()}"
     return env
@@ -213,6 +214,8 @@ class Service:
 
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    #: The server's children are API processes too (``serve --processes N --no-workers``).
+    api_tree: bool = False
 
     def start(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -228,15 +231,16 @@ class Service:
         return process
 
     def cpu_s(self) -> tuple[float, float]:
-        """CPU seconds used so far: (the API process, every worker process)."""
+        """CPU seconds used so far: (the API process(es), every worker process)."""
         api = workers = 0.0
         for process in self.processes:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(process.pid)
+                server = process is self.processes[0]
                 for p in [proc, *proc.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         times = p.cpu_times()
-                        if p.pid == self.processes[0].pid:
+                        if server and (self.api_tree or p.pid == process.pid):
                             api += times.user + times.system
                         else:
                             workers += times.user + times.system
@@ -272,9 +276,11 @@ def service(
     url = f"http://127.0.0.1:{port}"
     serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
     serve += ["--no-workers"] if args.worker_process else ["--workers", str(args.workers)]
+    if args.processes > 1:
+        serve += ["--processes", str(args.processes)]
     if not args.access_log:
         serve.append("--no-access-log")
-    procs = Service()
+    procs = Service(api_tree=args.processes > 1)
     try:
         server = procs.start(serve, env, data_dir.parent / "serve.log")
         print(f"server: pid {server.pid}, callannotate {' '.join(serve)}")
@@ -546,6 +552,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve --no-workers plus a separate `callannotate worker` (events over Redis)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="API processes (serve --processes N); > 1 implies --worker-process, so the "
+        "server's process tree is API processes only (its CPU is the API's)",
+    )
+    parser.add_argument(
         "--rate-limits",
         choices=("raised", "default", "off"),
         default="raised",
@@ -582,7 +595,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--mix: at least one weight must be above 0")
     if not 0 <= args.ws_share < 1:
         parser.error("--ws-share must be in [0, 1)")
-    for name in ("users", "accounts", "completed", "workers"):
+    if args.processes > 1:
+        args.worker_process = True
+    for name in ("users", "accounts", "completed", "workers", "processes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     try:

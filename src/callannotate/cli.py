@@ -81,6 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from callannotate.api.app import create_app
+    from callannotate.api.processes import processes_refusal, run_processes
     from callannotate.api.protocol import HTTP_PROTOCOL
     from callannotate.api.routes.stream import WS_MAX_FRAME_BYTES, WS_MAX_QUEUE
     from callannotate.api.tls import TlsConfigError, uvicorn_tls_options
@@ -92,6 +93,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         api__port=args.port,
         workers__concurrency=args.workers,
         api__embedded_workers=False if args.no_workers else None,
+        api__processes=args.processes,
         api__ssl_certfile=args.ssl_certfile,
         api__ssl_keyfile=args.ssl_keyfile,
     )
@@ -99,16 +101,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls = uvicorn_tls_options(settings.api)  # checked before anything starts
     except TlsConfigError as exc:
         raise CliError(exc.detail) from exc
-    refusal = bind_refusal(settings)  # auth off: loopback only
+    refusal = bind_refusal(settings) or processes_refusal(settings)  # auth off: loopback only
     if refusal is not None:
         raise CliError(refusal)
     configure_logging(settings.log)
     has_users = prepare_store(settings)  # migrations run on start
     if settings.auth.enabled and not has_users:
         print(f"callannotate: {FIRST_ADMIN_HINT}", file=sys.stderr)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
+    options: dict[str, Any] = dict(
         host=settings.api.host,
         port=settings.api.port,
         log_config=None,
@@ -121,6 +121,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         http=HTTP_PROTOCOL,  # uvicorn's own 400s carry the JSON error body too
         **tls,
     )
+    if settings.api.processes > 1:
+        run_processes(settings, create_app, options, args.grace)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 
@@ -418,6 +422,12 @@ def add_parser(subparsers: Any) -> None:
         "--no-workers",
         action="store_true",
         help="API only; run `callannotate worker` separately (CALLANNOTATE_API__EMBEDDED_WORKERS)",
+    )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="HTTP server processes sharing the port; > 1 needs events.backend=redis "
+        "(CALLANNOTATE_API__PROCESSES)",
     )
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.add_argument(

@@ -85,6 +85,16 @@ class ApiSettings(Section):
     embedded_workers: bool = Field(
         True, description="Run the QueueManager and its worker processes inside `serve`."
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "HTTP server processes of `serve` sharing its port (one event loop uses one core). "
+            "More than 1 needs events.backend 'redis'; embedded workers, the metrics port and "
+            "the built-in alerts stay in the first process."
+        ),
+    )
     ws_compression: bool = Field(
         False,
         description=(
@@ -217,8 +227,9 @@ class JobsSettings(Section):
         2,
         ge=1,
         description=(
-            "Executor 'local': light tasks (asynchronous enrollment) run at once in up to this "
-            "many threads of the API / `callannotate worker` process, never behind jobs."
+            "Executor 'local': light tasks accepted with 202 (enrollment, export) run at once in "
+            "up to this many threads of the API / `callannotate worker` process, never behind "
+            "jobs. Callback deliveries run as asyncio tasks on that process's loop, outside it."
         ),
     )
     visibility_margin_s: float = Field(

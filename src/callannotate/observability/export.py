@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from callannotate.config import MetricsSettings, Settings
 from callannotate.jobs.executors.base import Executor
@@ -22,6 +22,7 @@ from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.jobs.light import light_store
 from callannotate.observability.collector import Source, install, uninstall
+from callannotate.observability.metrics import exposition_registry
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,11 @@ log = logging.getLogger(__name__)
 class MetricsListener:
     """The separate metrics listener (``metrics.port``), stopped with :meth:`stop`."""
 
-    def __init__(self, settings: MetricsSettings, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self, settings: MetricsSettings, registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = settings
-        self.registry = registry
+        self.registry = registry  # None: what GET /metrics serves (metrics.exposition_registry)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -42,8 +45,9 @@ class MetricsListener:
     def start(self) -> None:
         if not self.settings.port or self._server is not None:
             return
+        registry = self.registry or exposition_registry()
         self._server, self._thread = start_http_server(
-            self.settings.port, addr=self.settings.host, registry=self.registry
+            self.settings.port, addr=self.settings.host, registry=registry
         )
         log.info(
             "metrics listener started",

@@ -36,7 +36,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -392,12 +400,27 @@ def observe_stream_latency(seconds: float) -> None:
     STREAM_LATENCY.observe(max(0.0, seconds))
 
 
+_exposition: CollectorRegistry = REGISTRY
+
+
+def use_exposition_registry(registry: CollectorRegistry) -> None:
+    """Serve ``registry`` at ``GET /metrics`` and on the metrics port instead of the default
+    one (several API processes: their merged totals, :mod:`~.multiproc`)."""
+    global _exposition
+    _exposition = registry
+
+
+def exposition_registry() -> CollectorRegistry:
+    return _exposition
+
+
 def render() -> bytes:
-    """The text exposition of every metric of this process."""
-    return generate_latest(REGISTRY)
+    """The text exposition of every metric of this process (of every API process sharing
+    its port, with ``api.processes`` > 1)."""
+    return generate_latest(_exposition)
 
 
-def _own_metrics() -> list[MetricWrapperBase]:
+def own_metrics() -> list[MetricWrapperBase]:
     """The metric objects of this module (Info excepted: it has no value to store)."""
     return [
         m
@@ -415,7 +438,7 @@ def recreate_values() -> None:
     (``_labelnames``, ``_metrics``, ``_metric_init``), pinned in pyproject.toml and covered by
     tests/observability/test_multiproc.py.
     """
-    for metric in _own_metrics():
+    for metric in own_metrics():
         if metric._labelnames:
             with metric._lock:
                 keys = list(metric._metrics)

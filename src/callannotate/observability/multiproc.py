@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, values
+from prometheus_client import REGISTRY, CollectorRegistry, values
 from prometheus_client.core import InfoMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -49,7 +49,12 @@ from callannotate import __version__
 from callannotate.config import MetricsSettings
 from callannotate.observability.collector import sla_family
 from callannotate.observability.export import MetricsListener
-from callannotate.observability.metrics import PREFIX, recreate_values
+from callannotate.observability.metrics import (
+    PREFIX,
+    own_metrics,
+    recreate_values,
+    use_exposition_registry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,23 +186,64 @@ class WorkerCollector(Collector):
         yield sla_family(self.settings)
 
     def _merged(self) -> list[Metric]:
-        """The files of every process, merged (counters and histograms summed).
+        return merged_files(self.folder)
 
-        A child that is starting creates its files empty and sizes them a moment later; such
-        a file holds nothing yet and is left out (prometheus-client would fail the scrape).
-        """
-        for attempt in range(3):
-            files = []
-            for path in sorted(self.folder.glob("*.db")):
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_size >= _HEADER_BYTES:
-                        files.append(str(path))
-            try:
-                return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
-            except (struct.error, RuntimeError):
-                if attempt == 2:
-                    raise
-        return []  # pragma: no cover - unreachable
+
+def merged_files(folder: Path) -> list[Metric]:
+    """The files of every process in ``folder``, merged (counters and histograms summed).
+
+    A process that is starting creates its files empty and sizes them a moment later; such
+    a file holds nothing yet and is left out (prometheus-client would fail the scrape).
+    """
+    for attempt in range(3):
+        files = []
+        for path in sorted(folder.glob("*.db")):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size >= _HEADER_BYTES:
+                    files.append(str(path))
+        try:
+            return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+        except (struct.error, RuntimeError, FileNotFoundError):
+            if attempt == 2:
+                raise
+    return []  # pragma: no cover - unreachable
+
+
+class ApiProcessesCollector(Collector):
+    """What any of several API processes serves (``api.processes`` > 1): the merged files of
+    all of them, plus everything of the default registry that is not a file-backed metric
+    (the scrape-time service gauges, the build version, the SLA targets, this process's
+    ``process_*``).
+
+    Unlike a Celery worker's scrape it never compacts: several processes scrape at once, and
+    API processes are not replaced all the time (a restarted one leaves a few small files).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            sweep_dead(self.folder)
+        except OSError:  # another process removed them first
+            log.debug("sweeping the metrics files of ended processes failed", exc_info=True)
+        yield from merged_files(self.folder)
+        own = {id(m) for m in own_metrics()}
+        for collector in list(REGISTRY._collector_to_names):  # pinned prometheus-client
+            if id(collector) not in own:
+                yield from collector.collect()
+
+
+def serve_merged(folder: Path) -> None:
+    """Count this process's metrics into ``folder`` (and its spawned children's, through the
+    environment) and serve the merged totals of every process counting there."""
+    enable(folder)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ApiProcessesCollector(folder))
+    use_exposition_registry(registry)
 
 
 def _child_exit(**_: Any) -> None:
