@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from callannotate.api import uploads
 from callannotate.api.app import create_app
 from callannotate.api.uploads import (
     FORM_OVERHEAD,
@@ -629,3 +632,165 @@ def test_cli_refuses_an_empty_step_list(steps: str) -> None:
     )
     with pytest.raises(CliError, match="steps"):
         _annotate_options(args)
+
+
+# ------------------------------------------------------------- staging off the event loop
+
+# File-system audit events (sys.addaudithook) that must not happen on the event loop's thread
+# while an upload is staged, queued or discarded (issue 21). os.write, os.close and stat raise
+# no audit event; they come with the open and flock seen here.
+FS_EVENTS = frozenset(
+    {"open", "fcntl.flock", "os.remove", "os.chmod", "os.mkdir", "os.rename", "os.scandir"}
+)
+_watch: dict[str, Any] = {"thread": None, "seen": []}
+
+
+def _fs_audit(event: str, args: tuple[Any, ...]) -> None:
+    if event in FS_EVENTS and threading.get_ident() == _watch["thread"]:
+        _watch["seen"].append((event, args))
+
+
+@contextlib.contextmanager
+def loop_fs_calls() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    """The file-system calls made on this thread (the event loop's) inside the block."""
+    if not getattr(_fs_audit, "installed", False):  # a hook stays for the process: one, idle
+        sys.addaudithook(_fs_audit)
+        _fs_audit.installed = True  # type: ignore[attr-defined]
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    _watch.update(thread=threading.get_ident(), seen=seen)
+    try:
+        yield seen
+    finally:
+        _watch.update(thread=None, seen=[])
+
+
+async def test_staging_makes_no_file_system_call_on_the_event_loop(
+    client: httpx.AsyncClient, audio_dir: Path, leftovers: Leftovers
+) -> None:
+    """Issue 21: creating and locking the .part, the encrypted writes, the vault look-up, the
+    unlock after queueing and the discard of a refused upload all run in worker threads."""
+    wav = (audio_dir / "tone.wav").read_bytes()
+    text = (audio_dir / "text.wav").read_bytes()
+    await client.post("/jobs", files={"file": ("a.wav", wav)})  # first use: key ring, folders
+    with loop_fs_calls() as seen:
+        accepted = await client.post("/jobs", files={"file": ("a.wav", wav)})
+        refused = await client.post("/jobs", files={"file": ("t.wav", text)})
+    assert accepted.status_code == 202, accepted.text
+    assert_error(refused, 422, "invalid_audio")
+    assert seen == []
+    assert all(p.startswith("incoming/") for p in leftovers())
+
+
+async def test_large_upload_is_staged_in_bounded_slices(
+    settings: Settings,
+    audio_dir: Path,
+    leftovers: Leftovers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parsed bytes are written a slice at a time, each in one thread hop: never more
+    than a slice and a received chunk in memory, still encrypted as they stream."""
+    slice_bytes, piece = 64 * 1024, 16 * 1024
+    monkeypatch.setattr(uploads, "SLICE_BYTES", slice_bytes)
+    hops: list[tuple[int, bool]] = []  # (bytes held when staging, on the loop thread)
+    stage = uploads._Receiver.stage
+    loop_thread = threading.get_ident()
+
+    def counted(receiver: uploads._Receiver) -> None:
+        hops.append((receiver.pending, threading.get_ident() == loop_thread))
+        stage(receiver)
+
+    monkeypatch.setattr(uploads._Receiver, "stage", counted)
+    settings.api.max_upload_bytes = 1024 * 1024
+    app = create_app(settings)
+    payload = (audio_dir / "big.wav").read_bytes()
+    boundary = "sl1ces"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.wav"\r\n\r\n'
+        ).encode()
+        for i in range(0, len(payload), piece):
+            yield payload[i : i + piece]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post(
+            "/jobs",
+            content=body(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert response.status_code == 202, response.text
+    assert len(hops) >= len(payload) // (slice_bytes + piece)
+    assert max(held for held, _ in hops) <= slice_bytes + piece
+    assert not any(on_loop for _, on_loop in hops)
+    queue: FileQueue = app.state.queue
+    stored = queue.audio_path(response.json()["id"])
+    assert stored.read_bytes().startswith(b"\x89CAE")
+    assert queue.vault is not None and queue.vault.read_bytes(stored) == payload
+    assert all(p.startswith("incoming/") for p in leftovers())
+
+
+@pytest.mark.parametrize("ending", ["disconnect", "stall", "cancel"])
+async def test_upload_ended_after_staged_slices_leaves_nothing(
+    settings: Settings,
+    audio_dir: Path,
+    leftovers: Leftovers,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    """Slices already on disk (0600, locked: the cleaner keeps them) are removed when the
+    client goes away, stalls (408) or the request is cancelled (server shutting down)."""
+    monkeypatch.setattr(uploads, "SLICE_BYTES", 4096)
+    settings.api.body_idle_timeout_s = 0.5
+    app = create_app(settings)
+    staging = settings.queue_dir / "staging"
+    boundary = "3nd1ng"
+    wav = (audio_dir / "tone.wav").read_bytes()
+    messages: list[dict[str, Any]] = [
+        {
+            "type": "http.request",
+            "body": (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="a.wav"\r\n\r\n'
+            ).encode()
+            + wav[:8000],
+            "more_body": True,
+        },
+        {"type": "http.request", "body": wav[8000:16000], "more_body": True},
+    ]
+    on_disk: list[tuple[list[str], int]] = []
+    stopped = anyio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        if not on_disk:
+            parts = sorted(staging.glob("*.part"))
+            modes = [oct(stat.S_IMODE(p.stat().st_mode)) for p in parts]
+            on_disk.append((modes, clean_stale_parts(staging)))
+        stopped.set()
+        if ending == "disconnect":
+            return {"type": "http.disconnect"}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _asgi_scope(
+        "/jobs", [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
+    )
+    with anyio.fail_after(30):  # a safety net for the broken case, not a speed limit
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, scope, receive, send)
+            await stopped.wait()
+            if ending == "cancel":
+                tg.cancel_scope.cancel()
+    assert on_disk == [(["0o600"], 0)]  # staged, private, and the cleaner left it alone
+    assert leftovers() == []
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    if ending == "stall":
+        assert statuses == [408]
+    assert 500 not in statuses

@@ -14,6 +14,13 @@ remove, at start-up and from time to time, exactly the partial uploads no live p
 Given a :class:`~callannotate.security.atrest.Vault` with encryption on, each file part is
 encrypted as it streams in (chunked AES-256-GCM): the recording is never on disk in the clear,
 not even in staging. ``StagedFile.size`` counts the plaintext bytes.
+
+No file-system call runs on the event loop (issue 21): the parser's callbacks only count and
+collect the parts' bytes; every :data:`SLICE_BYTES` of them, and at the end of the body, one
+worker thread hop creates and locks the ``.part`` files, sets up the encrypting writers, writes
+the slice and completes the finished parts (a 96 kB upload is one hop). At most one slice plus
+one received chunk is held in memory. Discarding staged files on failure also runs in a
+thread (shielded from cancellation).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -60,6 +67,8 @@ MAX_FIELD_BYTES = 64 * 1024
 # Bytes of multipart framing and form fields allowed on top of the file in Content-Length.
 FORM_OVERHEAD = MAX_FIELDS * 512 + 4 * MAX_FIELD_BYTES
 MAX_FILENAME_CHARS = 120
+# Parsed file bytes collected on the event loop before one thread hop writes them.
+SLICE_BYTES = 512 * 1024
 
 
 class RequestTimeout(CallAnnotateError):
@@ -198,19 +207,38 @@ class StagedUpload:
             staged.discard()
 
 
+@dataclass
+class _Part:
+    """A file part as parsed on the loop; staged (created, locked, written) in a thread."""
+
+    filename: str
+    content_type: str | None
+    size: int = 0
+    pending: bytearray = field(default_factory=bytearray)  # parsed, not yet written
+    ended: bool = False
+    staged: StagedFile | None = None
+
+
 class _Receiver:
-    """Callbacks for the push parser; writes file parts to ``staging``."""
+    """Callbacks for the push parser (no file-system calls: those are in :meth:`stage`)."""
 
     def __init__(
-        self, staging: Path, max_bytes: int, max_files: int, vault: Vault | None = None
+        self,
+        staging: Path,
+        max_bytes: int,
+        max_files: int,
+        vault: Vault | Callable[[], Vault] | None = None,
     ) -> None:
         self.staging = staging
-        self.vault = vault
+        self._vault = vault
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.upload = StagedUpload()
-        self._current: StagedFile | None = None
-        self._pending = bytearray()
+        self._parts: list[_Part] = []
+        self._current: _Part | None = None
+        self._size = 0  # file bytes parsed, all parts
+        self.pending = 0  # file bytes parsed and not yet written, all parts
+        self._prepared = False
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
@@ -219,7 +247,7 @@ class _Receiver:
         self._field_count = 0
         self.finished = False
 
-    # parser callbacks -------------------------------------------------------------
+    # parser callbacks (on the event loop) -------------------------------------------
     def on_part_begin(self) -> None:
         self._headers = {}
         self._part_name = None
@@ -253,7 +281,7 @@ class _Receiver:
                 raise Unprocessable(
                     f"unexpected file field {name[:64]!r}; send the audio as '{FILE_FIELD}'"
                 )
-            if len(self.upload.files) >= self.max_files:
+            if len(self._parts) >= self.max_files:
                 raise Unprocessable(
                     "send exactly one file per upload"
                     if self.max_files == 1
@@ -262,26 +290,22 @@ class _Receiver:
             raw = options.get(b"filename", b"").decode("utf-8", "replace")
             check_filename(raw)
             ctype = self._headers.get(b"content-type")
-            path, fd = open_part(self.staging)
-            self._current = StagedFile(
-                path=path,
-                fd=fd,
+            self._current = _Part(
                 filename=safe_filename(raw),
                 content_type=ctype.decode("latin-1") if ctype else None,
             )
-            self.upload.files.append(self._current)
-            if self.vault is not None and self.vault.enabled:
-                sink = os.fdopen(fd, "wb", closefd=False)  # the fd stays open: it holds the lock
-                self._current.sink = self.vault.wrap_writer(sink)
+            self._parts.append(self._current)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is not None:
             self._current.size += end - start
-            if self.upload.size > self.max_bytes:
+            self._size += end - start
+            if self._size > self.max_bytes:
                 raise PayloadTooLarge(
                     f"the upload is larger than the limit of {self.max_bytes} bytes"
                 )
-            self._pending += data[start:end]
+            self._current.pending += memoryview(data)[start:end]
+            self.pending += end - start
         else:
             self._field_data += data[start:end]
             if len(self._field_data) > MAX_FIELD_BYTES:
@@ -291,8 +315,7 @@ class _Receiver:
 
     def on_part_end(self) -> None:
         if self._current is not None:
-            self.flush()
-            self._current.finish()
+            self._current.ended = True
             self._current = None
         elif self._part_name is not None:
             if self._part_name in self.upload.fields:
@@ -305,15 +328,57 @@ class _Receiver:
     def on_end(self) -> None:
         self.finished = True
 
-    # file handling ----------------------------------------------------------------
-    def flush(self) -> None:
-        if self._current is not None and self._pending:
-            self._current.write(self._pending)
-            self._pending.clear()
+    # file handling (in a worker thread; the request task waits) ----------------------
+    def has_work(self) -> bool:
+        """Bytes to write, or a part not yet created or not yet completed."""
+        return any(
+            part.staged is None or part.pending or (part.ended and part.staged.sink is not None)
+            for part in self._parts
+        )
 
-    def abort(self) -> None:
-        self._current = None
+    def stage(self) -> None:
+        """Create and lock the new parts' files, write the collected bytes, complete the
+        parts that ended. Runs in a worker thread while the request task waits for it, so
+        the parser never touches the parts meanwhile."""
+        if not self._prepared:
+            private_dir(self.staging)
+            _clean_now_and_then(self.staging)
+            if callable(self._vault):
+                self._vault = self._vault()
+            self._prepared = True
+        vault = self._vault
+        assert not callable(vault)
+        for part in self._parts:
+            staged = part.staged
+            if staged is None:
+                path, fd = open_part(self.staging)
+                staged = part.staged = StagedFile(
+                    path=path, fd=fd, filename=part.filename, content_type=part.content_type
+                )
+                self.upload.files.append(staged)  # discarded from here on any failure
+                if vault is not None and vault.enabled:
+                    sink = os.fdopen(fd, "wb", closefd=False)  # the fd stays open: the lock
+                    staged.sink = vault.wrap_writer(sink)
+            if part.pending:
+                staged.write(part.pending)
+                staged.size += len(part.pending)
+                self.pending -= len(part.pending)
+                part.pending = bytearray()
+            if part.ended:
+                staged.finish()
+
+    def discard(self) -> None:
+        """Delete what was staged and drop the locks (in a worker thread)."""
+        self._parts.clear()
+        self.pending = 0
         self.upload.discard()
+
+
+async def discard_upload(upload: StagedUpload) -> None:
+    """:meth:`StagedUpload.discard` in a worker thread, shielded: it runs to the end even
+    when the request is being cancelled (client gone, server shutting down)."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(upload.discard)
 
 
 def check_content_type(request: Request) -> bytes:
@@ -368,20 +433,20 @@ async def receive_upload(
     *,
     idle_timeout_s: float = 30.0,
     max_files: int = 1,
-    vault: Vault | None = None,
+    vault: Vault | Callable[[], Vault] | None = None,
 ) -> StagedUpload:
     """Stream the multipart body: file parts into ``staging``, the fields into a dict.
 
     ``max_bytes`` bounds all file parts together. Raises a domain error (and leaves nothing
     in ``staging``) on any problem. The caller owns the returned staged files: it must
     :meth:`StagedUpload.release` them once moved into a job, or
-    :meth:`StagedUpload.discard` them. With ``vault`` (encryption on) the files are staged
-    encrypted.
+    :meth:`StagedUpload.discard` them (from a worker thread, or :func:`discard_upload`).
+    With ``vault`` (encryption on) the files are staged encrypted; a callable is called in
+    the worker thread on first use (``vault_for`` resolves a path: no file system on the
+    loop).
     """
     boundary = check_content_type(request)
     check_content_length(request, max_bytes)
-    private_dir(staging)
-    _clean_now_and_then(staging)
     receiver = _Receiver(staging, max_bytes, max_files, vault)
     callbacks: MultipartCallbacks = {
         "on_part_begin": receiver.on_part_begin,
@@ -398,17 +463,26 @@ async def receive_upload(
         async for chunk in _chunks(request, idle_timeout_s):
             if chunk:
                 parser.write(chunk)
-                receiver.flush()
+                if receiver.pending >= SLICE_BYTES:
+                    await anyio.to_thread.run_sync(receiver.stage)
         parser.finalize()
         if not receiver.finished:
             raise BadRequest("the multipart body is incomplete (no closing boundary)")
+        if receiver.has_work():
+            await anyio.to_thread.run_sync(receiver.stage)
     except MultipartParseError as exc:
-        receiver.abort()
+        await _abort(receiver)
         raise BadRequest(f"malformed multipart body: {str(exc)[:200]}") from exc
     except BaseException:  # includes ClientDisconnect and cancellation
-        receiver.abort()
+        await _abort(receiver)
         raise
     return receiver.upload
+
+
+async def _abort(receiver: _Receiver) -> None:
+    if receiver.upload.files:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(receiver.discard)
 
 
 def clean_stale_parts(staging: Path) -> int:

@@ -11,6 +11,7 @@ quality figures are stored, never the audio.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, WritePrincipal, visible_job
 from callannotate.api.errors import error_responses
 from callannotate.api.prefer import wants_async
-from callannotate.api.uploads import StagedUpload, receive_upload
+from callannotate.api.uploads import StagedUpload, discard_upload, receive_upload
 from callannotate.config import Settings
 from callannotate.errors import (
     InvalidAudio,
@@ -129,7 +130,7 @@ async def _receive_samples(
         settings.api.max_upload_bytes,
         idle_timeout_s=settings.api.body_idle_timeout_s,
         max_files=MAX_FILES,
-        vault=vault_for(settings),
+        vault=partial(vault_for, settings),  # resolved in the staging thread
     )
     try:
         unknown = sorted(set(upload.fields) - set(FORM_FIELDS))
@@ -148,9 +149,9 @@ async def _receive_samples(
         if not upload.files:
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
         staged = [(f.path, f.filename) for f in upload.files]
-        await anyio.to_thread.run_sync(_check_samples, staged, vault_for(settings))
+        await anyio.to_thread.run_sync(lambda: _check_samples(staged, vault_for(settings)))
     except BaseException:
-        upload.discard()
+        await discard_upload(upload)
         raise
     return upload, fields
 
@@ -165,7 +166,7 @@ async def _read_samples(
         service = await anyio.to_thread.run_sync(voice_service, settings)
         samples = await anyio.to_thread.run_sync(service.samples_from_files, staged)
     finally:
-        upload.discard()
+        await discard_upload(upload)
     return samples, fields
 
 
@@ -253,7 +254,7 @@ async def _enroll_later(
             lambda: store.create(LightKind.ENROLL, params, owner=principal.id, files=files)
         )
     finally:
-        upload.discard()  # the samples were moved into the task (or are dropped)
+        await discard_upload(upload)  # the samples were moved into the task (or are dropped)
     return await _accepted(request, task)
 
 

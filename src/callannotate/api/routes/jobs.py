@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Annotated, Any, get_origin
 
 import anyio
@@ -20,7 +21,7 @@ from callannotate.api.deps import (
 )
 from callannotate.api.errors import error_responses
 from callannotate.api.schemas import JobPage
-from callannotate.api.uploads import FILE_FIELD, StagedUpload, receive_upload
+from callannotate.api.uploads import FILE_FIELD, StagedUpload, discard_upload, receive_upload
 from callannotate.api.ws import announce_queued_before_visible
 from callannotate.errors import InvalidAudio, NotFound, Unprocessable
 from callannotate.jobs.callback_targets import check_callback_url
@@ -260,7 +261,7 @@ async def submit_job(
             queue.staging_dir(),
             settings.api.max_upload_bytes,
             idle_timeout_s=settings.api.body_idle_timeout_s,
-            vault=vault_for(settings),
+            vault=partial(vault_for, settings),  # resolved in the staging thread
         )
         options, callback = parse_options(upload.fields)
         job_priority = parse_priority(upload.fields.get("priority"), priority)
@@ -273,8 +274,10 @@ async def submit_job(
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
         if staged.size == 0:
             raise InvalidAudio("the uploaded file is empty (0 bytes)")
-        job = await anyio.to_thread.run_sync(
-            lambda: new_job(
+        staged_upload = upload
+
+        def queue_job() -> Job:
+            queued = new_job(
                 queue,
                 settings,
                 staged_path=staged.path,
@@ -287,14 +290,16 @@ async def submit_job(
                 priority=job_priority,
                 before_visible=announce_queued_before_visible(request.app),
             )
-        )
+            staged_upload.release()  # moved into the job: unlock and close here, not on the loop
+            return queued
+
+        job = await anyio.to_thread.run_sync(queue_job)
     except BaseException as exc:
         if upload is not None:
-            upload.discard()
+            await discard_upload(upload)
         if isinstance(exc, Exception):
             logger.info("upload refused: %s", getattr(exc, "detail", type(exc).__name__))
         raise
-    upload.release()
     with job_context(job.id):
         logger.info(
             "job accepted",
