@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -122,9 +123,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         **tls,
     )
     if settings.api.processes > 1:
-        run_processes(settings, create_app, options, args.grace)
+        run_processes(settings, partial(create_app, freeze_gc=True), options, args.grace)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, freeze_gc=True), **options)
     return 0
 
 

@@ -100,7 +100,7 @@ def _serve_extra(
 
     serve_merged(Path(folder))
     configure_logging(settings.log)
-    app = create_app(settings)
+    app = create_app(settings, freeze_gc=True)
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
 
