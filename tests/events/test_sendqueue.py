@@ -162,3 +162,15 @@ def test_clear_drops_everything() -> None:
     queue.offer(progress("p", 1))
     queue.clear()
     assert len(queue) == 0 and queue.pop() is None
+
+
+def test_truth_is_whether_anything_is_queued_parked_or_in_overflow() -> None:
+    queue = SendQueue(1, full_timeout_s=10)
+    assert not queue
+    queue.offer(progress("a", 1))
+    assert queue and len(queue) == 1
+    queue.offer(progress("b", 2))  # parked
+    queue.offer(event("c", 3))  # overflow
+    assert queue.pop() is not None and len(queue) == 2 and queue
+    queue.clear()
+    assert not queue and len(queue) == 0

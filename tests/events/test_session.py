@@ -489,3 +489,30 @@ async def test_message_limits_are_configurable(env: Any) -> None:
     sock.send({"type": "ping", "id": [[1]]})  # depth 3 > 2
     await asyncio.wait_for(task, 3)
     assert sock.closed is not None and sock.closed[0] == CloseCode.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["idle: sent by publish", "queued"])
+async def test_all_forgets_a_job_after_its_final_event_but_not_one_watched_by_id(
+    env: Any, blocked: bool
+) -> None:
+    bus, _, open_session = env
+    sock, session, _ = await open_session()
+    sock.send({"type": "subscribe", "all": True, "jobs": ["job-b"]})
+    await sock.next_of("subscribed")
+    await asyncio.sleep(0.05)  # the writer sent job-b's (empty) replay and is idle
+    if blocked:  # the frames go through the send queue and the writer
+        sock.unblocked.clear()
+        publish(bus, "job-b", "job.queued")
+        await asyncio.sleep(0.01)
+    for job in ("job-a", "job-b"):
+        publish(bus, job, percent=50)
+        publish(bus, job, "job.completed")
+    if blocked:
+        assert len(session.queue) == 4
+        sock.unblocked.set()
+    await sock.wait(lambda: len(sock.events()) == (5 if blocked else 4))
+    assert [e["type"] for e in sock.events("job-a")] == ["job.progress", "job.completed"]
+    # job-a came through "all" only: its sequence number is forgotten once it ended ...
+    assert "job-a" not in session._sent
+    # ... job-b is watched by id, so it is kept (a retry continues from there)
+    assert session._sent["job-b"] == sock.events("job-b")[-1]["seq"]

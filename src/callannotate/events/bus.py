@@ -196,7 +196,9 @@ class EventBus(ABC):
             finally:
                 outbox.task_done()
             # A burst must not starve the connections' writers: let them run between events.
-            await asyncio.sleep(0)
+            # With nothing more queued, ``get`` above suspends anyway: no extra loop turn.
+            if not outbox.empty():
+                await asyncio.sleep(0)
 
     # -- backend ---------------------------------------------------------------------------------
     @abstractmethod

@@ -77,6 +77,10 @@ class BusEvent:
     def coalescible(self) -> bool:
         return self.type in COALESCIBLE_TYPES
 
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
     @classmethod
     def build(cls, draft: EventDraft, seq: int) -> BusEvent:
         return cls(

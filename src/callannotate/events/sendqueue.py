@@ -28,14 +28,16 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One queued text frame. ``job_id``/``seq`` are set for job events; ``replay`` marks a
-    request to send the job's buffered events (fetched when the writer reaches it)."""
+    """One queued text frame. ``job_id``/``seq`` are set for job events (``terminal``: a
+    ``job.completed``/``job.failed``); ``replay`` marks a request to send the job's buffered
+    events (fetched when the writer reaches it)."""
 
     text: str
     job_id: str | None = None
     seq: int = 0
     coalescible: bool = False
     replay: bool = False
+    terminal: bool = False
 
 
 class SendQueue:
@@ -61,6 +63,10 @@ class SendQueue:
 
     def __len__(self) -> int:
         return len(self._items) + len(self._overflow) + len(self._parked)
+
+    def __bool__(self) -> bool:
+        # asked once per event per connection (is it idle?): no sum of three lengths
+        return bool(self._items or self._overflow or self._parked)
 
     @property
     def full(self) -> bool:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from callannotate.config import EventSettings
 from callannotate.events.hub import Hub
 from callannotate.events.limits import InvalidPayload, MessageTooBig, parse_message
-from callannotate.events.models import TERMINAL_TYPES, BusEvent, Replay, iso_ts
+from callannotate.events.models import BusEvent, Replay, iso_ts
 from callannotate.events.sendqueue import Outgoing, SendQueue
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,12 @@ class Session:
             # sent, so this frame cannot overtake another.
             if self._claim(event.job_id, event.seq):
                 self._send_now(event.wire)
-                self._after_event(event.job_id, event.wire)
+                if event.terminal:
+                    self._after_terminal(event.job_id)
             return
-        item = Outgoing(event.wire, event.job_id, event.seq, event.coalescible)
+        item = Outgoing(
+            event.wire, event.job_id, event.seq, event.coalescible, terminal=event.terminal
+        )
         if not self.queue.offer(item):
             self.request_close(
                 CloseCode.TRY_AGAIN_LATER,
@@ -514,13 +517,13 @@ class Session:
 
     def _claim(self, job_id: str, seq: int) -> bool:
         """Whether event ``seq`` of ``job_id`` is to be sent; if so, record it as sent."""
-        if not self._wanted(job_id) or seq <= self._sent.get(job_id, 0):
+        if not (self.all_jobs or job_id in self.jobs) or seq <= self._sent.get(job_id, 0):
             return False
         self._sent[job_id] = seq
         return True
 
-    def _after_event(self, job_id: str, wire: str) -> None:
-        if job_id not in self.jobs and _is_terminal(wire):
+    def _after_terminal(self, job_id: str) -> None:
+        if job_id not in self.jobs:
             # Seen through "all": forget it so the map does not grow with every job ever run.
             self._sent.pop(job_id, None)
 
@@ -529,7 +532,8 @@ class Session:
         assert job_id is not None
         if self._claim(job_id, item.seq):
             await self._send(item.text)
-            self._after_event(job_id, item.text)
+            if item.terminal:
+                self._after_terminal(job_id)
 
     async def _fetch_replay(self, job_id: str, after: int) -> Replay | None:
         try:
@@ -644,8 +648,3 @@ async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
 
 def _iso_unix(ts: float | None) -> str | None:
     return None if ts is None else iso_ts(datetime.fromtimestamp(ts, UTC))
-
-
-def _is_terminal(wire: str) -> bool:
-    # The wire form starts with {"type":"job.completed", ...}: cheap check without parsing.
-    return any(wire.startswith(f'{{"type":"{kind}"') for kind in TERMINAL_TYPES)
