@@ -88,15 +88,19 @@ class MetricsMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted_route: str | None = None
+        frames: Any = None  # the connection's frame counter child, looked up once
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal accepted_route
+            nonlocal accepted_route, frames
             kind = message["type"]
             await send(message)
             if kind == "websocket.send":
-                WS_FRAMES.labels(accepted_route or route_template(scope)).inc()
+                if frames is None:
+                    frames = WS_FRAMES.labels(accepted_route or route_template(scope))
+                frames.inc()
             elif kind == "websocket.accept":
                 accepted_route = route_template(scope)
+                frames = WS_FRAMES.labels(accepted_route)
                 WS_ACCEPTED.labels(accepted_route).inc()
                 WS_CONNECTIONS.labels(accepted_route).inc()
             elif kind == "websocket.close":
