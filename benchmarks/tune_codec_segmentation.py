@@ -77,6 +77,27 @@ Entry = base_tune.Entry
 Score = base_tune.Score
 
 
+def allowed_by_call(
+    grid: dict[Any, dict[Entry, Score]],
+    candidates: list[Any],
+    before: dict[Entry, Score],
+    args: argparse.Namespace,
+) -> list[Any]:
+    """The candidates that keep every call-sample run within ``args.call_slack`` DER points of
+    today (``before``) and at its true speaker count (all of them with ``--no-call-check``)."""
+    call_before = {e: s for e, s in before.items() if e[0] == "callsample"}
+    return [
+        c
+        for c in candidates
+        if args.no_call_check
+        or all(
+            _der([s])[0] <= _der([call_before[e]])[0] + args.call_slack and s.speakers == s.truth
+            for e, s in grid[c].items()
+            if e[0] == "callsample"
+        )
+    ]
+
+
 def build(args: argparse.Namespace) -> None:
     settings = Settings()
     params = step_config(settings, "diarize")
@@ -299,17 +320,7 @@ def tune(args: argparse.Namespace) -> None:
             print(
                 f"  [{n + 1}/{len(combos)}] {combo}: AMI narrowband {_der(ami)[0]:.2f}; call {call}"
             )
-    call_before = {e: s for e, s in before.items() if e[0] == "callsample"}
-    allowed = [
-        c
-        for c in combos
-        if args.no_call_check
-        or all(
-            _der([s])[0] <= _der([call_before[e]])[0] + args.call_slack and s.speakers == s.truth
-            for e, s in grid[c].items()
-            if e[0] == "callsample"
-        )
-    ]
+    allowed = allowed_by_call(grid, combos, before, args)
     print(
         f"cache: {args.cache_dir} ({len(store)} clip/codec runs, {len(narrow_entries)} narrowband)"
     )

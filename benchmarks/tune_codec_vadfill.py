@@ -89,6 +89,7 @@ from typing import Any
 
 import numpy as np
 
+import tune_codec_segmentation as seg_tune
 import tune_codec_threshold as base_tune
 from callannotate.config import Settings
 from callannotate.pipeline.diarization import Diarizer
@@ -326,17 +327,7 @@ def tune(args: argparse.Namespace) -> None:
                 f"(miss {miss:.1f} fa {fa:.1f} conf {conf:.1f}); call {call}",
                 flush=True,
             )
-    call_before = {e: s for e, s in before.items() if e[0] == "callsample"}
-    allowed = [
-        c
-        for c in combos
-        if args.no_call_check
-        or all(
-            _der([s])[0] <= _der([call_before[e]])[0] + args.call_slack and s.speakers == s.truth
-            for e, s in grid[c].items()
-            if e[0] == "callsample"
-        )
-    ]
+    allowed = seg_tune.allowed_by_call(grid, combos, before, args)
     print(f"cache: {args.cache_dir} ({len(store)} runs, {len(narrow_entries)} narrowband)")
     print(
         f"candidates (fill/vad_threshold/reach_s/floor): {len(combos)}; keeping every "
@@ -427,8 +418,6 @@ def build_noise(args: argparse.Namespace) -> None:
     """segmentation-3.0's powerset log-probabilities of every narrowband run with its empty
     4.2-8 kHz band filled with white noise (``tune_codec_segmentation.seg_input``), one
     file per level and seed."""
-    import tune_codec_segmentation as seg_tune
-
     store = base_tune.load_cache(args.cache_dir)
     settings = Settings()
     base = Diarizer(step_config(settings, "diarize"), settings.model_cache, threads=args.threads)
@@ -449,7 +438,6 @@ def build_noise(args: argparse.Namespace) -> None:
 def noise_average(args: argparse.Namespace) -> None:
     """Leave-one-clip-out choice among: no change, or segmentation-3.0 fed K noise-filled
     copies (seeds 0..K-1) with its powerset probabilities averaged (deterministic)."""
-    import tune_codec_segmentation as seg_tune
     from callannotate.pipeline.diarization.segmentation import (
         WindowSegmentation,
         powerset_to_multilabel,
@@ -522,17 +510,7 @@ def noise_average(args: argparse.Namespace) -> None:
         )
     # Candidates: the K copies from seed 0 (the other seed sets only show the spread).
     averaged = ["none", *(k for k in kinds if "avg" in k and "@" not in k)]
-    call_before = {e: s for e, s in before.items() if e[0] == "callsample"}
-    allowed = [
-        k
-        for k in averaged
-        if args.no_call_check
-        or all(
-            _der([s])[0] <= _der([call_before[e]])[0] + args.call_slack and s.speakers == s.truth
-            for e, s in grid[k].items()
-            if e[0] == "callsample"
-        )
-    ]
+    allowed = seg_tune.allowed_by_call(grid, averaged, before, args)
     print(f"candidates (averaged copies only): {averaged}; allowed by the call: {allowed}")
     held, folds, overall, inside = base_tune.leave_one_clip_out(
         grid, allowed or averaged, every, narrow, before
