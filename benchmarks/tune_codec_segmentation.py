@@ -77,6 +77,18 @@ Entry = base_tune.Entry
 Score = base_tune.Score
 
 
+def baseline_diarizer(threads: int) -> tuple[Settings, dict[str, Any], Diarizer]:
+    """Today's settings, the diarize step's parameters without the narrowband overrides (the
+    tuning runs set them per candidate), and a loaded ``Diarizer`` on those parameters."""
+    settings = Settings()
+    params = step_config(settings, "diarize")
+    for key in ("narrowband_threshold", "narrowband_count_bias"):
+        params.pop(key, None)
+    base = Diarizer(params, settings.model_cache, threads=threads)
+    base.ensure_loaded()
+    return settings, params, base
+
+
 def allowed_by_call(
     grid: dict[Any, dict[Entry, Score]],
     candidates: list[Any],
@@ -274,12 +286,7 @@ def tune(args: argparse.Namespace) -> None:
     store = base_tune.load_cache(args.cache_dir)
     if not store:
         sys.exit(f"no cache in {args.cache_dir}: run with --build first")
-    settings = Settings()
-    params = step_config(settings, "diarize")
-    for key in ("narrowband_threshold", "narrowband_count_bias"):
-        params.pop(key, None)
-    base = Diarizer(params, settings.model_cache, threads=args.threads)
-    base.ensure_loaded()
+    _settings, params, base = baseline_diarizer(args.threads)
     score = base_tune.scorer(args)
     memo: dict[Any, Any] = {}
     codec_names = sorted({e[2] for e in store}, key=lambda c: (c != "wav", c))

@@ -265,12 +265,7 @@ def tune(args: argparse.Namespace) -> None:
     store = base_tune.load_cache(args.cache_dir)
     if not store:
         sys.exit(f"no cache in {args.cache_dir}: run tune_codec_segmentation.py --build first")
-    settings = Settings()
-    params = step_config(settings, "diarize")
-    for key in ("narrowband_threshold", "narrowband_count_bias"):
-        params.pop(key, None)
-    base = Diarizer(params, settings.model_cache, threads=args.threads)
-    base.ensure_loaded()
+    settings, params, base = seg_tune.baseline_diarizer(args.threads)
     by_key = {base_tune._key(c.signal): c for c in store.values()}
     diarizer = base_tune.cached_diarizer(params, settings.model_cache, by_key, base)
     score = base_tune.scorer(args)
@@ -444,12 +439,7 @@ def noise_average(args: argparse.Namespace) -> None:
     )
 
     store = base_tune.load_cache(args.cache_dir)
-    settings = Settings()
-    params = step_config(settings, "diarize")
-    for key in ("narrowband_threshold", "narrowband_count_bias"):
-        params.pop(key, None)
-    base = Diarizer(params, settings.model_cache, threads=args.threads)
-    base.ensure_loaded()
+    _settings, params, base = seg_tune.baseline_diarizer(args.threads)
     score = base_tune.scorer(args)
     every = sorted(store)
     narrow = {e: base.narrowband(store[e].signal) for e in every}
