@@ -402,32 +402,16 @@ def test_job_json_round_trips(audio_dir: Path) -> None:
     assert json.loads(body.model_dump_json()) == {"error": "e", "detail": "d", "request_id": "r"}
 
 
-async def test_client_disconnect_mid_upload_leaves_nothing(
-    app: FastAPI, audio_dir: Path, leftovers: Leftovers
-) -> None:
-    """The client goes away half-way through the file: the staged part is removed."""
-    boundary = "disc0nnect"
-    head = (
+def _file_head(boundary: str) -> bytes:
+    """The start of a multipart body: the ``file`` field's headers (its bytes follow)."""
+    return (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
     ).encode()
-    messages: list[dict[str, Any]] = [
-        {"type": "http.request", "body": head, "more_body": True},
-        {
-            "type": "http.request",
-            "body": (audio_dir / "tone.wav").read_bytes()[:8000],
-            "more_body": True,
-        },
-        {"type": "http.disconnect"},
-    ]
-    sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
+def _upload_scope(boundary: str) -> dict[str, Any]:
+    """The ASGI scope of a multipart ``POST /jobs`` (driven by hand, message by message)."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -442,7 +426,37 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
         "server": ("127.0.0.1", 80),
         "state": {},
     }
-    await app(scope, receive, send)
+
+
+class _Sent(list[dict[str, Any]]):
+    """An ASGI ``send`` that keeps every message the app sent."""
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.append(message)
+
+
+async def test_client_disconnect_mid_upload_leaves_nothing(
+    app: FastAPI, audio_dir: Path, leftovers: Leftovers
+) -> None:
+    """The client goes away half-way through the file: the staged part is removed."""
+    boundary = "disc0nnect"
+    head = _file_head(boundary)
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": head, "more_body": True},
+        {
+            "type": "http.request",
+            "body": (audio_dir / "tone.wav").read_bytes()[:8000],
+            "more_body": True,
+        },
+        {"type": "http.disconnect"},
+    ]
+    sent = _Sent()
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = _upload_scope(boundary)
+    await app(scope, receive, sent)
     assert leftovers() == []
     assert not any(m["type"] == "http.response.start" and m["status"] == 500 for m in sent)
 
@@ -503,24 +517,6 @@ async def test_startup_removes_the_partial_upload_of_a_killed_api(
             proc.wait(timeout=30)
 
 
-def _asgi_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "state": {},
-    }
-
-
 async def test_stalled_upload_times_out_with_408(
     settings: Settings, audio_dir: Path, leftovers: Leftovers
 ) -> None:
@@ -528,12 +524,10 @@ async def test_stalled_upload_times_out_with_408(
     settings.api.body_idle_timeout_s = 0.5
     app = create_app(settings)
     boundary = "st4ll"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-    ).encode() + (audio_dir / "tone.wav").read_bytes()[:4000]
+    head = _file_head(boundary) + (audio_dir / "tone.wav").read_bytes()[:4000]
     first = [{"type": "http.request", "body": head, "more_body": True}]
     stalled = anyio.Event()
-    sent: list[dict[str, Any]] = []
+    sent = _Sent()
 
     async def receive() -> dict[str, Any]:
         if first:
@@ -542,14 +536,9 @@ async def test_stalled_upload_times_out_with_408(
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = _asgi_scope(
-        "/jobs", [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
-    )
+    scope = _upload_scope(boundary)
     with anyio.fail_after(30):  # a safety net for the broken case, not a speed limit
-        await app(scope, receive, send)
+        await app(scope, receive, sent)
     assert stalled.is_set()
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 408
@@ -750,18 +739,14 @@ async def test_upload_ended_after_staged_slices_leaves_nothing(
     messages: list[dict[str, Any]] = [
         {
             "type": "http.request",
-            "body": (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                'filename="a.wav"\r\n\r\n'
-            ).encode()
-            + wav[:8000],
+            "body": _file_head(boundary) + wav[:8000],
             "more_body": True,
         },
         {"type": "http.request", "body": wav[8000:16000], "more_body": True},
     ]
     on_disk: list[tuple[list[str], int]] = []
     stopped = anyio.Event()
-    sent: list[dict[str, Any]] = []
+    sent = _Sent()
 
     async def receive() -> dict[str, Any]:
         if messages:
@@ -776,15 +761,10 @@ async def test_upload_ended_after_staged_slices_leaves_nothing(
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = _asgi_scope(
-        "/jobs", [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
-    )
+    scope = _upload_scope(boundary)
     with anyio.fail_after(30):  # a safety net for the broken case, not a speed limit
         async with anyio.create_task_group() as tg:
-            tg.start_soon(app, scope, receive, send)
+            tg.start_soon(app, scope, receive, sent)
             await stopped.wait()
             if ending == "cancel":
                 tg.cancel_scope.cancel()
