@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
-from queue_testing_local import submit_and_claim
+from queue_testing_local import submit, submit_and_claim
 
 from callannotate.config import AlertSettings, MetricsSettings, QueueSettings, Settings
 from callannotate.jobs.callbacks import SIGNATURE_HEADER, verify_signature
 from callannotate.jobs.events import JobEvent
 from callannotate.jobs.filequeue import FileQueue
-from callannotate.jobs.models import AudioMeta, Job, JobState
+from callannotate.jobs.models import Job, JobState
 from callannotate.jobs.service import JobService, build_job_service
 from callannotate.observability.alerts.conditions import Conditions
 from callannotate.observability.alerts.watcher import AlertWatcher, build_watcher
@@ -142,30 +141,6 @@ def receivers(receiver: Receiver, mailbox: Mailbox, certs: Certs) -> dict[str, A
         "backoff_initial_s": 0.05,
         "backoff_max_s": 0.2,
     }
-
-
-def submit(queue: FileQueue, *, waited_s: float = 0.0) -> Job:
-    """Queue one job, submitted ``waited_s`` seconds ago."""
-    job_id = queue.new_job_id()
-    staged = queue.staging_dir() / f"upload-{job_id}"
-    staged.write_bytes(b"RIFF")
-    meta = AudioMeta(
-        filename="call.wav",
-        stored_as="audio.wav",
-        size_bytes=4,
-        format="wav",
-        codec="pcm_s16le",
-        sample_rate=16000,
-        channels=1,
-        duration=1.0,
-    )
-    job = queue.submit(Job(id=job_id, owner="u1", audio=meta), staged)
-    if waited_s:  # the queue stamps created_at itself: age the stored record
-        job_json = queue.job_dir(job.id) / "job.json"
-        raw = json.loads(job_json.read_text())
-        raw["created_at"] = (datetime.now(UTC) - timedelta(seconds=waited_s)).isoformat()
-        job_json.write_text(json.dumps(raw))
-    return job
 
 
 def fail_one(jobs: JobService) -> None:
@@ -305,7 +280,7 @@ async def test_conditions_read_from_a_real_queue(tmp_path: Path) -> None:
     lease = json.loads(lock.read_text())
     lease["expires_at"] = "2000-01-01T00:00:00+00:00"
     lock.write_text(json.dumps(lease))
-    waiting = submit(queue, waited_s=120)  # queued for longer than the 60 s SLA
+    waiting = submit(queue, created_at=time.time() - 120)  # queued for longer than the 60 s SLA
     for _ in range(2):
         with contextlib.suppress(ConnectionError), breaker.guard("account-1"):
             raise ConnectionError("CardDAV server down")
@@ -527,7 +502,7 @@ async def test_a_restarted_watcher_neither_repeats_nor_loses_the_recovery(
         store_url,
     )
     clock = Clock()
-    waiting = submit(jobs.queue, waited_s=120)  # over the 60 s queue-wait SLA
+    waiting = submit(jobs.queue, created_at=time.time() - 120)  # over the 60 s queue-wait SLA
 
     async def run(*advance: float) -> list[tuple[str, str, int]]:
         """A new watcher (a process start): checks after each advance of the clock."""
@@ -575,7 +550,7 @@ async def test_watchers_of_several_processes_share_the_state(
         for _ in range(2)
     )
     try:
-        waiting = submit(jobs.queue, waited_s=120)
+        waiting = submit(jobs.queue, created_at=time.time() - 120)
         assert [n.alert for n in await one.check()] == ["queue_wait_sla"]
         assert await two.check() == []  # open already: announced once for both
         assert two.firing == ["queue_wait_sla"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import wave
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import av
 import numpy as np
 import pytest
 
@@ -24,7 +22,6 @@ from callannotate.pipeline.asr.streaming import (
 )
 from callannotate.pipeline.asr.transcription import Transcriber, WhisperEngine
 from callannotate.pipeline.audio.decode import decode
-from callannotate.pipeline.audio.stream_decode import ContainerDecoder, PcmDecoder
 from callannotate.pipeline.types import Float32Array, Word
 
 SR = 16000
@@ -199,56 +196,6 @@ def test_push_after_finish_fails() -> None:
     stream.finish()
     with pytest.raises(RuntimeError):
         stream.push(np.zeros(100, dtype=np.float32))
-
-
-# ------------------------------------------------------------------ audio decoders
-
-
-def test_pcm_decoder_handles_split_samples() -> None:
-    pcm = np.array([0, 16384, -32768, 32767], dtype="<i2").tobytes()
-    dec = PcmDecoder()
-    out = np.concatenate([dec.feed(pcm[:3]), dec.feed(pcm[3:])])
-    np.testing.assert_allclose(out, [0.0, 0.5, -1.0, 32767 / 32768])
-
-
-def _webm_tone(seconds: float = 2.0) -> bytes:
-    rate = 48000
-    t = np.arange(int(rate * seconds)) / rate
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="webm") as out:
-        stream = out.add_stream("libopus", rate=rate, layout="mono")
-        for i in range(0, tone.shape[0], 960):
-            chunk = np.zeros(960, dtype=np.float32)
-            part = tone[i : i + 960]
-            chunk[: part.shape[0]] = part
-            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
-
-
-def test_webm_opus_stream_decodes_incrementally() -> None:
-    data = _webm_tone(2.0)
-    dec = ContainerDecoder("webm")
-    parts = [dec.feed(data[i : i + 1000]) for i in range(0, len(data), 1000)]
-    parts.append(dec.close())
-    samples = np.concatenate(parts)
-    assert dec.error is None
-    assert samples.shape[0] == pytest.approx(2 * SR, abs=0.05 * SR)
-    assert 0.15 < float(np.sqrt(np.mean(samples[SR // 2 : SR] ** 2))) < 0.25
-
-
-def test_garbage_container_reports_error() -> None:
-    from callannotate.errors import InvalidAudio
-
-    dec = ContainerDecoder("webm")
-    dec.feed(b"this is not webm" * 100)
-    with pytest.raises(InvalidAudio):
-        dec.close()
 
 
 # ------------------------------------------------------------------ real model

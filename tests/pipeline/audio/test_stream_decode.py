@@ -1,4 +1,5 @@
-"""Live-stream decoders hold a bounded amount of decoded audio (issue 15.8).
+"""Live-stream decoders: raw PCM and WebM/Opus, decoded piece by piece, holding a bounded
+amount of decoded audio (issue 15.8).
 
 Compressed audio expands ~100x into float32: one large message of low-bitrate Opus used to
 be decoded whole into memory. The container decoder now waits while ``max_buffered_s`` of
@@ -12,21 +13,24 @@ import time
 
 import av
 import numpy as np
+import pytest
 
 from callannotate.pipeline.audio.stream_decode import ContainerDecoder, PcmDecoder
 
 SR = 16000
 
 
-def opus_webm(seconds: float, bitrate: int = 8000) -> bytes:
-    """A 440 Hz tone as WebM/Opus at a low bitrate (what a phone-quality stream sends)."""
+def opus_webm(seconds: float, bitrate: int | None = 8000) -> bytes:
+    """A 440 Hz tone as WebM/Opus, by default at a low bitrate (what a phone-quality stream
+    sends; ``None``: libopus's own bitrate)."""
     rate = 48000
     t = np.arange(int(rate * seconds)) / rate
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     buf = io.BytesIO()
     with av.open(buf, "w", format="webm") as out:
         stream = out.add_stream("libopus", rate=rate, layout="mono")
-        stream.bit_rate = bitrate
+        if bitrate is not None:
+            stream.bit_rate = bitrate
         for i in range(0, tone.shape[0], 960):
             chunk = np.zeros(960, dtype=np.float32)
             part = tone[i : i + 960]
@@ -72,3 +76,30 @@ def test_pcm_decoder_returns_what_it_was_fed() -> None:
     out = decoder.feed(np.zeros(16000, dtype="<i2").tobytes())
     assert out.shape[0] == 16000 and not decoder.backlog
     assert decoder.close().size == 0
+
+
+def test_pcm_decoder_handles_split_samples() -> None:
+    pcm = np.array([0, 16384, -32768, 32767], dtype="<i2").tobytes()
+    dec = PcmDecoder()
+    out = np.concatenate([dec.feed(pcm[:3]), dec.feed(pcm[3:])])
+    np.testing.assert_allclose(out, [0.0, 0.5, -1.0, 32767 / 32768])
+
+
+def test_webm_opus_stream_decodes_incrementally() -> None:
+    data = opus_webm(2.0, bitrate=None)
+    dec = ContainerDecoder("webm")
+    parts = [dec.feed(data[i : i + 1000]) for i in range(0, len(data), 1000)]
+    parts.append(dec.close())
+    samples = np.concatenate(parts)
+    assert dec.error is None
+    assert samples.shape[0] == pytest.approx(2 * SR, abs=0.05 * SR)
+    assert 0.15 < float(np.sqrt(np.mean(samples[SR // 2 : SR] ** 2))) < 0.25
+
+
+def test_garbage_container_reports_error() -> None:
+    from callannotate.errors import InvalidAudio
+
+    dec = ContainerDecoder("webm")
+    dec.feed(b"this is not webm" * 100)
+    with pytest.raises(InvalidAudio):
+        dec.close()
