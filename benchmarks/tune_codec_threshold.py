@@ -109,11 +109,13 @@ def cached_diarizer(
     real_cluster = diarizer._cluster
 
     def cluster(signal: Any, seg: Any, active: Any, params: Any, *rest: Any) -> Any:
-        # The clustering does not depend on the count settings: one run per signal/params.
+        # The clustering does not depend on the count settings: one run per signal and
+        # clustering/refinement (``pooled``) parameters.
         memo = store[_key(signal)].__dict__.setdefault("clusters", {})
-        if repr(params) not in memo:
-            memo[repr(params)] = real_cluster(signal, seg, active, params, *rest)
-        return memo[repr(params)]
+        key = repr((params, diarizer.pooled))
+        if key not in memo:
+            memo[key] = real_cluster(signal, seg, active, params, *rest)
+        return memo[key]
 
     diarizer._cluster = cluster  # type: ignore[method-assign]
     diarizer._loaded = True
@@ -125,7 +127,9 @@ def variants(ffmpeg: str) -> list[codecs.Codec | None]:
     return [None, *chosen]
 
 
-def build(args: argparse.Namespace) -> None:
+def build(args: argparse.Namespace, wav_only: bool = False) -> None:
+    """Cache every clip of ``args.call`` and ``args.ami`` under every codec (``wav_only``:
+    the WAV files alone) in ``args.cache_dir``; entries already there are kept."""
     settings = Settings()
     params = step_config(settings, "diarize")
     base = Diarizer(params, settings.model_cache, threads=args.threads)
@@ -134,7 +138,7 @@ def build(args: argparse.Namespace) -> None:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     for folder in (args.call, args.ami):
         for wav in sorted(folder.glob("*.wav")):
-            for codec in variants(ffmpeg):
+            for codec in [None] if wav_only else variants(ffmpeg):
                 name = "wav" if codec is None else codec.name
                 target = args.cache_dir / f"{folder.name}.{wav.stem}.{name}.pkl"
                 if target.exists():

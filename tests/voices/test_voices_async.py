@@ -11,11 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 from fastapi import FastAPI
-from test_voices_routes import GEORGE, JACKSON, _completed_job, files_of, silent_wav
+from test_voices_routes import JACKSON, _completed_job, files_of, jackson_then_george, silent_wav
 from voices_testing import needs_fsdd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
@@ -27,7 +25,6 @@ from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, Settings, WorkerSettings
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import JobState
-from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, Turn
 
 
 @pytest.fixture
@@ -146,20 +143,7 @@ async def test_enrollment_completes_while_the_only_worker_runs_a_long_job(
 async def test_speaker_of_a_job_enrolled_as_light_work(
     running_app: FastAPI, tmp_path: Path
 ) -> None:
-    pieces = [sf.read(p, dtype="float32")[0] for p in [*JACKSON, *GEORGE]]
-    bounds = np.cumsum([0, *[len(p) for p in pieces]]) / 8000
-    call = tmp_path / "call.wav"
-    sf.write(call, np.concatenate(pieces), 8000, subtype="PCM_16")
-    turns = [
-        Turn(start=float(bounds[i]), end=float(bounds[i + 1]), speaker="S0" if i < 5 else "S1")
-        for i in range(10)
-    ]
-    annotation = Annotation(
-        recording=RecordingInfo(duration=float(bounds[-1]), sample_rate=8000, channels=1),
-        speakers=[Speaker(label="S0"), Speaker(label="S1")],
-        turns=turns,
-        exclusive_turns=turns,
-    )
+    call, annotation = jackson_then_george(tmp_path)
     job_id = _completed_job(running_app.state.queue, call, annotation)
     transport = httpx.ASGITransport(app=running_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

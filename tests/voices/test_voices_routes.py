@@ -129,6 +129,26 @@ async def test_bad_samples_are_refused(client: httpx.AsyncClient) -> None:
     assert (await client.get("/voices")).json() == []
 
 
+def jackson_then_george(tmp_path: Path) -> tuple[Path, Annotation]:
+    """A "call": five Jackson takes, then five George takes, at 8 kHz like the originals, and
+    its annotation (S0 then S1)."""
+    pieces = [sf.read(p, dtype="float32")[0] for p in [*JACKSON, *GEORGE]]
+    bounds = np.cumsum([0, *[len(p) for p in pieces]]) / 8000
+    call = tmp_path / "call.wav"
+    sf.write(call, np.concatenate(pieces), 8000, subtype="PCM_16")
+    turns = [
+        Turn(start=float(bounds[i]), end=float(bounds[i + 1]), speaker="S0" if i < 5 else "S1")
+        for i in range(10)
+    ]
+    annotation = Annotation(
+        recording=RecordingInfo(duration=float(bounds[-1]), sample_rate=8000, channels=1),
+        speakers=[Speaker(label="S0"), Speaker(label="S1")],
+        turns=turns,
+        exclusive_turns=turns,
+    )
+    return call, annotation
+
+
 def _completed_job(queue: FileQueue, audio: Path, annotation: Annotation) -> str:
     job_id = queue.new_job_id()
     staged = queue.staging_dir() / f"upload-{job_id}"
@@ -186,21 +206,7 @@ def _offline_address_book(settings: Settings) -> None:
 async def test_enroll_speaker_of_a_job(
     client: httpx.AsyncClient, app: FastAPI, settings: Settings, tmp_path: Path
 ) -> None:
-    # A "call": five Jackson takes, then five George takes, at 8 kHz like the originals.
-    pieces = [sf.read(p, dtype="float32")[0] for p in [*JACKSON, *GEORGE]]
-    bounds = np.cumsum([0, *[len(p) for p in pieces]]) / 8000
-    call = tmp_path / "call.wav"
-    sf.write(call, np.concatenate(pieces), 8000, subtype="PCM_16")
-    turns = [
-        Turn(start=float(bounds[i]), end=float(bounds[i + 1]), speaker="S0" if i < 5 else "S1")
-        for i in range(10)
-    ]
-    annotation = Annotation(
-        recording=RecordingInfo(duration=float(bounds[-1]), sample_rate=8000, channels=1),
-        speakers=[Speaker(label="S0"), Speaker(label="S1")],
-        turns=turns,
-        exclusive_turns=turns,
-    )
+    call, annotation = jackson_then_george(tmp_path)
     queue: FileQueue = app.state.queue
     job_id = _completed_job(queue, call, annotation)
 
