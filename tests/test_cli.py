@@ -82,6 +82,7 @@ def test_annotate_several_files_and_bad_one(
         (["--speakers", "0"], "num_speakers"),
         (["--min-speakers", "3", "--max-speakers", "2"], "min_speakers"),
         (["--language", "english"], "language"),
+        (["--language", "xx"], "language"),  # code-shaped but unknown to Whisper
         (["--steps", "dance"], "steps"),
     ],
 )
@@ -91,7 +92,9 @@ def test_annotate_refuses_bad_arguments(
     call = write_wav(tmp_path / "call.wav")
     code = cli.main(["annotate", str(call), "--out", str(tmp_path / "out"), *extra])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Value error" not in err  # pydantic's prefix is not part of the message
     assert not (tmp_path / "out" / "call.json").exists()
 
 
@@ -105,6 +108,18 @@ def test_annotate_refuses_missing_and_duplicate_stems(
     b = write_wav(tmp_path / "x" / "call.wav")
     assert cli.main(["annotate", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
     assert "rename one" in capsys.readouterr().err
+
+
+def test_annotate_refuses_an_output_folder_it_cannot_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call = write_wav(tmp_path / "call.wav")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        assert cli.main(["annotate", str(call), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("callannotate: error: cannot create the output folder"), err
+        assert "Traceback" not in err
 
 
 def help_output_names(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:

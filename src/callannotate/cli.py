@@ -254,7 +254,7 @@ class TqdmHook:
 def _annotate_options(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from callannotate.pipeline.types import AnnotateOptions
+    from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions
 
     raw: dict[str, Any] = {"language": args.language}
     if args.speakers is not None:
@@ -270,12 +270,14 @@ def _annotate_options(args: argparse.Namespace) -> Any:
     if args.initial_prompt:
         raw["initial_prompt"] = args.initial_prompt
     try:
-        return AnnotateOptions.model_validate(raw)
+        return AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()
-        )
-        raise CliError(f"invalid options: {problems}") from exc
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise CliError(f"invalid options: {'; '.join(problems)}") from exc
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
@@ -304,7 +306,10 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             raise CliError(f"{stems[f.stem]} and {f} would both write {f.stem}.*; rename one")
         stems[f.stem] = f
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission, read-only file system
+        raise CliError(f"cannot create the output folder {out}: {exc.strerror}") from exc
 
     settings = load_settings()
     configure_logging(settings.log.model_copy(update={"level": args.log_level}))

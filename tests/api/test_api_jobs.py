@@ -234,6 +234,17 @@ async def test_non_admin_sees_only_own_jobs(
 # ------------------------------------------------------------------------------ errors
 
 
+async def test_upload_refuses_a_language_whisper_does_not_know(
+    upload: Upload, audio_dir: Path, leftovers: Callable[[], list[str]]
+) -> None:
+    # "xx" looks like an ISO 639-1 code; it used to be queued and fail after diarization.
+    response = await upload(audio_dir / "tone.wav", data={"language": "xx"})
+    body = assert_error(response, 422, "unprocessable")
+    assert "language" in body["detail"] and "'xx'" in body["detail"]
+    assert leftovers() == []
+    assert (await upload(audio_dir / "tone.wav", data={"language": "HAW"})).status_code == 202
+
+
 async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
     response = await client.get("/health", headers={"X-Request-ID": "client-abc.123"})
     assert response.headers["x-request-id"] == "client-abc.123"

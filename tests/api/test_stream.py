@@ -60,6 +60,24 @@ def test_bad_config_is_refused(live: TestClient, config: dict[str, Any]) -> None
             ws.receive_json()
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "config", "language": "xx"},
+        {"type": "config", "create_job": True, "options": {"language": "rus"}},
+    ],
+)
+def test_a_language_whisper_does_not_know_is_refused(
+    live: TestClient, config: dict[str, Any]
+) -> None:
+    # Code-shaped (two or three letters) but no Whisper language: refused before any audio.
+    with live.websocket_connect("/stream") as ws:
+        ws.send_json(config)
+        msg = ws.receive_json()
+        assert msg["type"] == "error" and msg["error"] == "bad_request", msg
+        assert "language" in msg["detail"] and "Whisper" in msg["detail"]
+
+
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 

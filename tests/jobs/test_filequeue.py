@@ -249,6 +249,27 @@ def test_fail_with_retry_until_max_attempts(queue: FileQueue, make_job: MakeJob)
     assert final.error == "worker process died"
 
 
+def test_fail_leaves_no_step_running(queue: FileQueue, make_job: MakeJob) -> None:
+    # A job that failed in the middle of a step showed that step "running" forever.
+    job = make_job()
+    running = [
+        StepProgress(step="diarize", completed=1, total=1, percent=100.0, status="done"),
+        StepProgress(step="transcribe", completed=3, total=10, percent=30.0, status="running"),
+    ]
+    queue.claim("w")
+    queue.update_progress(job.id, running)
+    back = queue.fail(job.id, "worker process died", retry=True)
+    assert back.state == JobState.QUEUED and back.progress == []  # as release() leaves it
+    queue.claim("w")
+    queue.update_progress(job.id, running)
+    failed = queue.fail(job.id, "bad_request: no such language")
+    assert [(p.step, p.status) for p in failed.progress] == [
+        ("diarize", "done"),
+        ("transcribe", "failed"),
+    ]
+    assert [p.status for p in queue.get(job.id).progress] == ["done", "failed"]
+
+
 def test_release_does_not_use_an_attempt(queue: FileQueue, make_job: MakeJob) -> None:
     job = make_job()
     queue.claim("w")

@@ -702,6 +702,7 @@ class FileQueue:
                 job.worker = None
                 job.started_at = None
                 job.not_before = utcnow() + timedelta(seconds=delay)
+                job.progress = []  # as release() leaves it: no step runs while it waits
                 job.end_attempt()  # outcome "retried"; the history shows the wait too
                 if job.history:
                     job.history[-1].retry_delay_s = round(delay, 3)
@@ -711,6 +712,9 @@ class FileQueue:
                 job.error = error
                 job.finished_at = utcnow()
                 job.worker = None
+                for step in job.progress:  # the step it failed in does not run any more
+                    if step.status == "running":
+                        step.status = "failed"
                 self._transition(path, job, FAILED)
             self._drop_hold(job_id)
         log.info("job failed", extra={"job_id": job_id, "state": job.state.value, "reason": error})

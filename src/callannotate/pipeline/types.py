@@ -13,9 +13,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from callannotate import __version__
+from callannotate.pipeline.asr.languages import WHISPER_LANGUAGES
 
 SCHEMA_VERSION = "1.0"
 
@@ -54,6 +55,14 @@ class ChannelMode(StrEnum):
     PER_CHANNEL = "per-channel"
 
 
+#: Validation context of options a caller sends now (``POST /jobs`` form, ``annotate`` flags):
+#: ``AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)`` also refuses a language
+#: Whisper does not know (``xx``, ``rus``), which would otherwise fail the job only after
+#: decoding and diarization. Stored job records are read without it, so a job queued before
+#: the check still loads (its transcription then fails with ``bad_request``).
+REQUEST_CONTEXT: dict[str, bool] = {"request": True}
+
+
 class AnnotateOptions(BaseModel):
     """What the caller asks of one annotation run."""
 
@@ -74,7 +83,7 @@ class AnnotateOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check_speakers(self) -> AnnotateOptions:
+    def _check_speakers(self, info: ValidationInfo) -> AnnotateOptions:
         if (
             self.min_speakers is not None
             and self.max_speakers is not None
@@ -89,6 +98,15 @@ class AnnotateOptions(BaseModel):
             2 <= len(self.language) <= 3 and self.language.isalpha()
         ):
             raise ValueError("language must be 'auto' or an ISO 639-1 code such as 'en'")
+        if (
+            info.context == REQUEST_CONTEXT
+            and self.language != "auto"
+            and self.language.lower() not in WHISPER_LANGUAGES
+        ):
+            raise ValueError(
+                f"language {self.language!r} is not one Whisper transcribes; "
+                "use 'auto' or an ISO 639-1 code such as 'en' or 'ru'"
+            )
         return self
 
     def wants(self, step: Step) -> bool:

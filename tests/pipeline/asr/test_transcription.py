@@ -186,6 +186,9 @@ def test_check_language() -> None:
     assert check_language("RU") == "ru"
     with pytest.raises(BadRequest):
         check_language("russian!")
+    assert check_language("haw") == "haw"
+    with pytest.raises(BadRequest, match="'xx'"):  # code-shaped, but no Whisper language
+        check_language("xx")
 
 
 def test_speech_clips_merge_short_gaps() -> None:

@@ -85,6 +85,19 @@ def test_an_attenuated_delayed_echo_is_dual_mono() -> None:
     assert channel_layout(stereo(a, echo)) == ChannelLayout.DUAL_MONO
 
 
+def test_an_echo_copy_is_reduced_to_its_source_not_mixed_with_it() -> None:
+    # The mean of a source and its delayed echo repeats every syllable (Whisper wrote "Hi,
+    # hello, hello, hello" for the call sample with a 120 ms echo at 0.4 on the other side).
+    a = talker(10.0, 1, A_TURNS)
+    delay = round(0.12 * SR)
+    echo = (0.4 * np.concatenate([np.zeros(delay, np.float32), a[:-delay]])).astype(np.float32)
+    for buffer in (stereo(a, echo), stereo(echo, a)):
+        layout = channel_layout(buffer)
+        assert layout == ChannelLayout.DUAL_MONO
+        mono = as_mono(buffer, layout)
+        assert mono.channels == 1 and np.array_equal(mono.samples[0], a)
+
+
 def test_a_silent_channel() -> None:
     a = talker(10.0, 1, A_TURNS)
     hiss = talker(10.0, 2, [])  # only the -80 dB noise floor

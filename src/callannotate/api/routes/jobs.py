@@ -36,7 +36,7 @@ from callannotate.jobs.models import (
 )
 from callannotate.jobs.speaker_contacts import call_numbers
 from callannotate.observability.logging import job_context
-from callannotate.pipeline.types import AnnotateOptions
+from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions
 from callannotate.security.atrest import vault_for
 from callannotate.security.principal import Principal
 
@@ -172,7 +172,7 @@ def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
         else:
             raw[name] = value
     try:
-        options = AnnotateOptions.model_validate(raw)
+        options = AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)
     except ValidationError as exc:
         raise Unprocessable(_validation_detail(exc)) from exc
     callback = fields.get("callback_url", "").strip() or None

@@ -67,7 +67,7 @@ from callannotate.jobs.intake import new_job
 from callannotate.observability.metrics import observe_stream_latency
 from callannotate.pipeline.asr.streaming import StreamEvent, StreamingTranscriber, open_stream
 from callannotate.pipeline.audio.stream_decode import StreamDecoder, make_decoder
-from callannotate.pipeline.types import SAMPLE_RATE, AnnotateOptions, Float32Array
+from callannotate.pipeline.types import REQUEST_CONTEXT, SAMPLE_RATE, AnnotateOptions, Float32Array
 from callannotate.security.scopes import WRITE
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ async def _read_config(ws: WebSocket, settings: Settings) -> StreamConfig:
         text, max_bytes=settings.api.ws_max_message_bytes, max_depth=settings.api.ws_max_json_depth
     )
     try:
-        return StreamConfig.model_validate(payload)
+        return StreamConfig.model_validate(payload, context=REQUEST_CONTEXT)
     except ValidationError as exc:
         raise BadRequest(f"invalid config message: {exc}") from exc
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from callannotate.errors import BadRequest, ModelUnavailable
+from callannotate.pipeline.asr.languages import WHISPER_LANGUAGES
 from callannotate.pipeline.asr.spoken_numbers import spell_numbers_in_words
 from callannotate.pipeline.asr.whisper_models import whisper_model_dir
 from callannotate.pipeline.base import MLProcessor
@@ -124,8 +125,10 @@ class TranscriptionResult:
 
 def check_language(language: str | None) -> str:
     lang = (language or "auto").strip().lower()
-    if lang != "auto" and not (2 <= len(lang) <= 3 and lang.isalpha()):
-        raise BadRequest(f"language must be 'auto' or an ISO 639-1 code, got {language!r}")
+    if lang != "auto" and lang not in WHISPER_LANGUAGES:
+        raise BadRequest(
+            f"language must be 'auto' or an ISO 639-1 code Whisper knows, got {language!r}"
+        )
     return lang
 
 

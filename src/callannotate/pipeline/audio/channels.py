@@ -186,11 +186,12 @@ def channel_layout(buffer: AudioBuffer) -> ChannelLayout:
 
 
 def as_mono(buffer: AudioBuffer, layout: ChannelLayout) -> AudioBuffer:
-    """One channel for a recording that is mixed: the live channel when the other is silent,
+    """One channel for a recording that is mixed: the louder channel when the other is silent
+    or a copy of it (the mean of a source and its delayed echo says every syllable twice),
     otherwise the mean of the channels."""
     if buffer.channels == 1:
         return buffer
-    if layout == ChannelLayout.ONE_SILENT:
+    if layout in (ChannelLayout.ONE_SILENT, ChannelLayout.DUAL_MONO):
         live = buffer.channel(int(np.argmax(np.square(buffer.samples, dtype=np.float64).mean(1))))
         return AudioBuffer(samples=live[np.newaxis, :], sample_rate=buffer.sample_rate)
     return AudioBuffer(samples=buffer.mono()[np.newaxis, :], sample_rate=buffer.sample_rate)
