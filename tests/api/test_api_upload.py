@@ -326,6 +326,8 @@ async def test_refuses_other_file_field(
         ({"steps": ",,,"}, "steps"),  # issue 15.13: an empty step list is refused
         ({"steps": " , ,"}, "steps"),
         ({"steps": "   "}, "steps"),
+        ({"steps": "decode,align"}, "steps"),  # only the steps that always run: nothing to do
+        ({"language": "xx"}, "language"),
         ({"channel_mode": "left"}, "channel_mode"),
         ({"initial_prompt": "x" * 2001}, "initial_prompt"),
         ({"callback_url": "ftp://example.test/x"}, "callback_url"),
@@ -603,9 +605,10 @@ async def test_undecodable_upload_error_names_no_server_path(
         assert "staging" not in body["detail"] and ".part" not in body["detail"]
 
 
-@pytest.mark.parametrize("steps", [",,,", " , ,"])
+@pytest.mark.parametrize("steps", [",,,", " , ,", "decode,align"])
 def test_cli_refuses_an_empty_step_list(steps: str) -> None:
-    """Issue 15.13, CLI path: ``--steps ,,,`` is refused by the same options model."""
+    """Issue 15.13, CLI path: ``--steps ,,,`` (or only the steps that always run) is refused
+    by the same options model."""
     import argparse
 
     from callannotate.cli import CliError, _annotate_options

@@ -58,8 +58,9 @@ class ChannelMode(StrEnum):
 #: Validation context of options a caller sends now (``POST /jobs`` form, ``annotate`` flags):
 #: ``AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)`` also refuses a language
 #: Whisper does not know (``xx``, ``rus``), which would otherwise fail the job only after
-#: decoding and diarization. Stored job records are read without it, so a job queued before
-#: the check still loads (its transcription then fails with ``bad_request``).
+#: decoding and diarization, and a step list naming only the steps that always run
+#: (``decode,align``: a job that would annotate nothing). Stored job records are read without
+#: it, so a job queued before these checks still loads.
 REQUEST_CONTEXT: dict[str, bool] = {"request": True}
 
 
@@ -83,7 +84,7 @@ class AnnotateOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check_speakers(self, info: ValidationInfo) -> AnnotateOptions:
+    def _check(self, info: ValidationInfo) -> AnnotateOptions:
         if (
             self.min_speakers is not None
             and self.max_speakers is not None
@@ -106,6 +107,12 @@ class AnnotateOptions(BaseModel):
             raise ValueError(
                 f"language {self.language!r} is not one Whisper transcribes; "
                 "use 'auto' or an ISO 639-1 code such as 'en' or 'ru'"
+            )
+        if info.context == REQUEST_CONTEXT and ALWAYS_RUN.issuperset(self.steps):
+            raise ValueError(
+                "steps must name at least one of "
+                + ", ".join(ALL_STEPS)
+                + " (decode and align always run)"
             )
         return self
 
