@@ -376,6 +376,15 @@ class AuthSettings(Section):
         30 * 86400, ge=60, description="Lifetime of a refresh token, seconds."
     )
     leeway_s: int = Field(5, ge=0, description="Clock skew allowed on exp/nbf/iat, seconds.")
+    report_link_ttl_s: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        description=(
+            "Lifetime of a signed report-viewer link (POST /jobs/{id}/report-link), seconds "
+            "(at most a day)."
+        ),
+    )
     login_max_failures_per_account: int = Field(
         5, ge=1, description="Failed logins per user name within the window before 429."
     )

@@ -60,6 +60,8 @@ ADMIN_ONLY = {
 }
 #: Routes any credential may call whatever its scopes (it asks who it is).
 ANY_SCOPE = {"GET /auth/me"}
+#: Routes other than GET that change nothing and so need only ``read`` (a signed read link).
+READ_SCOPE = {"POST /jobs/{job_id}/report-link"}
 #: Path prefix of resources private even from an admin (per-owner address books): an admin
 #: naming another user's contact gets 404 like anyone else.
 OWNER_ONLY_PREFIX = "/contacts"
@@ -402,7 +404,7 @@ def test_route_checks_identity_scope_and_owner(
     _, read_only = accounts.api_key("alice", "read")
     _, write_only = accounts.api_key("alice", "write")
     if key not in ANY_SCOPE:
-        wrong = write_only if method == "GET" else read_only
+        wrong = write_only if method == "GET" or key in READ_SCOPE else read_only
         r = _call(client, key, params, {"X-API-Key": wrong})
         assert r.status_code == 403, (key, r.status_code, r.text)
         assert r.json()["error"] == "forbidden"

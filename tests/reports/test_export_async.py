@@ -208,7 +208,7 @@ async def test_errors_answer_at_once_and_store_nothing(
     store = light_store(settings.data_dir)
     other = completed_job(queue_of(client), ru_annotation, tone_wav(tmp_path / "b.wav"))
     r = await client.get(f"/jobs/{job_id}/export", params={"format": "docx", "wait": "false"})
-    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert r.status_code == 422 and r.json()["error"] == "validation_error"
     r = await client.get(
         "/jobs/" + "0" * 32 + "/export?format=pdf", headers={"Prefer": "respond-async"}
     )

@@ -103,7 +103,8 @@ async def test_export_default_is_json(client: httpx.AsyncClient, job_id: str) ->
 
 async def test_export_errors(client: httpx.AsyncClient, job_id: str, tmp_path: Path) -> None:
     r = await client.get(f"/jobs/{job_id}/export", params={"format": "docx"})
-    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert r.status_code == 422 and r.json()["error"] == "validation_error"
+    assert r.json()["detail"].startswith("query.format: unknown export format")
     r = await client.get("/jobs/" + "0" * 32 + "/export")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = await client.get("/jobs/../etc/export")
@@ -182,3 +183,17 @@ async def test_audio_range_errors_are_json(
     assert body["error"] == code and body["request_id"] == response.headers["x-request-id"]
     if status == 416:
         assert response.headers["content-range"].startswith("bytes */")
+
+
+async def test_audio_answers_head_like_get(client: httpx.AsyncClient, job_id: str) -> None:
+    full = await client.get(f"/jobs/{job_id}/audio")
+    head = await client.head(f"/jobs/{job_id}/audio")
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "accept-ranges", "content-security-policy"):
+        assert head.headers[name] == full.headers[name], name
+    part = await client.head(f"/jobs/{job_id}/audio", headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == b""
+    assert part.headers["content-range"] == f"bytes 0-9/{len(full.content)}"
+    options = await client.options(f"/jobs/{job_id}/audio")
+    assert options.headers["allow"] == "GET, HEAD, OPTIONS"
+    assert (await client.head("/jobs/" + "0" * 32 + "/audio")).status_code == 404

@@ -73,8 +73,8 @@ ROUTE_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("WEBSOCKET", "/stream"): ("create", "stream"),
 }
 
-# Query parameters whose values never go into a record.
-_SECRET_PARAMS = frozenset({"access_token", "token", "key", "api_key", "password", "secret"})
+# Query parameters whose values never go into a record (``sig``: a signed link, reports/links.py).
+_SECRET_PARAMS = frozenset({"access_token", "token", "key", "api_key", "password", "secret", "sig"})
 
 
 def _singular(segment: str) -> str:
@@ -147,8 +147,9 @@ def _query_detail(scope: Scope) -> dict[str, str]:
 def http_entry(scope: Scope, status: int | None, ctx: RequestAudit) -> AuditEntry | None:
     """The record for a finished call, or ``None`` when the call is not audited.
 
-    The actor is the principal the route authenticated (``conn.state.principal``); a call
-    refused before that has none (``null``: anonymous or a bad credential).
+    The actor is the principal the route authenticated (``conn.state.principal``; for a read
+    through a signed report link, the job's owner: reports/links.py); a call refused before
+    that has none (``null``: anonymous or a bad credential).
     """
     method = str(scope.get("method", "GET")).upper()
     route = scope.get("route")

@@ -6,20 +6,29 @@
   as light work (:mod:`callannotate.reports.export_task`).
 * ``GET /jobs/{id}/exports/{export_id}`` (status) and ``.../file`` (the rendered file).
 * ``GET /jobs/{id}/report``: the interactive report page (player, transcript, timeline).
-* ``GET /jobs/{id}/audio``: the job's stored audio; honours ``Range`` so players can seek.
+* ``POST /jobs/{id}/report-link``: a signed, short-lived link to the report page that a
+  browser opens without an ``Authorization`` header (:mod:`callannotate.reports.links`).
+* ``GET`` / ``HEAD /jobs/{id}/audio``: the job's stored audio; honours ``Range`` so players
+  can seek.
+
+The report page and the audio also take a signed link instead of a credential; no other
+route does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel, Field
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from callannotate.api.deps import QueueDep, ReadPrincipal, SettingsDep, visible_job
@@ -42,6 +51,14 @@ from callannotate.reports.export_task import (
 )
 from callannotate.reports.exporters import FORMATS, ExportFormat, export_filename, get_format
 from callannotate.reports.html import render_html
+from callannotate.reports.links import (
+    AUDIO,
+    REPORT,
+    AudioReader,
+    ReportReader,
+    link_expiry,
+    signed_path,
+)
 from callannotate.security.atrest import vault_for
 from callannotate.security.principal import Principal
 
@@ -50,6 +67,21 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["reports"], responses=error_responses(404))
 
 _EXPORT_CONTENT: dict[str, Any] = {f.media_type.split(";")[0]: {} for f in FORMATS.values()}
+
+
+def _requested_format(name: str) -> ExportFormat:
+    """The export format ``name``; an unknown one is a 422 like every other bad parameter."""
+    if name.strip().lower() not in FORMATS:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "format"),
+                    "msg": f"unknown export format; choose one of {', '.join(FORMATS)}",
+                    "type": "enum",
+                }
+            ]
+        )
+    return get_format(name)
 
 
 def _disposition(kind: str, filename: str) -> str:
@@ -72,7 +104,7 @@ def _disposition(kind: str, filename: str) -> str:
     responses={
         200: {"description": "The annotation in the requested format.", "content": _EXPORT_CONTENT},
         202: {"model": ExportStatus, "description": "Accepted: poll the status URL."},
-        **error_responses(400, 409),
+        **error_responses(409),
     },
 )
 async def export_job(
@@ -92,8 +124,8 @@ async def export_job(
         bool, Query(description="false: answer 202 at once and render as light work")
     ] = True,
 ) -> Response:
-    """409 while the job is not completed; 400 for an unknown format."""
-    fmt = get_format(format)
+    """409 while the job is not completed; 422 for an unknown format."""
+    fmt = _requested_format(format)
     if wants_async(request, wait):
         return await _export_later(request, queue, settings, principal, job_id, fmt)
     visible_job(queue, job_id, principal)
@@ -207,19 +239,77 @@ async def export_file(
     return _range_error(request, response, stat.st_size, "the file") or response
 
 
+class ReportLink(BaseModel):
+    """A link to the report page that a browser opens without a credential."""
+
+    url: str = Field(
+        description="Path and query of the report page, signed for this job (relative to the "
+        "service's base URL); the plain path when authentication is off."
+    )
+    expires_at: datetime | None = Field(
+        description="When the link stops working (UTC); null when authentication is off."
+    )
+
+
+@router.post(
+    "/{job_id}/report-link",
+    response_model=ReportLink,
+    summary="A signed, short-lived link to the report viewer",
+    description=(
+        "For a browser, which sends no `Authorization` header when it opens a URL: the report "
+        "page's path with a signature for this job and its owner, valid "
+        "`auth.report_link_ttl_s` (15 min by default). It opens only `GET /jobs/{job_id}/report` "
+        "(whose player gets a signed audio URL of its own), read-only, as the job's owner, "
+        "and stops working when it expires, when the signing key is retired or the owner's "
+        "account disabled. Treat it as a credential."
+    ),
+)
+async def report_link(
+    job_id: str,
+    request: Request,
+    response: Response,
+    queue: QueueDep,
+    settings: SettingsDep,
+    principal: ReadPrincipal,
+) -> ReportLink:
+    """Owner or admin (404 otherwise); the job need not be completed yet."""
+    job = await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
+    path = str(request.url_for("report_page", job_id=job_id).path)
+    response.headers["Cache-Control"] = "private, no-store"
+    if not settings.auth.enabled:
+        return ReportLink(url=path, expires_at=None)
+    expires = link_expiry(settings)
+    url = await signed_path(request, path, REPORT, job_id, job.owner, expires)
+    return ReportLink(url=url, expires_at=datetime.fromtimestamp(expires, UTC))
+
+
 @router.get(
     "/{job_id}/report",
+    name="report_page",
     summary="Report viewer page",
+    description=(
+        "With authentication on, a browser opens it through a signed link from "
+        "`POST /jobs/{job_id}/report-link` (query `exp`, `kid`, `sig`) instead of an "
+        "`Authorization` header."
+    ),
     response_class=HTMLResponse,
     responses=error_responses(409),
 )
 async def report_page(
-    job_id: str, request: Request, queue: QueueDep, principal: ReadPrincipal
+    job_id: str,
+    request: Request,
+    queue: QueueDep,
+    settings: SettingsDep,
+    principal: ReportReader,
 ) -> HTMLResponse:
     """Audio player, clickable transcript, speaker timeline, analytics and sentiment."""
-    visible_job(queue, job_id, principal)
+    job = visible_job(queue, job_id, principal)
     annotation = load_annotation(queue, job_id)
     audio_url = str(request.url_for("job_audio", job_id=job_id).path)
+    if settings.auth.enabled:  # the page's player sends no header either
+        audio_url = await signed_path(
+            request, audio_url, AUDIO, job_id, job.owner, link_expiry(settings)
+        )
     page = await anyio.to_thread.run_sync(lambda: render_html(annotation, audio_url=audio_url))
     return HTMLResponse(
         page,
@@ -252,25 +342,41 @@ def _range_error(
     return None
 
 
+_AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The audio, typed from what it decodes as (never the upload's name).",
+        "content": {media: {} for media in sorted({t for _, t in AUDIO_TYPES.values()})},
+    },
+    206: {"description": "Partial content (one or more byte ranges)."},
+    **error_responses(400, 416),
+}
+_AUDIO_LINK_DOC = (
+    "The report page's player reaches it through a signed link (query `exp`, `kid`, `sig`) "
+    "when authentication is on."
+)
+
+
+@router.head(
+    "/{job_id}/audio",
+    name="job_audio_head",
+    summary="The job's audio: headers only",
+    description="As `GET`, without the body. " + _AUDIO_LINK_DOC,
+    response_class=FileResponse,
+    responses=_AUDIO_RESPONSES,
+)
 @router.get(
     "/{job_id}/audio",
     name="job_audio",
     summary="The job's audio (supports Range requests)",
+    description=_AUDIO_LINK_DOC,
     response_class=FileResponse,
-    responses={
-        200: {
-            "description": "The audio, typed from what it decodes as (never the upload's name).",
-            "content": {media: {} for media in sorted({t for _, t in AUDIO_TYPES.values()})},
-        },
-        206: {"description": "Partial content (one or more byte ranges)."},
-        **error_responses(400, 416),
-    },
+    responses=_AUDIO_RESPONSES,
 )
 async def job_audio(
     job_id: str,
     request: Request,
     queue: QueueDep,
-    principal: ReadPrincipal,
+    principal: AudioReader,
     settings: SettingsDep,
 ) -> Response:
     """Served inline with ``nosniff`` and a sandboxing CSP, so a file that is also HTML

@@ -17,7 +17,7 @@ ADMIN_ROLE = "admin"
 USER_ROLE = "user"
 LOCAL_USER_ID = "local"
 
-AuthMethod = Literal["local", "password", "client", "api_key"]
+AuthMethod = Literal["local", "password", "client", "api_key", "link"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class Principal:
 
     ``id`` is the owner id stored on resources (a user's id; a client or an API key acts for
     its user). ``scopes`` limits what a token or key may do; ``auth_method`` says how the
-    caller proved who it is and ``credential_id`` which credential (key id, client id, jti).
+    caller proved who it is and ``credential_id`` which credential (key id, client id, jti;
+    ``link`` is a signed link of :mod:`callannotate.security.links`, acting read-only for the
+    owner of the one resource it was signed for).
     """
 
     id: str

@@ -293,6 +293,11 @@ class AuthService:
             self._users.put(user_id, state)
         return state
 
+    def user_active(self, user_id: str) -> bool:
+        """True when ``user_id`` is an account that is not disabled (from the cache)."""
+        state = self._user_state(user_id)
+        return state is not None and not state.disabled
+
     def user_refresh_due(self, user_id: str) -> bool:
         """True when the cached state of ``user_id`` expires within half the cache time."""
         until = self._users.deadline(user_id)
