@@ -254,7 +254,7 @@ class TqdmHook:
 def _annotate_options(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions
+    from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions, validation_detail
 
     raw: dict[str, Any] = {"language": args.language}
     if args.speakers is not None:
@@ -272,12 +272,7 @@ def _annotate_options(args: argparse.Namespace) -> Any:
     try:
         return AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError
-            problems.append(f"{loc}: {msg}" if loc else msg)
-        raise CliError(f"invalid options: {'; '.join(problems)}") from exc
+        raise CliError(f"invalid options: {validation_detail(exc)}") from exc
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:

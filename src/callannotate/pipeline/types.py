@@ -13,7 +13,15 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from callannotate import __version__
 from callannotate.pipeline.asr.languages import WHISPER_LANGUAGES
@@ -62,6 +70,17 @@ class ChannelMode(StrEnum):
 #: (``decode,align``: a job that would annotate nothing). Stored job records are read without
 #: it, so a job queued before these checks still loads.
 REQUEST_CONTEXT: dict[str, bool] = {"request": True}
+
+
+def validation_detail(exc: ValidationError) -> str:
+    """The problems of invalid options as ``loc: message`` joined by ``; ``, without pydantic's
+    ``Value error, `` prefix: one wording for the API's 422 and the CLI's error."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 class AnnotateOptions(BaseModel):

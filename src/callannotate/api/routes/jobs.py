@@ -36,7 +36,7 @@ from callannotate.jobs.models import (
 )
 from callannotate.jobs.speaker_contacts import call_numbers
 from callannotate.observability.logging import job_context
-from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions
+from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions, validation_detail
 from callannotate.security.atrest import vault_for
 from callannotate.security.principal import Principal
 
@@ -141,15 +141,6 @@ def _upload_schema() -> dict[str, Any]:
     }
 
 
-def _validation_detail(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
 def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
     """Form fields -> (options, callback_url); ``Unprocessable`` on anything invalid."""
     unknown = sorted(set(fields) - set(FORM_FIELDS))
@@ -174,7 +165,7 @@ def parse_options(fields: dict[str, str]) -> tuple[AnnotateOptions, str | None]:
     try:
         options = AnnotateOptions.model_validate(raw, context=REQUEST_CONTEXT)
     except ValidationError as exc:
-        raise Unprocessable(_validation_detail(exc)) from exc
+        raise Unprocessable(validation_detail(exc)) from exc
     callback = fields.get("callback_url", "").strip() or None
     if callback is not None and (
         len(callback) > MAX_CALLBACK_URL
