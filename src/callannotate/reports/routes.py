@@ -36,7 +36,7 @@ from callannotate.api.encrypted_files import DecryptedFileResponse, plaintext_st
 from callannotate.api.errors import error_json, error_responses
 from callannotate.api.prefer import wants_async
 from callannotate.config import Settings
-from callannotate.errors import Conflict, NotFound
+from callannotate.errors import BadRequest, Conflict, NotFound
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import AUDIO_TYPES, audio_type
 from callannotate.jobs.light import LightState, light_store
@@ -71,7 +71,9 @@ _EXPORT_CONTENT: dict[str, Any] = {f.media_type.split(";")[0]: {} for f in FORMA
 
 def _requested_format(name: str) -> ExportFormat:
     """The export format ``name``; an unknown one is a 422 like every other bad parameter."""
-    if name.strip().lower() not in FORMATS:
+    try:
+        return get_format(name)
+    except BadRequest:  # its message echoes the name; this one does not
         raise RequestValidationError(
             [
                 {
@@ -80,8 +82,7 @@ def _requested_format(name: str) -> ExportFormat:
                     "type": "enum",
                 }
             ]
-        )
-    return get_format(name)
+        ) from None
 
 
 def _disposition(kind: str, filename: str) -> str:
