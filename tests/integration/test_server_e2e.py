@@ -175,6 +175,24 @@ def test_upload_poll_and_fetch_result(server: Server) -> None:
     assert _job_folders(server, job["id"]) == ["completed"]
 
 
+def test_the_log_never_shows_a_credential_from_a_url(server: Server) -> None:
+    """uvicorn's access line names the path with its query: a token or a link's signature
+    in it is redacted (observability/logging.py)."""
+    with server.client() as client:
+        client.get("/health", params={"access_token": "TOKEN-12345", "sig": "SIG-67890"})
+        client.get("/jobs/none/report", params={"exp": "1", "kid": "k", "sig": "SIG-67890"})
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = server.log.read_text(errors="replace")
+        if "/jobs/none/report?" in text:
+            break
+        time.sleep(0.1)
+    assert "/health?access_token=[redacted]&sig=[redacted]" in text
+    assert "/jobs/none/report?exp=1&kid=k&sig=[redacted]" in text
+    assert "TOKEN-12345" not in text and "SIG-67890" not in text
+
+
 def _long_recording(folder: Path, minutes: float) -> Path:
     """The call sample repeated to ``minutes`` so a job runs long enough to be killed."""
     target = folder / "long-call.wav"

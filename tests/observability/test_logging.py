@@ -13,6 +13,7 @@ from callannotate.config import LogSettings
 from callannotate.observability.logging import (
     configure_logging,
     job_context,
+    redact_query,
     request_id_var,
 )
 
@@ -94,3 +95,54 @@ def test_uvicorn_access_lines_get_http_fields(stream: io.StringIO) -> None:
     assert doc["url.path"] == "/jobs"
     assert doc["http.response.status_code"] == 200
     assert doc["client.address"] == "127.0.0.1"
+
+
+def test_credentials_in_request_targets_are_redacted(stream: io.StringIO) -> None:
+    access = logging.getLogger("uvicorn.access")
+    target = "/jobs/j1/report?exp=99&kid=k1&sig=SIG-SECRET&access_token=TOKEN-SECRET"
+    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", target, "1.1", 200)
+    # uvicorn names the WebSocket handshakes on its error logger, path and query included
+    logging.getLogger("uvicorn.error").info(
+        '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/ws/c1?acc%65ss_token=WS-SECRET"
+    )
+    text = stream.getvalue()
+    for secret in ("SIG-SECRET", "TOKEN-SECRET", "WS-SECRET"):
+        assert secret not in text
+    access_doc, ws_doc = lines(stream)
+    assert access_doc["message"] == (
+        '127.0.0.1:5000 - "GET /jobs/j1/report?exp=99&kid=k1&sig=[redacted]'
+        '&access_token=[redacted] HTTP/1.1" 200'
+    )
+    assert access_doc["url.path"] == "/jobs/j1/report"
+    assert ws_doc["message"].endswith('"WebSocket /ws/c1?acc%65ss_token=[redacted]" [accepted]')
+
+
+def test_plain_lines_are_redacted_too() -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    configure_logging(LogSettings(level="INFO", json_format=False), stream=buffer)
+    try:
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "c", "GET", "/x?token=T-SECRET&limit=2", "1.1", 200
+        )
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    assert "T-SECRET" not in buffer.getvalue()
+    assert "/x?token=[redacted]&limit=2" in buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/jobs", "/jobs"),
+        ("/jobs?", "/jobs?"),
+        ("/jobs?limit=2&status=done", "/jobs?limit=2&status=done"),
+        ("/a?SIG=x&sig", "/a?SIG=[redacted]&sig"),  # a bare name carries no value
+        ("/a?api_key=k&key=&b=1", "/a?api_key=[redacted]&key=[redacted]&b=1"),
+        ("/a?password=p%26q&x=%3Fsig%3Dy", "/a?password=[redacted]&x=%3Fsig%3Dy"),
+    ],
+)
+def test_redact_query(target: str, expected: str) -> None:
+    assert redact_query(target) == expected

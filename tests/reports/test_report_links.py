@@ -243,3 +243,31 @@ def test_the_link_lifetime_is_bounded() -> None:
     for bad in (5, 86401):
         with pytest.raises(ValueError):
             AuthSettings(report_link_ttl_s=bad)
+
+
+async def test_a_link_request_reads_the_job_once(
+    secured: tuple[httpx.AsyncClient, Accounts], alice_job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job a link was verified against serves the route too: the player's many Range
+    requests each read the job record once, not twice."""
+    client, accounts = secured
+    queue = _queue(client)
+    page_url = await _link(client, accounts, "alice", alice_job)
+    reads: list[str] = []
+    real_get = queue.get
+
+    def counting_get(job_id: str) -> object:
+        reads.append(job_id)
+        return real_get(job_id)
+
+    monkeypatch.setattr(queue, "get", counting_get)
+    page = await client.get(page_url)
+    assert page.status_code == 200 and reads == [alice_job]
+    audio = AUDIO_SRC.search(page.text)
+    assert audio is not None
+    reads.clear()
+    part = await client.get(audio.group(1).replace("&amp;", "&"), headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and reads == [alice_job]
+    reads.clear()  # a header credential reads it once as before
+    r = await client.get(f"/jobs/{alice_job}/audio", headers=accounts.headers("alice"))
+    assert r.status_code == 200 and reads == [alice_job]

@@ -31,7 +31,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from callannotate.observability.logging import request_id_var
+from callannotate.observability.logging import REDACTED, is_secret_param, request_id_var
 from callannotate.security.audit import (
     AuditEntry,
     AuditLog,
@@ -72,9 +72,6 @@ ROUTE_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("WEBSOCKET", "/ws/{client_id}"): ("subscribe", "events"),
     ("WEBSOCKET", "/stream"): ("create", "stream"),
 }
-
-# Query parameters whose values never go into a record (``sig``: a signed link, reports/links.py).
-_SECRET_PARAMS = frozenset({"access_token", "token", "key", "api_key", "password", "secret", "sig"})
 
 
 def _singular(segment: str) -> str:
@@ -140,7 +137,7 @@ def _query_detail(scope: Scope) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     for key, value in parse_qsl(raw, keep_blank_values=True)[:20]:
-        out[key[:64]] = "[redacted]" if key.lower() in _SECRET_PARAMS else value[:200]
+        out[key[:64]] = REDACTED if is_secret_param(key) else value[:200]
     return out
 
 

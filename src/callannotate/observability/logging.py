@@ -10,7 +10,11 @@ Every line is one JSON object such as::
 The request id and the job id come from context variables (:data:`request_id_var`,
 :data:`job_id_var`) set by the API middleware and by job runners (:func:`job_context`; a
 worker running a job also sets the id of the request that queued it, :func:`request_context`),
-or from ``extra={"job_id": ...}`` on a single call. Audio content and tokens are never logged.
+or from ``extra={"job_id": ...}`` on a single call. Audio content and tokens are never logged:
+uvicorn's access and WebSocket lines name the request's path with its query, so the values of
+credential parameters in it (:data:`SECRET_PARAMS`: ``?access_token=`` on the WebSockets, a
+signed link's ``sig``) are replaced by ``[redacted]`` before any line is written
+(:func:`redact_query`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from callannotate.config import LogSettings
 
@@ -38,6 +43,43 @@ _RECORD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
 ) | {"message", "asctime", "taskName"}
 _SKIPPED = frozenset({"request_id", "job_id", "color_message"})
+
+# Query parameters whose values never reach a log line or an audit record (``sig``: a signed
+# report link, reports/links.py; ``access_token``: the WebSockets' token).
+SECRET_PARAMS = frozenset({"access_token", "token", "key", "api_key", "password", "secret", "sig"})
+REDACTED = "[redacted]"
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether the query parameter ``name`` carries a credential."""
+    return name.lower() in SECRET_PARAMS
+
+
+def redact_query(target: str) -> str:
+    """``target`` (a path with its query, as a server logs it) with the value of every
+    credential parameter replaced by ``[redacted]``; anything without a query unchanged."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    items = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        items.append(f"{name}={REDACTED}" if eq and is_secret_param(unquote_plus(name)) else item)
+    return f"{path}?{'&'.join(items)}"
+
+
+class RedactQueryFilter(logging.Filter):
+    """Redacts credential parameters in the request targets of uvicorn's lines (the access
+    line's path and the WebSocket lines' path are ``%s`` arguments; the message is built
+    from them only when formatted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query(arg) if isinstance(arg, str) and arg.startswith("/") else arg
+                for arg in record.args
+            )
+        return True
 
 
 @contextlib.contextmanager
@@ -154,6 +196,7 @@ def configure_logging(settings: LogSettings | None = None, *, stream: Any = None
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(RedactQueryFilter())
     handler.setFormatter(EcsJsonFormatter() if settings.json_format else PlainFormatter())
     root.addHandler(handler)
     level = os.environ.get("CALLANNOTATE_LOG_LEVEL_OVERRIDE") or settings.level

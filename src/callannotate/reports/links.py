@@ -33,11 +33,12 @@ import anyio
 from fastapi import Depends, Query
 from starlette.requests import HTTPConnection
 
-from callannotate.api.deps import ReadPrincipal
+from callannotate.api.deps import ReadPrincipal, visible_job
 from callannotate.api.routes.auth import get_auth_service
 from callannotate.config import Settings
 from callannotate.errors import NotFound
 from callannotate.jobs.filequeue import FileQueue, valid_job_id
+from callannotate.jobs.models import Job
 from callannotate.observability.metrics import observe_auth_failure
 from callannotate.security.authenticate import credential_from
 from callannotate.security.errors import AuthenticationFailed
@@ -57,6 +58,7 @@ AUDIO = "audio"
 _EXP_DOC = "Signed link (POST /jobs/{job_id}/report-link): Unix time it expires."
 _KID_DOC = "Signed link: the id of the key it was signed under."
 _SIG_DOC = "Signed link: the signature; instead of an Authorization header."
+_LINK_JOB = "link_job"  # conn.state attribute: the job a link was verified against
 
 
 async def signed_path(
@@ -75,31 +77,44 @@ def link_expiry(settings: Settings) -> int:
 
 def _link_principal(
     service: AuthService, queue: FileQueue, job_id: str, purpose: str, query: dict[str, str]
-) -> Principal:
+) -> tuple[Principal, Job]:
     params = parse_link(query)
     try:
-        owner = queue.get(job_id).owner if valid_job_id(job_id) else None
+        job = queue.get(job_id) if valid_job_id(job_id) else None
     except NotFound:
-        owner = None
-    if owner is None:
+        job = None
+    if job is None:
         raise AuthenticationFailed("invalid link")
+    owner = job.owner
     verify_link(service.keyring, params, purpose, job_id, owner)
     if owner != LOCAL_USER_ID and not service.user_active(owner):
         raise AuthenticationFailed("invalid link", reason="disabled")
-    return Principal(
+    principal = Principal(
         id=owner,
         scopes=frozenset({READ}),
         auth_method="link",
         credential_id=f"{purpose}-link",
         expires_at=params.expires_at,
     )
+    return principal, job
+
+
+def reader_job(conn: HTTPConnection, queue: FileQueue, job_id: str, principal: Principal) -> Job:
+    """The job of a report or audio request: the one its link was verified against (read
+    once, owned by the link's principal), else :func:`visible_job`. Blocking: run it in a
+    worker thread."""
+    job: Job | None = getattr(conn.state, _LINK_JOB, None)
+    if job is not None and job.id == job_id and principal.id == job.owner:
+        return job
+    return visible_job(queue, job_id, principal)
 
 
 def link_principal(purpose: str) -> Callable[..., Awaitable[None]]:
     """A dependency that authenticates a ``purpose`` link, when the request carries one and no
     other credential: it leaves the link's principal in ``conn.state.principal``, where
     :func:`~callannotate.api.deps.get_current_principal` finds it (and the audit record names
-    it); 401 for a link that does not verify. It must run before the route's principal."""
+    it), and the job it verified the link against in ``conn.state`` for :func:`reader_job`;
+    401 for a link that does not verify. It must run before the route's principal."""
 
     async def from_link(
         conn: HTTPConnection,
@@ -115,13 +130,14 @@ def link_principal(purpose: str) -> Callable[..., Awaitable[None]]:
         queue: FileQueue = conn.app.state.queue
         job_id = str(conn.path_params.get("job_id", ""))
         try:
-            principal = await anyio.to_thread.run_sync(
+            principal, job = await anyio.to_thread.run_sync(
                 _link_principal, service, queue, job_id, purpose, query
             )
         except AuthenticationFailed as exc:
             observe_auth_failure(exc.reason)
             raise
         conn.state.principal = principal
+        setattr(conn.state, _LINK_JOB, job)
 
     from_link.__name__ = f"{purpose}_link"
     return from_link

@@ -40,7 +40,9 @@ from callannotate.errors import BadRequest, Conflict, NotFound
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import AUDIO_TYPES, audio_type
 from callannotate.jobs.light import LightState, light_store
+from callannotate.jobs.models import Job
 from callannotate.jobs.service import JobService
+from callannotate.pipeline.types import Annotation
 from callannotate.reports.export_task import (
     ExportStatus,
     check_has_result,
@@ -57,6 +59,7 @@ from callannotate.reports.links import (
     AudioReader,
     ReportReader,
     link_expiry,
+    reader_job,
     signed_path,
 )
 from callannotate.security.atrest import vault_for
@@ -129,9 +132,13 @@ async def export_job(
     fmt = _requested_format(format)
     if wants_async(request, wait):
         return await _export_later(request, queue, settings, principal, job_id, fmt)
-    visible_job(queue, job_id, principal)
-    annotation = load_annotation(queue, job_id)
-    body = await anyio.to_thread.run_sync(fmt.render, annotation)
+
+    def render() -> tuple[Annotation, bytes]:
+        visible_job(queue, job_id, principal)
+        annotation = load_annotation(queue, job_id)
+        return annotation, fmt.render(annotation)
+
+    annotation, body = await anyio.to_thread.run_sync(render)
     return Response(
         content=body,
         media_type=fmt.media_type,
@@ -304,8 +311,12 @@ async def report_page(
     principal: ReportReader,
 ) -> HTMLResponse:
     """Audio player, clickable transcript, speaker timeline, analytics and sentiment."""
-    job = visible_job(queue, job_id, principal)
-    annotation = load_annotation(queue, job_id)
+
+    def read() -> tuple[Job, Annotation]:
+        job = reader_job(request, queue, job_id, principal)
+        return job, load_annotation(queue, job_id)
+
+    job, annotation = await anyio.to_thread.run_sync(read)
     audio_url = str(request.url_for("job_audio", job_id=job_id).path)
     if settings.auth.enabled:  # the page's player sends no header either
         audio_url = await signed_path(
@@ -385,13 +396,17 @@ async def job_audio(
 
     The stored file is encrypted at rest: it is decrypted as it is sent, chunk by chunk, and
     a ``Range`` request decrypts only the chunks it covers."""
-    job = visible_job(queue, job_id, principal)
     path = queue.audio_path(job_id)
     vault = vault_for(settings)
-    try:
-        stat = await anyio.to_thread.run_sync(plaintext_stat, vault, path)
-    except FileNotFoundError as exc:
-        raise NotFound(f"job {job_id} has no stored audio") from exc
+
+    def locate() -> tuple[Job, os.stat_result]:
+        job = reader_job(request, queue, job_id, principal)
+        try:
+            return job, plaintext_stat(vault, path)
+        except FileNotFoundError as exc:
+            raise NotFound(f"job {job_id} has no stored audio") from exc
+
+    job, stat = await anyio.to_thread.run_sync(locate)
     ext, media_type = audio_type(job.audio.format)
     stem = Path(job.audio.filename or "audio").stem or "audio"
     response = DecryptedFileResponse(
