@@ -209,6 +209,34 @@ def test_serve_settings_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api.embedded_workers is False
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CALLANNOTATE_API__PORT", "abc", "invalid settings: CALLANNOTATE_API__PORT: Input"),
+        ("CALLANNOTATE_ALERTS__WEBHOOK_URLS", "not json", "invalid settings: error parsing"),
+    ],
+)
+@pytest.mark.parametrize(
+    "argv",
+    [["users", "list"], ["voices", "list"], ["audit", "verify"], ["serve"]],
+    ids=lambda argv: " ".join(argv),
+)
+def test_an_invalid_setting_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    """Every command (not only ``serve``) names the bad environment variable, exit code 2."""
+    monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("callannotate: error: " + message), err
+    assert len(err.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------ jobs (HTTP)
 
 
@@ -264,3 +292,14 @@ def test_jobs_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     assert cli.main(["jobs", "--url", url, "--timeout", "2", "list"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["status"]], ids=" ".join)
+def test_a_malformed_server_url_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """httpx.InvalidURL is no httpx.HTTPError: it escaped as a traceback."""
+    assert cli.main([argv[0], "--url", "http://[::1", *argv[1:]]) == 2
+    assert capsys.readouterr().err == (
+        "callannotate: error: invalid --url 'http://[::1': Invalid port: ':1'\n"
+    )

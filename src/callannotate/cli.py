@@ -14,12 +14,13 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from callannotate import __version__
 from callannotate.config import Settings
@@ -44,6 +45,23 @@ BUILTIN_FORMATS = ("json",)
 
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else a usage error (a
+    ``--limit`` of 0, -1 or 10**20 reached the database as no limit, all rows or an
+    OverflowError)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {number}")
+        return number
+
+    return parse
 
 
 def settings_error(exc: ValidationError) -> CliError:
@@ -355,6 +373,8 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach {args.url}: {exc}") from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError
+        raise CliError(f"invalid --url {args.url!r}: {exc}") from exc
     if response.status_code >= 400:
         try:
             body = response.json()
@@ -539,6 +559,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except CliError as exc:
         print(f"callannotate: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:  # a bug, not the user's environment
+            raise
+        print(f"callannotate: error: {settings_error(exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # e.g. a list or dict setting that is not JSON
+        print(f"callannotate: error: invalid settings: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -226,6 +226,27 @@ async def test_api_key_create_use_revoke(client: httpx.AsyncClient) -> None:
     assert again.status_code == 204  # revoking twice is harmless
 
 
+async def test_asking_for_no_scope_or_only_scopes_the_role_lacks_is_invalid_scope(
+    client: httpx.AsyncClient,
+) -> None:
+    """``"scopes": []`` made a key with every scope of the role (the opposite of what was
+    asked); a user's login asking only for ``admin`` got a 200 with a token of no scope."""
+    access = (await _login(client, "alice"))["access_token"]
+    r = await client.post(
+        "/auth/apikeys", json={"name": "least", "scopes": []}, headers=_bearer(access)
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope", r.text
+    assert (await client.get("/auth/apikeys", headers=_bearer(access))).json() == []
+    r = await client.post(
+        "/auth/token", data={"username": "alice", "password": PASSWORD, "scope": "admin"}
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope", r.text
+    assert "access_token" not in r.json()
+    # a partly allowed request still gets what the role allows (RFC 6749 section 3.3)
+    assert (await _login(client, "alice", scope="read admin"))["scope"] == "read"
+    assert (await _login(client, "alice", scope=""))["scope"] == "read write"
+
+
 async def test_credentials_required_and_refused(client: httpx.AsyncClient) -> None:
     r = await client.get("/auth/me")
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")

@@ -188,3 +188,34 @@ async def test_connect_errors_are_clear(client: httpx.AsyncClient, radicale: Rad
     assert r.status_code == 400 and "cannot reach" in r.json()["detail"]
     r = await client.post("/contacts", headers=alice, json={"fn": "No Book"})
     assert r.status_code == 400 and "connect an address book" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "if_match",
+    [b'"' + b"9" * 5000 + b'"', b'"\xb2"', b'"\xd9\xa3"'],
+    ids=["5000-digits", "superscript-two", "arabic-indic-three"],
+)
+async def test_an_if_match_that_names_no_version_is_a_412(
+    client: httpx.AsyncClient, if_match: bytes
+) -> None:
+    """Every ``If-Match`` that is no plain version number gets the same 412 (was a 500 for
+    digits ``int()`` refuses: more than 4300 of them, or '²' sent as the Latin-1 byte)."""
+    alice = await _headers(client, "alice")
+    url = f"/contacts/{'a' * 32}"
+    for method in ("PATCH", "DELETE"):
+        r = await client.request(
+            method, url, headers={**alice, "If-Match": if_match}, json={"title": "x"}
+        )
+        assert r.status_code == 412, (method, r.text)
+        assert r.json()["detail"] == "If-Match does not name a version of this contact"
+
+
+async def test_an_offset_past_the_database_integers_is_a_422(client: httpx.AsyncClient) -> None:
+    """Was a 500 (the database driver cannot bind an integer over 64 bits)."""
+    alice = await _headers(client, "alice")
+    for offset in (2**63, 10**30):
+        r = await client.get("/contacts", headers=alice, params={"offset": offset})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "validation_error"
+    r = await client.get("/contacts", headers=alice, params={"offset": 10_000_000})
+    assert r.status_code == 200 and r.json()["items"] == []

@@ -149,6 +149,15 @@ def test_healthcheck_command_against_a_server(
     assert capsys.readouterr().out.startswith("not ready:")
 
 
+def test_healthcheck_of_a_malformed_url_is_unhealthy_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["healthcheck", "--url", "http://[::1"]) == 1
+    assert capsys.readouterr().out == (
+        "not ready: http://[::1/ready: InvalidURL: Invalid port: ':1'\n"
+    )
+
+
 def test_healthcheck_local_for_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

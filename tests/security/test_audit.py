@@ -264,6 +264,24 @@ def test_values_are_cut_to_the_columns_before_hashing(database: Database) -> Non
     assert verify_chain(AuditStore(database)).ok
 
 
+def test_nul_characters_are_stored_as_a_stand_in_not_a_failed_batch(database: Database) -> None:
+    """PostgreSQL refused a record with NUL (``DELETE /voices/%00`` by any user), and the
+    background writer dropped its whole batch: other callers' records were lost too."""
+    log = AuditLog(database, background=True)
+    log.record(_entry(1, resource_id="\x00", detail={"path": "/voices/\x00", "k\x00": "a\\u0000"}))
+    log.record(_entry(2, user_agent="curl\x00", request_id="r\x00"))
+    log.record(_entry(3))  # an innocent record written in the same batch
+    log.close()
+    rows, total = AuditStore(database).query(AuditFilter(), limit=10)
+    assert total == 3, "records were dropped"
+    by_seq = {r.seq: r for r in rows}
+    assert by_seq[1].resource_id == "\ufffd"
+    assert by_seq[1].detail == {"path": "/voices/\ufffd", "k\ufffd": "a\\u0000"}
+    assert by_seq[2].user_agent == "curl\ufffd" and by_seq[2].request_id == "r\ufffd"
+    assert by_seq[3].resource_id == "j-3"
+    assert verify_chain(AuditStore(database)).ok
+
+
 def test_each_record_is_an_ecs_log_line(database: Database) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -383,3 +401,15 @@ def test_cli_records_and_verifies(
     assert main(["audit", "--data-dir", data, "verify"]) == 1
     assert "BROKEN at record 2" in capsys.readouterr().out
     assert main(["audit", "--data-dir", data, "verify", "--anchor", "nope"]) == 2
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", str(10**20), "many"])
+def test_cli_list_refuses_a_limit_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    """``--limit 0`` printed "no audit records" over a full log, ``-5`` every record (SQLite's
+    LIMIT -5) and ``10**20`` an OverflowError traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "--data-dir", str(tmp_path / "data"), "list", "--limit", limit])
+    assert exit_info.value.code == 2
+    assert "argument --limit:" in capsys.readouterr().err

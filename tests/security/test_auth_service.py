@@ -38,6 +38,32 @@ def test_login_with_narrower_scope_and_unknown_scope(service: AuthService) -> No
         service.login("admin1", PASSWORD, None, "root")
 
 
+def test_no_grantable_scope_is_refused(service: AuthService) -> None:
+    """An empty scope list is not "everything"; a login granted nothing is refused."""
+    user = service.create_user("carol", PASSWORD, "user")
+    with pytest.raises(InvalidScope):
+        service.login("carol", PASSWORD, None, "admin")
+    for scopes in ("", " , "):
+        with pytest.raises(InvalidScope):
+            service.create_api_key(user.id, "k", scopes)
+        with pytest.raises(InvalidScope):
+            service.create_client("carol", "c", scopes)
+    assert service.create_api_key(user.id, "k", None)[0].scopes == "read write"
+
+
+def test_key_and_client_names_are_checked_on_every_backend(service: AuthService) -> None:
+    """A name the column cannot hold was a psycopg DataError on PostgreSQL (a traceback from
+    ``callannotate apikeys create``) and stored as is on SQLite; a blank one was stored."""
+    user = service.create_user("dora", PASSWORD, "user")
+    for name in ("x" * 101, "   ", ""):
+        with pytest.raises(BadRequest, match="1 to 100 characters"):
+            service.create_api_key(user.id, name, None)
+        with pytest.raises(BadRequest, match="1 to 100 characters"):
+            service.create_client("dora", name, None)
+    assert service.create_api_key(user.id, " " + "k" * 100 + " ", None)[0].name == "k" * 100
+    assert service.create_client("dora", "  nightly  ", None)[0].name == "nightly"
+
+
 def test_unknown_user_and_wrong_password_fail_the_same_way(service: AuthService) -> None:
     service.create_user("alice", PASSWORD)
     with pytest.raises(InvalidGrant) as wrong:

@@ -119,3 +119,31 @@ def test_signing_key_rotation(data_dir: str, capsys: pytest.CaptureFixture[str])
     assert main(["signing-key", "--data-dir", data_dir, "list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "retired" in lines[0] and "current" in lines[1]
+
+
+def test_users_create_without_a_terminal_or_stdin_is_an_error_not_a_traceback(
+    data_dir: str,
+) -> None:
+    """No terminal (a new session has none) and an empty stdin: one line and exit code 2
+    (was an EOFError traceback from getpass)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CALLANNOTATE_DATA_DIR": data_dir}
+    for command in (["create", "dave"], ["set-password", "dave"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "callannotate.cli", "users", *command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            start_new_session=True,  # no controlling terminal for getpass to open
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert (
+            "callannotate: error: no password was typed; in a script, pipe it in with "
+            "--password-stdin" in done.stderr
+        )

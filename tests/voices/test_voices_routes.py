@@ -312,3 +312,28 @@ async def test_chunked_oversized_samples_are_refused_while_streaming(
     staging = settings.queue_dir / "staging"
     assert list(staging.iterdir()) == []
     assert len(VoiceStore(settings.voices_dir).list()) == (0 if path == "/voices" else 1)
+
+
+@pytest.mark.parametrize("wait", ["true", "false"])
+async def test_a_blank_speaker_name_is_refused_before_any_work(
+    client: httpx.AsyncClient, app: FastAPI, tmp_path: Path, wait: str
+) -> None:
+    """``{"name": "   "}`` got a 202 with ``?wait=false`` and an enrollment that could only
+    fail; both ways it is a 422 now, before a model or a light task."""
+    call = tmp_path / "call.wav"
+    call.write_bytes(silent_wav(1.0))
+    turns = [Turn(start=0.0, end=1.0, speaker="S0")]
+    annotation = Annotation(
+        recording=RecordingInfo(duration=1.0, sample_rate=16000, channels=1),
+        speakers=[Speaker(label="S0")],
+        turns=turns,
+        exclusive_turns=turns,
+    )
+    job_id = _completed_job(app.state.queue, call, annotation)
+    r = await client.post(
+        f"/jobs/{job_id}/speakers/S0/enroll", params={"wait": wait}, json={"name": "   "}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "the voice needs a name"
+    light = Path(app.state.settings.data_dir) / "light"
+    assert not light.exists() or not any(p.is_file() for p in light.rglob("*.json"))

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -134,10 +135,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_json(422, "validation_error", detail)
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refuses text holding NUL (SQLite stores it): the client's input, a 422."""
+    assert isinstance(exc, DataError)
+    if "NUL" not in str(exc.orig):
+        raise exc  # another data error is a bug: the 500 of RequestIdMiddleware
+    return error_json(422, "validation_error", "text cannot contain NUL (\\u0000) characters")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CallAnnotateError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _data_error)
 
 
 class RequestIdMiddleware:

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from callannotate.cli import int_in_range
 from callannotate.config import Settings
-from callannotate.errors import CallAnnotateError
+from callannotate.errors import BadRequest, CallAnnotateError
 from callannotate.security.principal import LOCAL_USER_ID
 
 PASSWORD_ENV = "CALLANNOTATE_CARDDAV_PASSWORD"
@@ -36,7 +37,13 @@ def _password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\n")
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
-    return getpass.getpass(f"password for {args.username}: ")
+    try:
+        return getpass.getpass(f"password for {args.username}: ")
+    except EOFError:  # no terminal and nothing on stdin (a script, cron, CI)
+        raise BadRequest(
+            f"no password was typed; in a script, pipe it in with --password-stdin or set "
+            f"{PASSWORD_ENV}"
+        ) from None
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
@@ -81,17 +88,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from callannotate.contacts.vcard import VCardError, parse_vcard, split_vcards
+    from callannotate.contacts.vcard import VCardError, parse_vcard, split_vcards, with_uid
 
     service = _service(args)
     path = Path(args.file)
     if not path.is_file():
         print(f"callannotate: error: no such file: {path}", file=sys.stderr)
         return 2
+    cards = split_vcards(path.read_text(encoding="utf-8", errors="replace"))
+    if not cards:
+        print(
+            f"callannotate: error: no vCard (BEGIN:VCARD ... END:VCARD) in {path}", file=sys.stderr
+        )
+        return 2
     imported = skipped = 0
-    for index, text in enumerate(
-        split_vcards(path.read_text(encoding="utf-8", errors="replace")), 1
-    ):
+    for index, card in enumerate(cards, 1):
+        text = with_uid(card)
         try:
             _uid, fields = parse_vcard(text)
         except VCardError as exc:
@@ -154,7 +166,7 @@ def add_parser(subparsers: Any) -> None:
     lst = sub.add_parser("list", help="list cached contacts")
     lst.add_argument("query", nargs="?", help="name, organisation or e-mail")
     lst.add_argument("--phone", help="phone number in any notation")
-    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--limit", type=int_in_range(1, 1_000_000), default=100)
     lst.set_defaults(func=_run(_cmd_list))
 
     imp = sub.add_parser("import", help="add the contacts of a .vcf file")

@@ -44,6 +44,7 @@ router = APIRouter(prefix="/contacts", tags=["contacts"], responses=error_respon
 
 _lock = threading.Lock()
 _ID = re.compile(r"^[0-9a-f]{32}$")
+_VERSION = re.compile(r"^[0-9]{1,18}$")
 
 
 def build_contacts_service(settings: Settings) -> ContactsService:
@@ -87,7 +88,7 @@ def _if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     tag = value.split(",")[0].strip().removeprefix("W/").strip('"')
-    return int(tag) if tag.isdigit() else -1
+    return int(tag) if _VERSION.match(tag) else -1  # not str.isdigit: '²' is a digit too
 
 
 def contact_out(row: Contact, stale: bool) -> ContactOut:
@@ -151,7 +152,7 @@ async def list_contacts(
     phone: Annotated[str, Query(max_length=64, description="Any notation")] = "",
     email: Annotated[str, Query(max_length=254)] = "",
     org: Annotated[str, Query(max_length=200)] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,  # as GET /audit: no 64-bit overflow
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ContactPage:
     def run() -> ContactPage:

@@ -124,6 +124,19 @@ def new_uid() -> str:
     return str(uuid.uuid4())
 
 
+def with_uid(text: str) -> str:
+    """``text`` (one card of :func:`split_vcards`) with a new ``UID`` line when it has none:
+    UID is optional in a .vcf file (phones export cards without it), CardDAV needs one."""
+    try:
+        card = _parse_component(text)
+    except VCardError:
+        return text  # parse_vcard says why
+    if str(getattr(getattr(card, "uid", None), "value", "") or "").strip():
+        return text
+    lines = [line for line in text.split("\r\n") if line.strip().upper() != "UID:"]
+    return "\r\n".join([lines[0], f"UID:{new_uid()}", *lines[1:]])
+
+
 def render_vcard(
     fields: ContactFields, *, uid: str, base: str | None = None, version: str = "3.0"
 ) -> str:

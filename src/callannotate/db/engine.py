@@ -36,15 +36,25 @@ def describe_url(url: str) -> str:
 
 
 def _prepare_sqlite_file(url: URL) -> None:
-    """Create the database file (and its folder) private to the service user: 0600 / 0700."""
+    """Create the database file (and its folder) private to the service user: 0600 / 0700.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock the process holds on it, including the SQLite connections' WAL locks, and another
+    process closing its last connection would then delete the ``-wal``/``-shm`` files under
+    this one (its writes go to a deleted file, new connections fail with "disk I/O error").
+    """
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
     os.chmod(path, 0o600)
 
 

@@ -37,7 +37,7 @@ def _over_http(args: argparse.Namespace, settings: Settings) -> int:
     path = "/health" if args.live else "/ready"
     try:
         response = httpx.get(url + path, timeout=args.timeout, verify=not args.insecure)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError
         print(f"not ready: {url}{path}: {type(exc).__name__}: {exc}")
         return EXIT_UNHEALTHY
     if response.status_code == 200:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -81,10 +82,17 @@ def outcome_for_status(status: int | None) -> Outcome:
     return "failed"
 
 
+#: What stands for a NUL character: PostgreSQL refuses NUL in text and JSON, and one record
+#: holding it (``DELETE /voices/%00``) failed its whole batch, other callers' records too.
+NUL_STANDIN = "\ufffd"
+#: ``\u0000`` in JSON text, not preceded by an escaping backslash.
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _cut(name: str, value: str | None) -> str | None:
     if value is None:
         return None
-    return value[: _LIMITS[name]]
+    return value[: _LIMITS[name]].replace("\x00", NUL_STANDIN)
 
 
 def _json_safe(detail: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,6 +100,7 @@ def _json_safe(detail: Mapping[str, Any] | None) -> dict[str, Any]:
     if not detail:
         return {}
     text = json.dumps(dict(detail), default=str, ensure_ascii=False, sort_keys=True)
+    text = _JSON_NUL.sub(lambda m: m.group(1) + NUL_STANDIN, text)
     if len(text) > _DETAIL_MAX_CHARS:
         return {"truncated": text[:_DETAIL_MAX_CHARS]}
     loaded = json.loads(text)

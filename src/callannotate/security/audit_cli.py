@@ -14,6 +14,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from callannotate.cli import int_in_range
 from callannotate.db.cli import settings_from
 
 
@@ -115,6 +116,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Most records ``audit list`` prints.
+MAX_LIMIT = 1_000_000
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``audit`` with ``verify`` and ``list``."""
     audit = subparsers.add_parser("audit", help="audit log: verify the hash chain, list records")
@@ -127,7 +132,12 @@ def add_parser(subparsers: Any) -> None:
     )
     verify.set_defaults(func=_cmd_verify)
     lst = sub.add_parser("list", help="print recent records (newest last)")
-    lst.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    lst.add_argument(
+        "--limit",
+        type=int_in_range(1, MAX_LIMIT),
+        default=50,
+        help=f"how many (default 50, at most {MAX_LIMIT})",
+    )
     lst.add_argument("--principal", help="only this principal (user id)")
     lst.add_argument("--action", help="only this action, e.g. job.delete or 'auth.*'")
     lst.add_argument("--resource", help="only this resource id")

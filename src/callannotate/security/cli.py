@@ -60,8 +60,12 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         line = sys.stdin.readline()
         return line[:-1] if line.endswith("\n") else line
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Repeat password: ") != first:
+    try:
+        first = getpass.getpass("Password: ")
+        repeated = getpass.getpass("Repeat password: ")
+    except EOFError:  # no terminal and nothing on stdin (a script, cron, CI)
+        raise _NoPassword() from None
+    if repeated != first:
         raise _Mismatch()
     return first
 
@@ -71,6 +75,13 @@ class _Mismatch(CallAnnotateError):
 
     def __init__(self) -> None:
         super().__init__("passwords do not match")
+
+
+class _NoPassword(CallAnnotateError):
+    code = "bad_request"
+
+    def __init__(self) -> None:
+        super().__init__("no password was typed; in a script, pipe it in with --password-stdin")
 
 
 def _when(value: Any) -> str:

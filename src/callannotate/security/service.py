@@ -43,6 +43,8 @@ from callannotate.security.tokens import AccessClaims, TokenCodec
 logger = logging.getLogger(__name__)
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+#: Longest label of an API key or OAuth2 client (the column's size).
+MAX_LABEL = 100
 
 
 class InvalidGrant(CallAnnotateError):
@@ -66,6 +68,15 @@ class InvalidClient(CallAnnotateError):
 class InvalidScope(CallAnnotateError):
     status_code = 400
     code = "invalid_scope"
+
+
+def _label(name: str) -> str:
+    """The name of a key or client without surrounding blanks: 1 to :data:`MAX_LABEL`
+    characters (PostgreSQL would refuse a longer one with an error, SQLite store it)."""
+    name = name.strip()
+    if not name or len(name) > MAX_LABEL:
+        raise BadRequest(f"the name must have 1 to {MAX_LABEL} characters")
+    return name
 
 
 @dataclass(frozen=True)
@@ -329,6 +340,8 @@ class AuthService:
         if new_hash is not None:
             self.store.update_user(user.id, password_hash=new_hash)
         scopes = grantable(user.role, requested)
+        if not scopes:  # none of the requested scopes: a token that could do nothing
+            raise InvalidScope(f"scope(s) not allowed: {format_scopes(requested)}")
         family = credentials.new_id()
         pair = self._issue_pair(user, scopes, family_id=family)
         self._audit(
@@ -452,6 +465,7 @@ class AuthService:
     def create_client(
         self, username: str, name: str, scopes: str | None
     ) -> tuple[OAuthClient, str]:
+        name = _label(name)
         user = self.store.require_user_by_name(normalize_username(username))
         granted = self._grant_for(user.role, scopes)
         client_id, secret = credentials.new_client()
@@ -524,6 +538,11 @@ class AuthService:
         self, role: str, scopes: str | None, within: frozenset[str] | None = None
     ) -> frozenset[str]:
         requested = self._requested(scopes)
+        if scopes is not None and not requested:  # asked for no scope: not "all of them"
+            raise InvalidScope(
+                "name at least one scope (read, write, admin); leave scopes out for all "
+                "your role allows"
+            )
         allowed = ROLE_SCOPES.get(role, frozenset())
         if within is not None:
             allowed = allowed & within
@@ -536,6 +555,7 @@ class AuthService:
         self, user_id: str, name: str, scopes: str | None, within: frozenset[str] | None = None
     ) -> tuple[ApiKey, str]:
         """A new key for the user; the plaintext is returned once and never stored."""
+        name = _label(name)
         user = self.store.get_user(user_id)
         if user is None:
             raise NotFound(f"user {user_id} not found")

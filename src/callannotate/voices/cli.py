@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from callannotate.cli import int_in_range
 from callannotate.config import Settings
 from callannotate.errors import CallAnnotateError
 
@@ -57,6 +58,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         print(f"callannotate: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        from callannotate.voices.service import voice_name
+
+        name = voice_name(args.name)  # before any model is loaded, as the API checks
         if args.contact_id:  # one of the local user's contacts (as the API checks)
             _check_contact(settings, args.contact_id)
         service = _service(settings)
@@ -64,7 +68,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         if args.voice_id:
             voice = service.add_samples(args.voice_id, samples)
         else:
-            voice = service.enroll(args.name, samples, args.contact_id)
+            voice = service.enroll(name, samples, args.contact_id)
     except CallAnnotateError as exc:
         return _fail(exc)
     info = voice.info()
@@ -149,6 +153,8 @@ def add_parser(subparsers: Any) -> None:
 
     ident = sub.add_parser("identify", help="print the best matching voices for FILE")
     ident.add_argument("file", help="audio of one speaker")
-    ident.add_argument("--top", type=int, default=3, help="candidates to print (default 3)")
+    ident.add_argument(
+        "--top", type=int_in_range(1, 10_000), default=3, help="candidates to print (default 3)"
+    )
     ident.add_argument("--json", action="store_true", help="print JSON")
     ident.set_defaults(func=_cmd_identify)

@@ -48,7 +48,7 @@ from callannotate.voices.schemas import (
     VoiceSample,
     utcnow,
 )
-from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e
+from callannotate.voices.service import RecognitionParams, VoiceService, shared_ge2e, voice_name
 from callannotate.voices.store import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -427,6 +427,7 @@ async def enroll_job_speaker(
     # Refuse what the service would refuse before loading the embedding models for it.
     if (body.name is None) == (body.voice_id is None):
         raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
+    new_name = voice_name(body.name) if body.name is not None else None  # "  ": 422, not 202
     if body.contact_id is not None and body.contact is not None:
         raise Unprocessable("give either contact_id (an existing contact) or contact (a new one)")
     if body.voice_id is not None:  # adding to a voice: it must be the caller's too
@@ -438,7 +439,7 @@ async def enroll_job_speaker(
     if not audio_path.is_file():
         raise NotFound(f"the audio of job {job_id} is no longer stored")
     if wants_async(request, wait):
-        name = body.name
+        name = new_name
         if name is None:
             assert body.voice_id is not None
             name = (await anyio.to_thread.run_sync(_store(settings).get, body.voice_id)).name
@@ -458,7 +459,7 @@ async def enroll_job_speaker(
         return await _accepted(request, task)
     service = await anyio.to_thread.run_sync(voice_service, settings)
     if body.contact is not None:  # created only once the request is known to be valid
-        name = body.name
+        name = new_name
         if name is None:
             assert body.voice_id is not None
             name = (await anyio.to_thread.run_sync(service.store.get, body.voice_id)).name
@@ -469,7 +470,7 @@ async def enroll_job_speaker(
             audio_path,
             job_id,
             label,
-            name=body.name,
+            name=new_name,
             voice_id=body.voice_id,
             contact_id=contact_id,
             owner=principal.id,

@@ -11,6 +11,8 @@ from callannotate.contacts.schemas import ContactCreate
 SCHEMA_VERSION = 1
 #: Owner of voices stored before voices had owners: the local user (admins see them too).
 LEGACY_OWNER = "local"
+#: Longest voice name (characters), in the API and the CLI alike.
+MAX_VOICE_NAME = 200
 
 
 def utcnow() -> datetime:
@@ -66,7 +68,7 @@ class Voice(_Model):
 
     schema_version: int = SCHEMA_VERSION
     id: str
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_VOICE_NAME)
     owner: str = Field(
         LEGACY_OWNER, description="User id the voice belongs to (older files: the local user)."
     )

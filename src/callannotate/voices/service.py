@@ -64,7 +64,14 @@ from callannotate.pipeline.types import (
     null_hook,
 )
 from callannotate.voices.ge2e import GE2EEmbedder
-from callannotate.voices.schemas import LEGACY_OWNER, Candidate, IdentifyResult, Voice, VoiceSample
+from callannotate.voices.schemas import (
+    LEGACY_OWNER,
+    MAX_VOICE_NAME,
+    Candidate,
+    IdentifyResult,
+    Voice,
+    VoiceSample,
+)
 from callannotate.voices.scoring import Embeddings, Gallery, build_gallery, score
 from callannotate.voices.store import VoiceStore, new_id
 
@@ -390,6 +397,16 @@ def match_of(
 # ----------------------------------------------------------------------------- service
 
 
+def voice_name(name: str) -> str:
+    """``name`` without surrounding blanks; 422 when that is empty or too long."""
+    name = name.strip()
+    if not name:
+        raise Unprocessable("the voice needs a name")
+    if len(name) > MAX_VOICE_NAME:
+        raise Unprocessable(f"the voice name is longer than {MAX_VOICE_NAME} characters")
+    return name
+
+
 class VoiceService:
     """Enrollment and identification against one :class:`VoiceStore`.
 
@@ -453,9 +470,7 @@ class VoiceService:
         owner: str = LEGACY_OWNER,
     ) -> Voice:
         """A new voice of ``owner`` (the API passes the caller's id; the CLI the local user)."""
-        name = name.strip()
-        if not name:
-            raise Unprocessable("the voice needs a name")
+        name = voice_name(name)
         if not samples:
             raise Unprocessable("send at least one audio sample")
         voice = Voice(
