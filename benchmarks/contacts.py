@@ -29,7 +29,7 @@ sys.path.append(
 )  # local_servers, for carddav_servers
 
 import httpx
-from carddav_servers import Radicale
+from carddav_servers import LOCAL_SERVERS, Radicale
 from sqlalchemy import text as sql_text
 
 from callannotate.config import ContactsSettings, Settings
@@ -125,7 +125,9 @@ def main() -> None:
                 upgrade_database(db)
                 settings = Settings(
                     data_dir=root / "data",
-                    contacts=ContactsSettings(use_sync_collection=use_sync, timeout_s=300),
+                    contacts=ContactsSettings(
+                        use_sync_collection=use_sync, timeout_s=300, allowed_hosts=LOCAL_SERVERS
+                    ),
                 )
                 service = ContactsService(settings, db)
                 account = service.connect("bench", server.url, server.username, server.password)

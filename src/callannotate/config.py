@@ -628,6 +628,14 @@ class ContactsSettings(Section):
         0.0, ge=0, description="Periodic sync of every account while serving; 0 = on demand."
     )
     timeout_s: float = Field(15.0, gt=0, description="Seconds one CardDAV request may take.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host names, IP addresses or CIDRs a CardDAV server may be at although they are "
+            "private, loopback or link-local (checked on every resolved address of every "
+            "request, redirects included), e.g. ['carddav.office.lan', '10.0.0.0/8']."
+        ),
+    )
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
     ca_bundle: Path | None = Field(None, description="Extra CA bundle for self-signed servers.")
     breaker_failures: int = Field(

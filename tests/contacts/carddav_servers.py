@@ -151,6 +151,10 @@ def running_xandikos(root: Path) -> Iterator[Xandikos]:
         server.stop()
 
 
+#: ``contacts.allowed_hosts`` for the test servers, which listen on the loopback address
+LOCAL_SERVERS = ["127.0.0.1"]
+
+
 def make_settings(tmp_path: Path, **contacts: object) -> Settings:
     """Settings for a contacts service in tests: a quick breaker and short timeouts."""
     return Settings(
@@ -159,6 +163,6 @@ def make_settings(tmp_path: Path, **contacts: object) -> Settings:
             breaker_failures=1,
             breaker_reset_s=0.01,
             timeout_s=5,
-            **contacts,  # type: ignore[arg-type]
+            **{"allowed_hosts": LOCAL_SERVERS, **contacts},  # type: ignore[arg-type]
         ),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from carddav_servers import Radicale
+from carddav_servers import LOCAL_SERVERS, Radicale
 from fastapi import FastAPI
 
 from callannotate.api.app import create_app
@@ -26,7 +26,7 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         api=ApiSettings(embedded_workers=False),
         auth=AuthSettings(enabled=True, argon2_time_cost=1, argon2_memory_cost=1024),
-        contacts=ContactsSettings(timeout_s=5),
+        contacts=ContactsSettings(timeout_s=5, allowed_hosts=LOCAL_SERVERS),
     )
 
 
@@ -219,3 +219,15 @@ async def test_an_offset_past_the_database_integers_is_a_422(client: httpx.Async
         assert r.json()["error"] == "validation_error"
     r = await client.get("/contacts", headers=alice, params={"offset": 10_000_000})
     assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_an_account_on_a_metadata_address_is_a_422(client: httpx.AsyncClient) -> None:
+    alice = await _headers(client, "alice")
+    r = await client.post(
+        "/contacts/accounts",
+        headers=alice,
+        json={"url": "http://169.254.169.254/latest/", "username": "u", "password": "p"},
+    )
+    assert r.status_code == 422, r.text
+    assert "contacts.allowed_hosts" in r.json()["detail"]
+    assert (await client.get("/contacts/accounts", headers=alice)).json() == []

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from carddav_servers import Radicale
+from carddav_servers import LOCAL_SERVERS, Radicale
 from prometheus_client import REGISTRY
 from test_contacts_sync import OWNER, _connect, _put
 
@@ -47,7 +47,9 @@ def test_server_down_opens_the_breaker_cache_serves_and_restart_closes_it(
 ) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",
-        contacts=ContactsSettings(breaker_failures=2, breaker_reset_s=RESET_S, timeout_s=5),
+        contacts=ContactsSettings(
+            breaker_failures=2, breaker_reset_s=RESET_S, timeout_s=5, allowed_hosts=LOCAL_SERVERS
+        ),
     )
     service = ContactsService(settings, sqlite_db)
     assert breakers.get("contacts") is service.breaker

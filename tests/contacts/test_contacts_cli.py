@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
-from carddav_servers import Radicale
+from carddav_servers import LOCAL_SERVERS, Radicale
 
 from callannotate.cli import main
 from callannotate.contacts.davclient import CardDAVClient
@@ -44,6 +45,7 @@ def test_cli_connect_import_list_export(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CALLANNOTATE_CONTACTS__ALLOWED_HOSTS", json.dumps(LOCAL_SERVERS))
     monkeypatch.setattr("sys.stdin", io.StringIO(radicale.password + "\n"))
     args = ["connect", radicale.url, "--username", radicale.username, "--password-stdin"]
     assert main(["contacts", *args]) == 0

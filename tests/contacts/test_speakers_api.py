@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from carddav_servers import Radicale
+from carddav_servers import LOCAL_SERVERS, Radicale
 from fastapi import FastAPI
 
 from callannotate.api.app import create_app
@@ -38,7 +38,7 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         api=ApiSettings(embedded_workers=False),
         auth=AuthSettings(enabled=True, argon2_time_cost=1, argon2_memory_cost=1024),
-        contacts=ContactsSettings(timeout_s=5),
+        contacts=ContactsSettings(timeout_s=5, allowed_hosts=LOCAL_SERVERS),
         call=CallSettings(filename_pattern=PATTERN),
     )
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from callannotate.api.app import create_app
-from callannotate.config import ApiSettings, DatabaseSettings, Settings
+from callannotate.config import ApiSettings, ContactsSettings, DatabaseSettings, Settings
 from callannotate.contacts.service import ContactsService, password_context
 from callannotate.db.contact_models import ContactAccount
 from callannotate.db.engine import Database
@@ -24,7 +24,7 @@ from callannotate.observability.health import dependency_outcomes, is_failing
 from callannotate.security.secrets import seal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contacts"))
-from carddav_servers import DavServer, Radicale
+from carddav_servers import LOCAL_SERVERS, DavServer, Radicale
 
 OWNER = "owner-1"
 
@@ -41,6 +41,7 @@ def settings_for(tmp_path: Path, url: str | None = None) -> Settings:
         data_dir=tmp_path / "data",
         api=ApiSettings(embedded_workers=False),
         database=DatabaseSettings(url=url or ""),
+        contacts=ContactsSettings(allowed_hosts=LOCAL_SERVERS),
     )
 
 

@@ -15,6 +15,9 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
+from callannotate.contacts.guard import GuardedTransport
+from callannotate.jobs.callback_targets import TargetPolicy, TargetRefused
+
 logger = logging.getLogger(__name__)
 
 DAV = "DAV:"
@@ -32,6 +35,10 @@ class CardDAVError(Exception):
 
 class Unreachable(CardDAVError):
     """No answer, a timeout or a 5xx: try again later (the circuit breaker counts these)."""
+
+
+class TargetNotAllowed(CardDAVError):
+    """The URL (or a redirect) points to an address ``contacts.allowed_hosts`` does not allow."""
 
 
 class AuthFailed(CardDAVError):
@@ -113,8 +120,13 @@ class CardDAVClient:
         timeout: float = 15.0,
         verify: bool | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
+        policy: TargetPolicy | None = None,
     ) -> None:
+        """``policy``: every request (redirects included) goes only where it allows
+        (:mod:`callannotate.contacts.guard`); ``None`` (tests, a given ``transport``): anywhere."""
         self.url = url if url.endswith("/") else url + "/"
+        if transport is None and policy is not None:
+            transport = GuardedTransport(policy, verify)
         credentials: httpx.Auth
         if auth == "digest":
             credentials = httpx.DigestAuth(username, password)
@@ -165,6 +177,8 @@ class CardDAVClient:
             response = self._http.request(method, url, content=content, headers=headers)
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS, timeout
             raise Unreachable(f"{method} {_path(url)}: {type(exc).__name__}: {exc}") from exc
+        except TargetRefused as exc:
+            raise TargetNotAllowed(str(exc)) from exc
         if response.status_code == 401:
             raise AuthFailed(f"{method} {_path(url)}: 401 (check user name and password)")
         if response.status_code >= 500:

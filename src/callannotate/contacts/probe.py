@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 
 from callannotate.config import ContactsSettings, Settings
 from callannotate.contacts import davclient as dav
+from callannotate.contacts.guard import contacts_policy
 from callannotate.db.contact_models import ContactAccount, ContactBook
 
 Status = Literal["ok", "unreachable", "auth_failed", "error"]
@@ -143,12 +144,15 @@ def probe(
             auth=target.auth,
             timeout=timeout_s,
             verify=tls_verify(settings.contacts) if verify is None else verify,
+            policy=contacts_policy(settings.contacts.allowed_hosts),
         ) as client:
             response = client.request("PROPFIND", client.url, content=body, headers=headers)
     except dav.AuthFailed:
         return result("auth_failed", "the server refused the stored credentials (401)")
     except dav.Unreachable as exc:
         return result("unreachable", f"unreachable: {str(exc)[:200]}")
+    except dav.TargetNotAllowed as exc:
+        return result("error", str(exc)[:200])
     except Exception as exc:  # a probe reports; it never fails /ready itself
         return result("error", f"{type(exc).__name__}: {str(exc)[:200]}")
     code = response.status_code

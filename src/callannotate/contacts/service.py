@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from callannotate.config import Settings
 from callannotate.contacts import davclient as dav
 from callannotate.contacts.duplicates import Suggestion, find_duplicates
+from callannotate.contacts.guard import contacts_policy
 from callannotate.contacts.merge import FieldConflict, merge_duplicates, three_way
 from callannotate.contacts.normalize import fold_query, name_key, normalize_phone, search_text
 from callannotate.contacts.schemas import (
@@ -43,7 +44,7 @@ from callannotate.db.contact_models import (
     ContactPhone,
 )
 from callannotate.db.engine import Database
-from callannotate.errors import BadRequest, CallAnnotateError, Conflict, NotFound
+from callannotate.errors import BadRequest, CallAnnotateError, Conflict, NotFound, Unprocessable
 from callannotate.observability.metrics import CONTACTS_LAST_SYNC, CONTACTS_SYNC
 from callannotate.resilience.breakers import Breaker, CircuitOpen
 
@@ -120,7 +121,13 @@ class ContactsService:
 
     def client(self, url: str, username: str, password: str, auth: str) -> dav.CardDAVClient:
         return dav.CardDAVClient(
-            url, username, password, auth=auth, timeout=self.cfg.timeout_s, verify=self._verify()
+            url,
+            username,
+            password,
+            auth=auth,
+            timeout=self.cfg.timeout_s,
+            verify=self._verify(),
+            policy=contacts_policy(self.cfg.allowed_hosts),
         )
 
     def _client_for(self, account: ContactAccount) -> dav.CardDAVClient:
@@ -144,6 +151,8 @@ class ContactsService:
         try:
             with self.client(url, username, password, auth) as client:
                 books = client.discover()
+        except dav.TargetNotAllowed as exc:
+            raise Unprocessable(f"url: {exc}") from exc
         except dav.AuthFailed as exc:
             raise BadRequest("the CardDAV server refused these credentials") from exc
         except dav.Unreachable as exc:

@@ -60,9 +60,11 @@ def refused_range(ip: IPAddress) -> bool:
 
 
 class TargetPolicy:
-    """The allow-list of ``callbacks.allowed_hosts`` applied to URLs and resolved addresses."""
+    """An allow-list (``callbacks.allowed_hosts`` by default) applied to URLs and resolved
+    addresses; ``setting`` names it in refusals."""
 
-    def __init__(self, allowed_hosts: list[str]) -> None:
+    def __init__(self, allowed_hosts: list[str], setting: str = "callbacks.allowed_hosts") -> None:
+        self.setting = setting
         self.networks: list[IPNetwork] = []
         self.hostnames: set[str] = set()
         for entry in allowed_hosts:
@@ -114,28 +116,43 @@ class TargetPolicy:
     async def resolve(self, url: str) -> Target:
         """Resolve the URL's host, check every address, return the one to connect to."""
         scheme, host, port = self._split(url)
+        if _parse_ip(host) is not None:
+            return self._checked(scheme, host, port, [])
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
+        return self._checked(scheme, host, port, [str(info[4][0]) for info in infos])
+
+    def resolve_blocking(self, url: str) -> Target:
+        """As :meth:`resolve`, for synchronous clients (it blocks on the resolver)."""
+        scheme, host, port = self._split(url)
+        if _parse_ip(host) is not None:
+            return self._checked(scheme, host, port, [])
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
+        return self._checked(scheme, host, port, [str(info[4][0]) for info in infos])
+
+    def _checked(self, scheme: str, host: str, port: int, resolved: list[str]) -> Target:
+        """The target once every address of ``host`` (its literal, or ``resolved``) passes."""
         literal = _parse_ip(host)
-        if literal is not None:
-            addresses = [literal]
-        else:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
-            addresses = []
-            for info in infos:
-                ip = _parse_ip(str(info[4][0]))
-                if ip is not None and ip not in addresses:
-                    addresses.append(ip)
-            if not addresses:
-                raise ConnectionError(f"{host} resolved to no address")
+        addresses: list[IPAddress] = []
+        for text in [host] if literal is not None else resolved:
+            ip = _parse_ip(text)
+            if ip is not None and ip not in addresses:
+                addresses.append(ip)
+        if not addresses:
+            raise ConnectionError(f"{host} resolved to no address")
         if host.lower() not in self.hostnames:
             refused = [str(ip) for ip in addresses if not self.address_allowed(ip)]
             if refused:
+                where = "is" if literal is not None else f"resolves to {', '.join(refused)}:"
                 raise TargetRefused(
-                    f"{host} resolves to {', '.join(refused)}: a private, loopback or link-local "
-                    "address (allow it with callbacks.allowed_hosts)"
+                    f"{host} {where} a private, loopback or link-local address "
+                    f"(allow it with {self.setting})"
                 )
         return Target(
             scheme=scheme, host=host, port=port, addresses=tuple(str(ip) for ip in addresses)
