@@ -4,6 +4,8 @@ them, redirects included."""
 
 from __future__ import annotations
 
+import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,14 +21,17 @@ from callannotate.contacts.service import ContactsService
 from callannotate.db.engine import Database
 from callannotate.db.migrate import upgrade_database
 from callannotate.errors import Unprocessable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from local_servers import free_port
+from tls_certs import make_certs
 
 
 class Recorder:
     """An HTTP server on ``host`` that records each request's path and ``Host`` header and
     answers ``redirect`` (a 307 to it) when set, else a 404."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[tuple[str, str]] = []
         self.redirect: str | None = None
         recorder = self
@@ -48,8 +53,10 @@ class Recorder:
                 pass
 
         self.server = ThreadingHTTPServer((host, free_port()), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://{host}:{self.port}/"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -102,6 +109,29 @@ def test_an_allowed_address_is_reached_by_name_with_the_name_as_host(
     with _client(url, ["127.0.0.1", "::1"]) as client:
         assert client.request("PROPFIND", url).status_code == 404
     assert allowed.seen == [("/book/", f"localhost:{allowed.port}")]
+
+
+def test_tls_checks_the_certificate_against_the_name_not_the_address(tmp_path: Path) -> None:
+    """The request goes to the checked address, but TLS names the host (SNI) and verifies the
+    certificate for it: a certificate for ``localhost`` only is accepted at ``localhost``."""
+    certs = make_certs(tmp_path / "tls", hosts=("localhost",))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+    server = Recorder("127.0.0.1", tls=context)
+    try:
+        url = f"https://localhost:{server.port}/book/"
+        with dav.CardDAVClient(
+            url,
+            "u",
+            "p",
+            timeout=5,
+            verify=certs.client_context(),
+            policy=contacts_policy(["127.0.0.1", "::1"]),
+        ) as client:
+            assert client.request("PROPFIND", url).status_code == 404
+    finally:
+        server.close()
+    assert server.seen == [("/book/", f"localhost:{server.port}")]
 
 
 def test_connect_answers_422_naming_the_setting(tmp_path: Path, radicale: Radicale) -> None:
