@@ -303,3 +303,26 @@ def test_a_malformed_server_url_is_one_line_not_a_traceback(
     assert capsys.readouterr().err == (
         "callannotate: error: invalid --url 'http://[::1': Invalid port: ':1'\n"
     )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``callannotate ... | head``: the pipe closes before the output is written; the command
+    stops with 141 (128 + SIGPIPE), as a shell tool does, not with a BrokenPipeError trace."""
+    import os
+    import subprocess
+
+    from local_servers import callannotate_command
+
+    env = {**os.environ, "CALLANNOTATE_DATA_DIR": str(tmp_path / "data")}
+    config = Path(__file__).resolve().parents[1] / "config" / "models.yaml"
+    proc = subprocess.Popen(
+        [*callannotate_command(), "config", "check", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the command has imported what it needs
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
