@@ -56,8 +56,9 @@ def test_bad_config_is_refused(live: TestClient, config: dict[str, Any]) -> None
         ws.send_json(config)
         msg = ws.receive_json()
         assert msg["type"] == "error"
-        with pytest.raises(WebSocketDisconnect):
+        with pytest.raises(WebSocketDisconnect) as info:
             ws.receive_json()
+        assert info.value.code == 1008  # a bad config, not a server error
 
 
 @pytest.mark.parametrize(
@@ -70,12 +71,16 @@ def test_bad_config_is_refused(live: TestClient, config: dict[str, Any]) -> None
 def test_a_language_whisper_does_not_know_is_refused(
     live: TestClient, config: dict[str, Any]
 ) -> None:
-    # Code-shaped (two or three letters) but no Whisper language: refused before any audio.
+    # Code-shaped (two or three letters) but no Whisper language: refused before any audio,
+    # as a bad config (1008), not as a server error (1011: "reconnect with backoff").
     with live.websocket_connect("/stream") as ws:
         ws.send_json(config)
         msg = ws.receive_json()
         assert msg["type"] == "error" and msg["error"] == "bad_request", msg
         assert "language" in msg["detail"] and "Whisper" in msg["detail"]
+        with pytest.raises(WebSocketDisconnect) as info:
+            ws.receive_json()
+        assert info.value.code == 1008
 
 
 def _norm(text: str) -> str:
@@ -95,6 +100,7 @@ def test_pcm_stream_of_jfk_commits_words_and_becomes_a_job(
         )
         ready = ws.receive_json()
         assert ready["type"] == "ready" and ready["sample_rate"] == 16000
+        assert ready["model"] == "tiny.en"  # the model's name, not its folder's ("model")
         step = 16000 * 2  # 1 s frames; the server decodes as fast as it can
         for i in range(0, len(pcm), step):
             ws.send_bytes(pcm[i : i + step])

@@ -159,6 +159,34 @@ async def test_killed_worker_child_job_completes_exactly_once(service: JobServic
         assert sum(job.id in line for line in completed) == 1
 
 
+async def test_killed_child_is_replaced_although_its_models_load_slowly(
+    service: JobService,
+) -> None:
+    """A child that loads its models for longer than Celery's default wait for a new child
+    (4 s) still replaces a killed one: before, Celery SIGKILLed every replacement while it
+    loaded ("Timed out waiting for UP message"), so the worker never got its child back and
+    the job of the killed child waited for ever (with real models: 12 s to load)."""
+    executor = service.executor
+    assert isinstance(executor, CeleryExecutor)
+    queue, settings = service.queue, service.settings
+    with celery_worker(
+        settings, concurrency=1, steps=20, step_s=0.1, runner="slowstart", env={"SLOW_START_S": "6"}
+    ):
+        await _wait_ready(executor)
+        job = new_job(queue)
+        executor.submit(job.id)
+        lease: dict[str, object] | None = None
+        while lease is None:
+            lease = queue.lease(job.id)
+            await asyncio.sleep(0.02)
+        os.kill(int(str(lease["pid"])), signal.SIGKILL)
+        await asyncio.to_thread(wait_for_final, queue, [job.id], 60.0)
+        final = queue.get(job.id)
+        assert final.state == JobState.COMPLETED
+        assert final.attempts == 2
+    assert not [line for line in _log_lines(settings) if "Timed out waiting for UP" in line]
+
+
 async def test_killed_whole_worker_jobs_recovered_exactly_once(service: JobService) -> None:
     """Chaos: SIGKILL a whole Celery worker (main process and children) with jobs running
     and waiting, then start another: the API returns the orphaned jobs to the queue and sends

@@ -3,7 +3,9 @@
 ``python tests/jobs/celery_worker_main.py CONCURRENCY STEPS STEP_S [QUEUES [RUNNER]]``
 (RUNNER: ``sleep``, default; ``stubborn``: blocks without progress reports; ``deaf``: also
 ignores the soft time limit, so only the hard limit ends it; ``flaky``: the first two
-attempts fail with a transient I/O error, counted in ``DATA_DIR/flaky-failures``); settings
+attempts fail with a transient I/O error, counted in ``DATA_DIR/flaky-failures``;
+``slowstart``: each child takes ``SLOW_START_S`` seconds (default 6) to preload, like real
+models, longer than Celery's default wait for a new child's first message); settings
 come from the environment (``CALLANNOTATE_DATA_DIR``, ``CALLANNOTATE_JOBS__BROKER_URL``,
 ``CALLANNOTATE_JOBS__QUEUE_PREFIX``, ...). The runner is :class:`fake_runners.SleepRunner`,
 inherited by the worker's forked children, so jobs are short and need no models.
@@ -11,6 +13,7 @@ inherited by the worker's forked children, so jobs are short and need no models.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +52,8 @@ def main() -> int:
     runners["stubborn"] = StubbornRunner(block_s=600.0)
     runners["deaf"] = DeafRunner()
     runners["flaky"] = FlakyIORunner(Path(settings.data_dir) / "flaky-failures", failures=2)
+    slow_start_s = float(os.environ.get("SLOW_START_S", "6"))
+    runners["slowstart"] = SleepRunner(steps=steps, step_s=step_s, preload_s=slow_start_s)
     runner = runners[kind]
     return run_celery_worker(settings, runner, concurrency=concurrency, queues=queues)
 

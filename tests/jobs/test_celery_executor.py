@@ -207,3 +207,106 @@ def test_submit_while_the_broker_is_down_is_kept_and_sent_later(tmp_path: Path) 
     queue.cancel(job.id)
     executor._resend()
     assert executor._unsent == set()
+
+
+def test_a_transient_failure_is_announced_and_counted_as_a_retry(tmp_path: Path) -> None:
+    """A child's ``job.queued`` after a transient error has the documented ``attempts`` and
+    ``reason`` (it had ``error`` instead), so ``callannotate_jobs_retried_total`` of a Celery
+    worker counts it: it stayed 0 however many jobs were retried."""
+    from flaky_runners import FlakyIORunner
+    from prometheus_client import REGISTRY
+
+    from callannotate.jobs.events import JobEvent
+
+    def retried() -> float:
+        sample = REGISTRY.get_sample_value("callannotate_jobs_retried_total", {"reason": "error"})
+        return sample or 0.0
+
+    settings = _settings(tmp_path)
+    host = JobHost(settings, FlakyIORunner(tmp_path / "flaky", failures=1))
+    seen: list[JobEvent] = []
+    forward = host.announcer.bus.on_job_event
+
+    def record(event: JobEvent) -> None:
+        seen.append(event)
+        forward(event)
+
+    host.announcer.bus.on_job_event = record  # type: ignore[method-assign]
+    before = retried()
+    try:
+        job = new_job(host.announcer.queue)
+        assert host.run(job.id) == "queued"
+    finally:
+        host.close()
+    queued = [e for e in seen if e.type == "job.queued"]
+    assert len(queued) == 1
+    assert queued[0].data["state"] == "queued" and queued[0].data["attempts"] == 1
+    assert "Input/output error" in queued[0].data["reason"]
+    assert retried() - before == 1
+
+
+def test_workers_silent_for_the_forget_period_are_forgotten(tmp_path: Path) -> None:
+    """A restarted Celery worker is a new node name; the old one is shown lost, then
+    forgotten after ``jobs.worker_forget_after_s`` (it stayed for ever: ``/info`` listed every
+    worker ever started and ``callannotate_workers_configured`` kept growing)."""
+    from callannotate.jobs.executors.celery import CeleryExecutor
+
+    settings = _settings(tmp_path)
+    settings = settings.model_copy(
+        update={
+            "jobs": settings.jobs.model_copy(
+                update={"worker_lost_after_s": 30.0, "worker_forget_after_s": 300.0}
+            )
+        }
+    )
+    executor = CeleryExecutor(settings, FileQueue(settings.queue_dir, settings.queue))
+    executor._record_ping(["callannotate-1@a"], 1000.0)
+    executor._record_ping(["callannotate-2@a"], 1100.0)  # the worker was restarted
+    executor._record_ping(["callannotate-2@a"], 1250.0)
+    assert [w.name for w in executor.workers()] == ["callannotate-1@a", "callannotate-2@a"]
+    executor._record_ping(["callannotate-2@a"], 1301.0)
+    assert [w.name for w in executor.workers()] == ["callannotate-2@a"]
+
+
+def test_a_job_taken_over_from_a_dead_child_is_announced_as_requeued(tmp_path: Path) -> None:
+    """A killed child's task is redelivered at once and another child takes the job over
+    (before the API's recovery sees it): that child announces the requeue as the API's
+    recovery and the local executor do, ``job.queued`` with ``reason`` before ``job.started``,
+    so clients see why attempt 2 starts and ``callannotate_jobs_retried_total{reason=
+    "worker_died"}`` counts it (it missed every child killed mid-job)."""
+    from prometheus_client import REGISTRY
+
+    from callannotate.jobs.events import JobEvent
+
+    def died() -> float:
+        sample = REGISTRY.get_sample_value(
+            "callannotate_jobs_retried_total", {"reason": "worker_died"}
+        )
+        return sample or 0.0
+
+    settings = _settings(tmp_path)
+    host = JobHost(settings, SleepRunner(steps=1, step_s=0.0))
+    seen: list[JobEvent] = []
+    forward = host.announcer.bus.on_job_event
+
+    def record(event: JobEvent) -> None:
+        seen.append(event)
+        forward(event)
+
+    host.announcer.bus.on_job_event = record  # type: ignore[method-assign]
+    try:
+        job = new_job(host.announcer.queue)
+        dead = FileQueue(settings.queue_dir, settings.queue)
+        assert dead.claim_job(job.id, "host:1:celery") is not None
+        dead.forget(job.id)  # the child is SIGKILLed: its run lock is gone
+        before = died()
+        assert host.run(job.id) == "completed"
+        assert died() - before == 1
+        assert host.run(job.id) == "skipped"  # a late redelivery: no event, no count
+        assert died() - before == 1
+    finally:
+        host.close()
+    kinds = [(e.type, e.data.get("attempt", e.data.get("attempts"))) for e in seen]
+    assert kinds[:2] == [("job.queued", 1), ("job.started", 2)], kinds
+    assert seen[0].data["state"] == "queued"
+    assert seen[0].data["reason"].startswith("interrupted: the process running the job died")

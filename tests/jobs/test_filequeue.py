@@ -547,3 +547,32 @@ def test_cancel_of_orphan_is_immediate(queue: FileQueue, make_job: MakeJob) -> N
     child, _ = _hold_one(queue)
     _kill(child)
     assert queue.cancel(job.id).state == JobState.CANCELLED
+
+
+def test_a_dead_runners_progress_is_not_shown_for_the_next_attempt(tmp_path: Path) -> None:
+    """A job taken back from a dead runner (SIGKILLed Celery child, lost machine) shows no
+    progress of the dead attempt: before, ``GET /jobs`` said ``queued`` with the step it died
+    in still ``running`` at 39 %, and the next attempt started from that stale figure."""
+    settings = QueueSettings(max_attempts=3)
+    stale = [
+        StepProgress(step="vad", completed=1, total=1, percent=100.0, status="done"),
+        StepProgress(step="diarize", completed=39, total=100, percent=39.0, status="running"),
+    ]
+    for takeover in ("recover", "claim_job"):
+        first = FileQueue(tmp_path / takeover, settings)
+        job = new_job(first)
+        assert first.claim_job(job.id, "host:1:celery") is not None
+        first.update_progress(job.id, stale)
+        first.forget(job.id)  # the process dies: its run lock is gone
+        other = FileQueue(tmp_path / takeover, settings)
+        if takeover == "recover":
+            assert other.recover() == [job.id]
+            back = other.get(job.id)
+            assert back.state == JobState.QUEUED
+            assert back.progress == [], takeover
+            assert other.claim_job(job.id, "host:2:celery") is not None
+        else:
+            assert other.claim_job(job.id, "host:2:celery") is not None
+        again = other.get(job.id)
+        assert again.state == JobState.RUNNING and again.attempts == 2
+        assert again.progress == [], takeover

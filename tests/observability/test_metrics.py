@@ -35,6 +35,14 @@ def value(name: str, **labels: str) -> float:
         ("cancelled", "cancelled", "cancelled"),
         ("timeout: the job ran longer than workers.job_timeout_s (1 s)", "failed", "timeout"),
         ("worker process died (exit code -9)", "failed", "worker_died"),
+        # the file queue's words for a job whose runner died (a SIGKILLed Celery child, a
+        # lost worker machine): retried, then given up
+        ("interrupted: the process running the job died (attempt 1 of 3)", "queued", "worker_died"),
+        (
+            "interrupted: the process running the job died; gave up after 3 attempts",
+            "failed",
+            "worker_died",
+        ),
         ("invalid_audio: no audio stream", "failed", "invalid_audio"),
         ("model_unavailable: whisper missing", "failed", "model_unavailable"),
         ("made_up_code: x", "failed", "error"),

@@ -648,6 +648,7 @@ class FileQueue:
                 job.finished_at = None
                 job.worker = worker_id
                 job.not_before = None  # Celery's task countdown did the waiting
+                job.progress = []  # a new attempt: nothing of a dead runner's attempt runs
                 job.begin_attempt(worker_id)
                 self._write_lease(fd, job_id, worker_id)
                 if folder == INCOMING:
@@ -850,6 +851,7 @@ class FileQueue:
                         )
                         job.worker = None
                         job.started_at = None
+                        job.progress = []  # as release() leaves it: no step runs now
                         self._transition(path, job, INCOMING)
                     recovered.append(job_id)
                     log.warning(

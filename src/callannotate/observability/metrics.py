@@ -302,7 +302,9 @@ def failure_reason(error: str | None, *, state: str | None = None) -> str:
     text = (error or "").strip()
     if text.startswith(TIMEOUT):
         return TIMEOUT
-    if text.startswith("worker process died"):
+    # a worker pool's child that exited, or (file queue) a runner whose lock was found free:
+    # a SIGKILLed Celery child, a lost worker machine
+    if text.startswith(("worker process died", "interrupted: the process running")):
         return WORKER_DIED
     match = _CODE.match(text)
     if match and match.group(1) in _known_codes():

@@ -238,3 +238,24 @@ def test_stream_of_jfk(tmp_path: Path, model: str, short_context: bool) -> None:
     heard = iter(text.split())
     missing = [w for w in re.sub(r"[^\w\s']", " ", reference.lower()).split() if w not in heard]
     assert not missing, f"{missing} lost from: {text}"
+
+
+def test_the_model_a_stream_reports_is_the_configured_name(tmp_path: Path) -> None:
+    """``ready.model`` names the model (``tiny.en``, ``base``), not a folder: it said
+    ``model`` (the package's folder) for English and ``whisper-base-<hash>`` (the cache's)."""
+    from callannotate.config import Settings
+    from callannotate.pipeline.asr.streaming import streaming_model_name
+
+    settings = Settings()
+    assert streaming_model_name(settings, "en") == "tiny.en"
+    assert streaming_model_name(settings, "ru") == "base"
+    assert streaming_model_name(settings, "auto") == "base"
+    own = tmp_path / "models.yaml"
+    text = Path(settings.models_config).read_text()
+    own.write_text(
+        text.replace(
+            "    multilingual_model: base",
+            f"    multilingual_model: base\n    multilingual_path: {tmp_path / 'large-v3-ct2'}",
+        )
+    )
+    assert streaming_model_name(Settings(models_config=own), "ru") == "large-v3-ct2"

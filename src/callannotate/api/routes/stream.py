@@ -65,7 +65,13 @@ from callannotate.events.session import AuthRefused, Renew
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.intake import new_job
 from callannotate.observability.metrics import observe_stream_latency
-from callannotate.pipeline.asr.streaming import StreamEvent, StreamingTranscriber, open_stream
+from callannotate.pipeline.asr.streaming import (
+    StreamEvent,
+    StreamingTranscriber,
+    open_stream,
+    streaming_model_name,
+)
+from callannotate.pipeline.asr.transcription import check_language
 from callannotate.pipeline.audio.stream_decode import StreamDecoder, make_decoder
 from callannotate.pipeline.types import REQUEST_CONTEXT, SAMPLE_RATE, AnnotateOptions, Float32Array
 from callannotate.security.scopes import WRITE
@@ -411,6 +417,7 @@ async def stream_transcription(
         cfg = await _read_config(websocket, settings)
         if cfg.format == "pcm_s16le" and cfg.sample_rate != 16000:
             raise BadRequest("pcm_s16le streams must be 16 kHz mono")
+        check_language(cfg.language)  # a bad config (1008), not a server error later (1011)
     except WebSocketDisconnect:
         return
     except TimeoutError:
@@ -441,7 +448,7 @@ async def stream_transcription(
                 "type": "ready",
                 "stream_id": stream_id,
                 "language": cfg.language,
-                "model": transcriber.engine.model_dir.name,
+                "model": streaming_model_name(settings, check_language(cfg.language)),
                 "sample_rate": 16000,
             }
         )

@@ -293,6 +293,15 @@ class JobHost:
 
     def _run_claimed(self, job: Job) -> str:
         queue = self.announcer.queue
+        if len(job.history) > 1 and job.history[-2].outcome == "interrupted":
+            # taken over from a dead child (its task redelivered at once): announce the
+            # requeue as the API's recovery would have (clients, worker_died retries)
+            reason = (
+                "interrupted: the process running the job died "
+                f"(attempt {job.attempts - 1} of {job.max_attempts})"
+            )
+            data = {"state": "queued", "attempts": job.attempts - 1, "reason": reason}
+            self.announcer.publish("job.queued", job, data)
         self.announcer.publish(
             "job.started", job, {"worker": self.worker_id, "attempt": job.attempts}
         )
@@ -365,11 +374,13 @@ class JobHost:
                 extra={"job_id": job.id, "reason": str(exc)},
             )
             return "gone"
-        data: dict[str, Any] = {"state": final.state.value, "error": final.error}
         if final.state == JobState.QUEUED:  # a transient error: retried (_run_job_task)
-            data["attempts"] = final.attempts
-            self.announcer.publish("job.queued", final, data)
+            # the fields of every job.queued (docs/api-specification.md); "reason" is what
+            # the metrics count as a retry
+            queued = {"state": final.state.value, "attempts": final.attempts}
+            self.announcer.publish("job.queued", final, {**queued, "reason": final.error})
             return final.state.value
+        data: dict[str, Any] = {"state": final.state.value, "error": final.error}
         if reason == TIMEOUT:
             data["reason"] = TIMEOUT
         self.announcer.publish("job.failed", final, data)
@@ -660,6 +671,7 @@ class CeleryExecutor(ExternalExecutor):
         back to incoming and sent again, without waiting for the broker's visibility timeout.
         A late redelivery of the old task is then a no-op."""
         out = []
+        data: dict[str, Any]
         for job_id in self.queue.recover():
             try:
                 job = self.queue.get(job_id)
@@ -668,7 +680,8 @@ class CeleryExecutor(ExternalExecutor):
             log.warning("recovered a job of a lost worker", extra={"job_id": job_id})
             if job.state == JobState.QUEUED:
                 self.submit(job_id)
-                self._announce(job, "job.queued", {"state": "queued", "reason": job.error})
+                data = {"state": "queued", "attempts": job.attempts, "reason": job.error}
+                self._announce(job, "job.queued", data)
             else:
                 data = {"state": job.state.value, "error": job.error}
                 self._announce(job, "job.failed", data)
@@ -695,13 +708,23 @@ class CeleryExecutor(ExternalExecutor):
             except Exception as exc:
                 log.warning("could not ping the Celery workers", extra={"reason": str(exc)})
                 names = []
-            now = time.monotonic()
-            with self._lock:
-                for name in names:
-                    first = self._seen.get(name, (utcnow(), now))[0]
-                    self._seen[name] = (first, now)
-                self._pinged = True
+            self._record_ping(names, time.monotonic())
             self._stop.wait(self.settings.jobs.ping_interval_s)
+
+    def _record_ping(self, names: list[str], now: float) -> None:
+        """Note the workers that answered at ``now`` (monotonic); forget those silent for
+        ``jobs.worker_forget_after_s``, as their heartbeat records are: every restart of a
+        worker is a new node name, and before, each one stayed in ``/info`` and in
+        ``callannotate_workers_configured`` until the API restarted."""
+        forget_after = self.settings.jobs.worker_forget_after_s
+        with self._lock:
+            for name in names:
+                first = self._seen.get(name, (utcnow(), now))[0]
+                self._seen[name] = (first, now)
+            for name, (_, last) in list(self._seen.items()):
+                if now - last > forget_after:
+                    del self._seen[name]
+            self._pinged = True
 
     def workers(self) -> list[WorkerInfo]:
         now = time.monotonic()

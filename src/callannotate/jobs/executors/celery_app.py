@@ -13,7 +13,9 @@ Delivery semantics (docs/scale-out.md):
 * two queues, ``<prefix>.heavy`` (annotation jobs) and ``<prefix>.light`` (short work), so
   a backlog of long calls never delays short work served by a worker on the light queue;
 * message priorities on Redis (``priority_steps`` 0..9, see :func:`message_priority`), so a
-  job's ``priority`` decides which waiting job a free worker takes.
+  job's ``priority`` decides which waiting job a free worker takes;
+* ``worker_proc_alive_timeout`` (:data:`CHILD_START_TIMEOUT_S`): a child replacing a killed
+  one loads its models before it reports itself up, which takes longer than Celery's 4 s.
 
 The job id is the only payload; no result backend (results stay in the job folder).
 """
@@ -39,6 +41,12 @@ PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 # Seconds between a worker's tries to reach a lost broker (kombu's default grows 2, 4, 6 ...
 # to 30 s, so a worker noticed Redis back up to 30 s late: 12 s after a 1-minute outage).
 RECONNECT_INTERVAL_S = 1.0
+
+# Seconds a new worker child may take to report itself up (Celery's default: 4 s, then it
+# SIGKILLs the child). A child loads every model in ``worker_process_init`` first (12 s for
+# the default models while the other children work), so with the default a child killed
+# mid-job (OOM, SIGKILL) was never replaced: each new one was killed while loading.
+CHILD_START_TIMEOUT_S = 600.0
 
 
 class ReconnectingConsumer(Consumer):  # type: ignore[misc]
@@ -99,6 +107,7 @@ def create_celery_app(settings: Settings) -> Celery:
         # redelivery of their unacknowledged messages a no-op (docs/scale-out.md)
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_proc_alive_timeout=CHILD_START_TIMEOUT_S,
         worker_consumer=f"{__name__}:ReconnectingConsumer",
         task_soft_time_limit=workers.job_timeout_s,
         task_time_limit=workers.job_timeout_s + max(workers.timeout_grace_s, 1.0),

@@ -649,18 +649,31 @@ def streaming_settings(settings: Settings) -> StreamingSettings:
     return _transcription(settings).streaming
 
 
-def streaming_engine(settings: Settings, language: str | None) -> WhisperEngine:
-    """The process-wide engine for streams in ``language`` (English-only model for 'en')."""
+def _streaming_model(settings: Settings, language: str | None) -> tuple[str, Path | None]:
+    """The packaged model name and the user's own model path for streams in ``language``."""
     cfg = _transcription(settings)
     stream = cfg.streaming
     english = language == "en"
     name = (stream.model if english else stream.multilingual_model) or cfg.model
-    path = stream.path if english else stream.multilingual_path
+    return name, stream.path if english else stream.multilingual_path
+
+
+def streaming_model_name(settings: Settings, language: str | None) -> str:
+    """What ``ready`` tells a stream's client: ``tiny.en``, ``base``, or the folder name of a
+    user's own model (not the package's or the cache's folder name)."""
+    name, path = _streaming_model(settings, language)
+    return Path(path).name if path is not None else name
+
+
+def streaming_engine(settings: Settings, language: str | None) -> WhisperEngine:
+    """The process-wide engine for streams in ``language`` (English-only model for 'en')."""
+    name, path = _streaming_model(settings, language)
     with _engines_lock:
         model_dir = whisper_model_dir(name, settings.model_cache, path=path)
         cache_key = str(model_dir)
         engine = _engines.get(cache_key)
         if engine is None:
+            cfg = _transcription(settings)
             options = DecodeOptions(**cfg.model_dump(include=set(_DECODE_KEYS)))
             engine = WhisperEngine(model_dir, options, settings.workers.threads)
             _engines[cache_key] = engine
