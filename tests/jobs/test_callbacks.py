@@ -290,3 +290,30 @@ async def test_resolve_checks_every_address() -> None:
     target = await allowed.resolve("http://localhost:8080/hook")
     assert "127.0.0.1" in target.addresses and target.port == 8080
     assert target.host == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("0", "0.0.0.0"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+    ],
+)
+async def test_shorthand_ipv4_forms_are_addresses_too(host: str, address: str) -> None:
+    """Resolvers and HTTP clients take these as IPv4 addresses: they are refused at submit
+    like the dotted form, not only at delivery."""
+    with pytest.raises(Unprocessable, match=address.replace(".", r"\.")):
+        TargetPolicy([]).check_url(f"http://{host}/hook")
+    target = await TargetPolicy([address]).resolve(f"http://{host}:8080/hook")
+    assert target.addresses == (address,)
+
+
+@pytest.mark.parametrize("host", ["deadbeef", "cafe.example", "1.2.3.4.5", "0x"])
+def test_names_that_only_look_numeric_are_names(host: str) -> None:
+    from callannotate.jobs.callback_targets import _parse_ip
+
+    assert _parse_ip(host) is None

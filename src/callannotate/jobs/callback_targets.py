@@ -45,10 +45,21 @@ class Target:
     addresses: tuple[str, ...]  # every resolved address, all checked, in resolver order
 
 
+_INET_ATON_CHARS = frozenset("0123456789abcdefxABCDEFX.")
+
+
 def _parse_ip(text: str) -> IPAddress | None:
+    """``text`` as an address: the usual forms, and the shorthand IPv4 forms that resolvers
+    and HTTP clients also take as one (``127.1``, ``0x7f000001``, ``2130706433``, ``0``)."""
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
+        pass
+    if not text or not set(text) <= _INET_ATON_CHARS or not any(c.isdigit() for c in text):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
         return None
 
 
