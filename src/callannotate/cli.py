@@ -65,6 +65,21 @@ def int_in_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+# C0 and C1 controls (ESC starts terminal escape sequences; CR rewrites the line) and the
+# bidirectional overrides and isolates (they reorder what follows on screen).
+_UNPRINTABLE = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters and bidirectional overrides
+    shown as escapes (``\\x1b``, ``\\u202e``). For text from elsewhere (a CardDAV server's
+    contact names), which must not move the cursor, recolour or rewrite what is printed."""
+    return text.translate(_UNPRINTABLE)
+
+
 def settings_error(exc: ValidationError) -> CliError:
     """One line per invalid setting, named as its environment variable."""
     problems = []

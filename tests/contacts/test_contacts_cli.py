@@ -126,3 +126,31 @@ def test_cli_list_refuses_a_limit_out_of_range(
         main(["contacts", "list", "--limit", limit])
     assert exit_info.value.code == 2
     assert "argument --limit: must be 1 to 1000000" in capsys.readouterr().err
+
+
+def test_cli_list_shows_control_characters_from_the_server_as_escapes(
+    tmp_path: Path,
+    radicale: Radicale,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A contact's name comes from a CardDAV server: an ESC sequence or a CR in it must not
+    clear, recolour or rewrite the operator's terminal, nor a bidi override reorder it."""
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CALLANNOTATE_CONTACTS__ALLOWED_HOSTS", json.dumps(LOCAL_SERVERS))
+    monkeypatch.setattr("sys.stdin", io.StringIO(radicale.password + "\n"))
+    args = ["connect", radicale.url, "--username", radicale.username, "--password-stdin"]
+    assert main(["contacts", *args]) == 0
+    vcf = tmp_path / "evil.vcf"
+    vcf.write_text(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:evil-1\r\n"
+        "FN:Ann\x1b[2J\x1b[31mRoot\x07\r\nORG:Acme\u202egnp.exe\r\n"
+        "TEL:+7 495 123-45-67\r\nEND:VCARD\r\n",
+        encoding="utf-8",
+    )
+    assert main(["contacts", "import", str(vcf)]) == 0
+    capsys.readouterr()
+    assert main(["contacts", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "Ann\\x1b[2J\\x1b[31mRoot\\x07  [Acme\\u202egnp.exe]" in out

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from callannotate.cli import int_in_range
+from callannotate.cli import int_in_range, printable
 from callannotate.config import Settings
 from callannotate.errors import BadRequest, CallAnnotateError
 from callannotate.security.principal import LOCAL_USER_ID
@@ -55,9 +55,9 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     books = service.books(args.owner, account.id)
     print(f"connected {account.id}: {len(books)} address book(s)")
     for book, count in books:
-        print(f"  {book.id}  {book.display_name or book.url}  {count} contact(s)")
+        print(f"  {book.id}  {printable(book.display_name or book.url)}  {count} contact(s)")
     if not result.ok:
-        print(f"first sync failed: {result.error}", file=sys.stderr)
+        print(f"first sync failed: {printable(result.error or '')}", file=sys.stderr)
         return 1
     return 0
 
@@ -79,7 +79,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         phones = ", ".join(p["value"] for p in row.data.get("phones", []))
         org = f"  [{row.data['org']}]" if row.data.get("org") else ""
-        print(f"{row.id}  {row.fn}{org}  {phones}")
+        print(printable(f"{row.id}  {row.fn}{org}  {phones}"))
     print(
         f"{len(rows)} of {total} contact(s)"
         + ("  (cached: server unreachable)" if service.is_stale(args.owner) else "")
@@ -107,7 +107,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         try:
             _uid, fields = parse_vcard(text)
         except VCardError as exc:
-            print(f"skipped card {index}: {exc}", file=sys.stderr)
+            print(f"skipped card {index}: {printable(str(exc))}", file=sys.stderr)
             skipped += 1
             continue
         service.create(args.owner, fields, args.book, vcard=text, push=False)
