@@ -146,13 +146,19 @@ def build(args: argparse.Namespace, wav_only: bool = False) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = wav if codec is None else codecs.encode(ffmpeg, wav, Path(tmp), codec)
                     audio = decode(path)
-                signal = audio.mono()
-                store = {_key(signal): Cached(signal)}
-                diarizer = cached_diarizer(params, settings.model_cache, store, base)
-                diarizer.process(DiarizationInput(audio=AudioBuffer(signal[None], 16000)))
-                with target.open("wb") as fh:
-                    pickle.dump(store[_key(signal)], fh)
-                print(f"cached {target.name}", flush=True)
+                cache_signal(target, audio.mono(), params, settings, base)
+
+
+def cache_signal(
+    target: Path, signal: Any, params: Any, settings: Settings, base: Diarizer
+) -> None:
+    """Run the diarizer once on ``signal`` and pickle its models' outputs to ``target``."""
+    store = {_key(signal): Cached(signal)}
+    diarizer = cached_diarizer(params, settings.model_cache, store, base)
+    diarizer.process(DiarizationInput(audio=AudioBuffer(signal[None], 16000)))
+    with target.open("wb") as fh:
+        pickle.dump(store[_key(signal)], fh)
+    print(f"cached {target.name}", flush=True)
 
 
 @dataclass(frozen=True)

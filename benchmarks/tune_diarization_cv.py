@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -87,11 +86,11 @@ from callannotate.pipeline.registry import loaded_processor, step_config
 from callannotate.pipeline.types import AudioBuffer, Turn
 from diarization import delayed
 from tune_codec_threshold import (
-    Cached,
     Entry,
     Score,
     _key,
     build,
+    cache_signal,
     cached_diarizer,
     load_cache,
     scorer,
@@ -158,12 +157,7 @@ def build_delayed(args: argparse.Namespace) -> None:
                 if target.exists():
                     continue
                 signal = delayed(decode(wav), delay_of(name)).mono()
-                store = {_key(signal): Cached(signal)}
-                diarizer = cached_diarizer(params, settings.model_cache, store, base)
-                diarizer.process(DiarizationInput(audio=AudioBuffer(signal[None], 16000)))
-                with target.open("wb") as fh:
-                    pickle.dump(store[_key(signal)], fh)
-                print(f"cached {target.name}", flush=True)
+                cache_signal(target, signal, params, settings, base)
 
 
 def _errors(scores: Iterable[Score]) -> float:

@@ -12,6 +12,7 @@ from fake_runners import FailingRunner, SleepRunner
 from queue_testing import new_job
 
 from callannotate.config import Settings
+from callannotate.jobs.events import JobEvent
 from callannotate.jobs.executors.celery import JobHost, timeout_reason
 from callannotate.jobs.executors.celery_app import (
     RUN_JOB,
@@ -102,6 +103,19 @@ def _host(tmp_path: Path, runner: object, **workers: object) -> tuple[JobHost, l
     seen: list[str] = []
     host.announcer.bus.on_job_event = lambda e: seen.append(e.type)  # type: ignore[method-assign]
     return host, seen
+
+
+def _recorded_events(host: JobHost) -> list[JobEvent]:
+    """The events ``host`` announces from now on, still passed on to its bus (metrics)."""
+    seen: list[JobEvent] = []
+    forward = host.announcer.bus.on_job_event
+
+    def record(event: JobEvent) -> None:
+        seen.append(event)
+        forward(event)
+
+    host.announcer.bus.on_job_event = record  # type: ignore[method-assign]
+    return seen
 
 
 def test_job_host_runs_the_job_function_and_redelivery_is_a_noop(tmp_path: Path) -> None:
@@ -216,22 +230,13 @@ def test_a_transient_failure_is_announced_and_counted_as_a_retry(tmp_path: Path)
     from flaky_runners import FlakyIORunner
     from prometheus_client import REGISTRY
 
-    from callannotate.jobs.events import JobEvent
-
     def retried() -> float:
         sample = REGISTRY.get_sample_value("callannotate_jobs_retried_total", {"reason": "error"})
         return sample or 0.0
 
     settings = _settings(tmp_path)
     host = JobHost(settings, FlakyIORunner(tmp_path / "flaky", failures=1))
-    seen: list[JobEvent] = []
-    forward = host.announcer.bus.on_job_event
-
-    def record(event: JobEvent) -> None:
-        seen.append(event)
-        forward(event)
-
-    host.announcer.bus.on_job_event = record  # type: ignore[method-assign]
+    seen = _recorded_events(host)
     before = retried()
     try:
         job = new_job(host.announcer.queue)
@@ -276,8 +281,6 @@ def test_a_job_taken_over_from_a_dead_child_is_announced_as_requeued(tmp_path: P
     "worker_died"}`` counts it (it missed every child killed mid-job)."""
     from prometheus_client import REGISTRY
 
-    from callannotate.jobs.events import JobEvent
-
     def died() -> float:
         sample = REGISTRY.get_sample_value(
             "callannotate_jobs_retried_total", {"reason": "worker_died"}
@@ -286,14 +289,7 @@ def test_a_job_taken_over_from_a_dead_child_is_announced_as_requeued(tmp_path: P
 
     settings = _settings(tmp_path)
     host = JobHost(settings, SleepRunner(steps=1, step_s=0.0))
-    seen: list[JobEvent] = []
-    forward = host.announcer.bus.on_job_event
-
-    def record(event: JobEvent) -> None:
-        seen.append(event)
-        forward(event)
-
-    host.announcer.bus.on_job_event = record  # type: ignore[method-assign]
+    seen = _recorded_events(host)
     try:
         job = new_job(host.announcer.queue)
         dead = FileQueue(settings.queue_dir, settings.queue)
