@@ -14,6 +14,7 @@ from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, AuthSettings, DatabaseSettings, Settings
 from callannotate.db.engine import Database
 from callannotate.db.models import Base
+from callannotate.db.testing import dispose_app_databases
 from callannotate.security.service import AuthService
 
 PASSWORD = "correct horse battery"
@@ -43,10 +44,7 @@ def app(settings: Settings) -> Iterator[FastAPI]:
     AuthService(settings, db).create_user("root", PASSWORD, "admin")
     app = create_app(settings)
     yield app
-    for name in ("auth_service", "contacts_service"):
-        service = getattr(app.state, name, None)
-        if service is not None:
-            service.db.dispose()
+    dispose_app_databases(app)
     db.dispose()
 
 

@@ -14,6 +14,7 @@ from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, AuthSettings, ContactsSettings, Settings
 from callannotate.contacts.davclient import CardDAVClient, member_href
 from callannotate.db.engine import Database
+from callannotate.db.testing import dispose_app_databases
 from callannotate.security.service import AuthService
 
 PASSWORD = "correct horse battery"
@@ -41,10 +42,7 @@ def app(settings: Settings) -> Iterator[FastAPI]:
     accounts.create_user("bob", PASSWORD, "user")
     app = create_app(settings)
     yield app
-    for name in ("auth_service", "contacts_service"):
-        service = getattr(app.state, name, None)
-        if service is not None:
-            service.db.dispose()
+    dispose_app_databases(app)
     db.dispose()
 
 

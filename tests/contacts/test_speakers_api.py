@@ -19,6 +19,7 @@ from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, AuthSettings, CallSettings, ContactsSettings, Settings
 from callannotate.contacts.service import ContactsService
 from callannotate.db.engine import Database
+from callannotate.db.testing import dispose_app_databases
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.pipeline.types import Annotation, RecordingInfo, Speaker, Turn, VoiceMatch
@@ -59,10 +60,7 @@ def users(settings: Settings) -> Iterator[dict[str, str]]:
 def app(settings: Settings, users: dict[str, str]) -> Iterator[FastAPI]:
     app = create_app(settings)
     yield app
-    for name in ("auth_service", "contacts_service"):
-        service = getattr(app.state, name, None)
-        if service is not None:
-            service.db.dispose()
+    dispose_app_databases(app)
 
 
 @pytest.fixture

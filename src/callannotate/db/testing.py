@@ -1,4 +1,5 @@
-"""Helpers for tests that need a real PostgreSQL: a throw-away database per test run.
+"""Helpers for tests that need a real PostgreSQL: a throw-away database per test run; and
+:func:`dispose_app_databases` for tests that drive an app without its lifespan.
 
 ``CALLANNOTATE_TEST_POSTGRES_URL`` names the server (default: the local one with trust auth,
 database ``test``). Under ``CI=true`` an unreachable server is an error, not a skip.
@@ -65,3 +66,13 @@ def temporary_postgres_database(admin_url: str) -> Iterator[str]:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def dispose_app_databases(app: object) -> None:
+    """Close the connection pools of the services an app made on first use (auth,
+    contacts); a test that drives the app without its lifespan has nothing else to do it."""
+    state = getattr(app, "state", None)
+    for name in ("auth_service", "contacts_service"):
+        service = getattr(state, name, None)
+        if service is not None:
+            service.db.dispose()
