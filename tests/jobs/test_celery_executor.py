@@ -306,3 +306,36 @@ def test_a_job_taken_over_from_a_dead_child_is_announced_as_requeued(tmp_path: P
     assert kinds[:2] == [("job.queued", 1), ("job.started", 2)], kinds
     assert seen[0].data["state"] == "queued"
     assert seen[0].data["reason"].startswith("interrupted: the process running the job died")
+
+
+def test_a_node_whose_children_run_a_job_is_busy(tmp_path: Path) -> None:
+    """``callannotate_workers_busy`` was always 0 with Celery: the API knows the nodes from
+    its ping, and now what their children run from their heartbeat records."""
+    from datetime import timedelta
+
+    from callannotate.jobs.executors.celery import CeleryExecutor
+    from callannotate.jobs.heartbeat import WorkerRecord, WorkerRegistry
+    from callannotate.jobs.models import utcnow
+
+    settings = _settings(tmp_path)
+    executor = CeleryExecutor(settings, FileQueue(settings.queue_dir, settings.queue))
+    registry = WorkerRegistry.from_settings(settings)
+    now = utcnow()
+
+    def child(pid: int, node: str, jobs: list[str], age_s: float = 0.0) -> None:
+        beat = now - timedelta(seconds=age_s)
+        registry.write(
+            WorkerRecord(
+                id=f"h-{pid}", host="h", pid=pid, executor="celery", name=node,
+                concurrency=2, queues=["heavy"], jobs_running=jobs, models_loaded=[],
+                rss_bytes=0, started_at=beat, heartbeat_at=beat,
+            )
+        )  # fmt: skip
+
+    child(1, "callannotate-1@h", [])
+    child(2, "callannotate-1@h", ["job-a"])
+    child(3, "callannotate-2@h", [])
+    child(4, "callannotate-2@h", ["job-old"], age_s=3600.0)  # killed: its record is lost
+    executor._record_ping(["callannotate-1@h", "callannotate-2@h"], 1000.0)
+    workers = {w.name: w.job_id for w in executor.workers()}
+    assert workers == {"callannotate-1@h": "job-a", "callannotate-2@h": None}

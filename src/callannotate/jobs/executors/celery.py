@@ -53,7 +53,7 @@ from callannotate.jobs.executors.celery_app import (
 from callannotate.jobs.executors.external import ExternalExecutor
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.fsutil import try_lock, unlock
-from callannotate.jobs.heartbeat import start_heartbeat
+from callannotate.jobs.heartbeat import WorkerRegistry, start_heartbeat
 from callannotate.jobs.light import LightKind
 from callannotate.jobs.light_run import run_claimed
 from callannotate.jobs.manager import TIMEOUT, apply_step_reports, timeout_reason
@@ -727,21 +727,33 @@ class CeleryExecutor(ExternalExecutor):
             self._pinged = True
 
     def workers(self) -> list[WorkerInfo]:
+        """The Celery workers (nodes) that answered the ping, each with a job its children
+        run now (from their heartbeat records), so ``callannotate_workers_busy`` counts the
+        nodes at work."""
         now = time.monotonic()
         lost_after = self.settings.jobs.worker_lost_after_s
         with self._lock:
             seen = dict(self._seen)
+        running = self._running_by_node() if seen else {}
         return [
             WorkerInfo(
                 name=name,
                 pid=None,
                 alive=now - last <= lost_after,
                 ready=now - last <= lost_after,
-                job_id=None,
+                job_id=running.get(name),
                 started_at=first,
             )
             for name, (first, last) in sorted(seen.items())
         ]
+
+    def _running_by_node(self) -> dict[str, str]:
+        """Node name -> a job one of its live children runs (heartbeat records)."""
+        out: dict[str, str] = {}
+        for record in WorkerRegistry.from_settings(self.settings).snapshot(clean=False):
+            if record.executor == "celery" and not record.lost and record.jobs_running:
+                out.setdefault(record.name, record.jobs_running[0])
+        return out
 
     def readiness(self) -> tuple[bool, str]:
         with self._lock:
