@@ -133,6 +133,12 @@ def _safe_audio_name(name: str, src: Path) -> str:
     return f"audio{suffix}"
 
 
+def interrupted_reason(attempt: int, max_attempts: int) -> str:
+    """Why a job is queued again after the process running ``attempt`` died (its ``error``,
+    and the ``reason`` of its ``job.queued``; the metrics count it as ``worker_died``)."""
+    return f"interrupted: the process running the job died (attempt {attempt} of {max_attempts})"
+
+
 class FileQueue:
     """A job queue in plain folders, safe across threads and processes on one filesystem."""
 
@@ -845,10 +851,7 @@ class FileQueue:
                         self._give_up_orphan(path, job)
                     else:
                         job.state = JobState.QUEUED
-                        job.error = (
-                            "interrupted: the process running the job died "
-                            f"(attempt {job.attempts} of {job.max_attempts})"
-                        )
+                        job.error = interrupted_reason(job.attempts, job.max_attempts)
                         job.worker = None
                         job.started_at = None
                         job.progress = []  # as release() leaves it: no step runs now

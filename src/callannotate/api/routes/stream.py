@@ -417,7 +417,7 @@ async def stream_transcription(
         cfg = await _read_config(websocket, settings)
         if cfg.format == "pcm_s16le" and cfg.sample_rate != 16000:
             raise BadRequest("pcm_s16le streams must be 16 kHz mono")
-        check_language(cfg.language)  # a bad config (1008), not a server error later (1011)
+        language = check_language(cfg.language)  # a bad config: 1008, not a later 1011
     except WebSocketDisconnect:
         return
     except TimeoutError:
@@ -448,7 +448,7 @@ async def stream_transcription(
                 "type": "ready",
                 "stream_id": stream_id,
                 "language": cfg.language,
-                "model": streaming_model_name(settings, check_language(cfg.language)),
+                "model": streaming_model_name(settings, language),
                 "sample_rate": 16000,
             }
         )

@@ -51,7 +51,7 @@ from callannotate.jobs.executors.celery_app import (
     message_priority,
 )
 from callannotate.jobs.executors.external import ExternalExecutor
-from callannotate.jobs.filequeue import FileQueue
+from callannotate.jobs.filequeue import FileQueue, interrupted_reason
 from callannotate.jobs.fsutil import try_lock, unlock
 from callannotate.jobs.heartbeat import WorkerRegistry, start_heartbeat
 from callannotate.jobs.light import LightKind
@@ -296,10 +296,7 @@ class JobHost:
         if len(job.history) > 1 and job.history[-2].outcome == "interrupted":
             # taken over from a dead child (its task redelivered at once): announce the
             # requeue as the API's recovery would have (clients, worker_died retries)
-            reason = (
-                "interrupted: the process running the job died "
-                f"(attempt {job.attempts - 1} of {job.max_attempts})"
-            )
+            reason = interrupted_reason(job.attempts - 1, job.max_attempts)
             data = {"state": "queued", "attempts": job.attempts - 1, "reason": reason}
             self.announcer.publish("job.queued", job, data)
         self.announcer.publish(
