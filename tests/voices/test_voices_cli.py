@@ -38,3 +38,24 @@ def test_identify_refuses_a_top_below_one(
         cli.main(["voices", "--data-dir", str(tmp_path), "identify", str(sample), "--top", top])
     assert exit_info.value.code == 2
     assert "argument --top:" in capsys.readouterr().err
+
+
+def test_enroll_refuses_a_name_the_local_user_already_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second "Ivan" was enrolled beside the first; now exit 2 before any sample is read."""
+    from callannotate.voices.schemas import Voice
+    from callannotate.voices.store import VoiceStore
+
+    data = tmp_path / "data"
+    ivan = Voice(id="a" * 32, name="Ivan", embedding_model="campplus_cn_en_common")
+    VoiceStore(data / "voices").create(ivan)
+    sample = tmp_path / "ivan.wav"
+    sample.write_bytes(b"RIFF not decoded: the name is checked first")
+    code = cli.main(["voices", "--data-dir", str(data), "enroll", "IVAN", str(sample)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"callannotate: error: a voice named 'Ivan' already exists ({ivan.id}): add samples "
+        "to it, or choose another name\n"
+    )
+    assert [v.id for v in VoiceStore(data / "voices").list()] == [ivan.id]

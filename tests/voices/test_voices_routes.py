@@ -232,13 +232,16 @@ async def test_enroll_speaker_of_a_job(
     _offline_address_book(settings)
     r = await client.post(
         f"/jobs/{job_id}/speakers/S1/enroll",
-        json={"name": "George", "contact": {"org": "Acme", "phones": [{"value": "+79161234567"}]}},
+        json={
+            "name": "George Smith",  # "George" is taken (409)
+            "contact": {"org": "Acme", "phones": [{"value": "+79161234567"}]},
+        },
     )
     assert r.status_code == 201, r.text
     contact_id = r.json()["contact_id"]
     r = await client.get(f"/contacts/{contact_id}")
     assert r.status_code == 200, r.text
-    assert (r.json()["fields"]["fn"], r.json()["fields"]["org"]) == ("George", "Acme")
+    assert (r.json()["fields"]["fn"], r.json()["fields"]["org"]) == ("George Smith", "Acme")
     assert r.json()["pending"] is True
     # an existing contact links an existing voice
     r = await client.post(
@@ -335,5 +338,59 @@ async def test_a_blank_speaker_name_is_refused_before_any_work(
     )
     assert r.status_code == 422, r.text
     assert r.json()["detail"] == "the voice needs a name"
+    light = Path(app.state.settings.data_dir) / "light"
+    assert not light.exists() or not any(p.is_file() for p in light.rglob("*.json"))
+
+
+@pytest.mark.parametrize("wait", ["true", "false"])
+async def test_a_name_the_user_already_has_is_a_409_before_any_work(
+    client: httpx.AsyncClient, app: FastAPI, settings: Settings, tmp_path: Path, wait: str
+) -> None:
+    """A second voice called "Jackson" was enrolled beside the first (both matched him at
+    1.0); enrolling, renaming or enrolling a job's speaker under a taken name is a 409 now,
+    before a model or a light task."""
+    from callannotate.security.atrest import vault_for
+
+    store = VoiceStore(settings.voices_dir, vault_for(settings))  # the app encrypts them
+    jackson = store.create(
+        Voice(id="a" * 32, name="Jackson", embedding_model="campplus_cn_en_common")
+    )
+    george = store.create(
+        Voice(id="b" * 32, name="George", embedding_model="campplus_cn_en_common")
+    )
+    conflict = (
+        f"a voice named 'Jackson' already exists ({jackson.id}): add samples to it, or "
+        "choose another name"
+    )
+    r = await client.post(
+        "/voices",
+        params={"wait": wait},
+        data={"name": " jackson "},
+        files=[("file", ("s.wav", silent_wav(), "audio/wav"))],
+    )
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"] == conflict
+
+    r = await client.patch(f"/voices/{george.id}", json={"name": "JACKSON"})
+    assert r.status_code == 409 and r.json()["detail"] == conflict
+    r = await client.patch(f"/voices/{jackson.id}", json={"name": "JACKSON"})
+    assert r.status_code == 200 and r.json()["name"] == "JACKSON"  # its own name
+
+    call = tmp_path / "call.wav"
+    call.write_bytes(silent_wav(1.0))
+    turns = [Turn(start=0.0, end=1.0, speaker="S0")]
+    annotation = Annotation(
+        recording=RecordingInfo(duration=1.0, sample_rate=16000, channels=1),
+        speakers=[Speaker(label="S0")],
+        turns=turns,
+        exclusive_turns=turns,
+    )
+    job_id = _completed_job(app.state.queue, call, annotation)
+    r = await client.post(
+        f"/jobs/{job_id}/speakers/S0/enroll", params={"wait": wait}, json={"name": "george"}
+    )
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"].startswith("a voice named 'George' already exists")
+    assert sorted(v.name for v in store.list()) == ["George", "JACKSON"]
     light = Path(app.state.settings.data_dir) / "light"
     assert not light.exists() or not any(p.is_file() for p in light.rglob("*.json"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from callannotate.errors import NotFound
+from callannotate.errors import Conflict, NotFound
 from callannotate.voices.schemas import Voice, VoiceSample
 from callannotate.voices.store import VoiceStore, new_id
 
@@ -113,3 +113,28 @@ def test_concurrent_updates_lose_nothing(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(store.get(v.id).samples) == 20
+
+
+def test_an_owner_has_one_voice_per_name(tmp_path: Path) -> None:
+    """Two voices called "Ivan" both matched the person (score 1.0 each) and a report could
+    not tell them apart: a second one under a name the owner uses (any case) is a 409."""
+    store = VoiceStore(tmp_path)
+    ivan = store.create(voice("Ivan").model_copy(update={"owner": "u1"}))
+    with pytest.raises(Conflict) as refused:
+        store.create(voice(" ivan ").model_copy(update={"owner": "u1"}))
+    assert refused.value.detail == (
+        f"a voice named 'Ivan' already exists ({ivan.id}): add samples to it, or choose "
+        "another name"
+    )
+    store.create(voice("Ivan").model_copy(update={"owner": "u2"}))  # another user's Ivan
+    anna = store.create(voice("Anna").model_copy(update={"owner": "u1"}))
+    with pytest.raises(Conflict):
+        store.update(anna.id, lambda v: v.model_copy(update={"name": "IVAN"}))
+    assert store.get(anna.id).name == "Anna"
+    renamed = store.update(ivan.id, lambda v: v.model_copy(update={"name": "IVAN"}))
+    assert renamed.name == "IVAN"  # its own name in another case
+    assert sorted((v.owner, v.name) for v in store.list()) == [
+        ("u1", "Anna"),
+        ("u1", "IVAN"),
+        ("u2", "Ivan"),
+    ]

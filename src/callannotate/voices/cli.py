@@ -58,9 +58,15 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         print(f"callannotate: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        from callannotate.security.atrest import vault_for
+        from callannotate.voices.schemas import LEGACY_OWNER
         from callannotate.voices.service import voice_name
+        from callannotate.voices.store import VoiceStore
 
         name = voice_name(args.name)  # before any model is loaded, as the API checks
+        if not args.voice_id:
+            store = VoiceStore(settings.voices_dir, vault_for(settings))
+            store.check_name_free(LEGACY_OWNER, name)
         if args.contact_id:  # one of the local user's contacts (as the API checks)
             _check_contact(settings, args.contact_id)
         service = _service(settings)

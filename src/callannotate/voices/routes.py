@@ -119,11 +119,12 @@ def _store(settings: Settings) -> VoiceStore:
 
 
 async def _receive_samples(
-    request: Request, settings: Settings, staging: Path, *, need_name: bool
+    request: Request, settings: Settings, staging: Path, *, new_voice_of: str | None
 ) -> tuple[StagedUpload, dict[str, str]]:
     """Stream the multipart body (the same receiver and limits as ``POST /jobs``: a chunked
-    body is counted as it arrives) and check the fields and that every sample decodes (no
-    model needed). The caller discards the upload."""
+    body is counted as it arrives) and check the fields, that ``new_voice_of`` (the owner
+    of a new voice; ``None`` when adding samples) has no voice of that name yet, and that
+    every sample decodes (no model needed). The caller discards the upload."""
     upload = await receive_upload(
         request,
         staging,
@@ -144,8 +145,12 @@ async def _receive_samples(
             if len(value) > MAX_NAME:
                 raise Unprocessable(f"{key} is longer than {MAX_NAME} characters")
             fields[key] = value.strip()
-        if need_name and not fields.get("name"):
-            raise Unprocessable("the form field 'name' is required")
+        if new_voice_of is not None:
+            if not fields.get("name"):
+                raise Unprocessable("the form field 'name' is required")
+            await anyio.to_thread.run_sync(
+                lambda: _store(settings).check_name_free(new_voice_of, fields["name"])
+            )
         if not upload.files:
             raise Unprocessable(f"the multipart body has no '{FILE_FIELD}' part")
         staged = [(f.path, f.filename) for f in upload.files]
@@ -157,10 +162,10 @@ async def _receive_samples(
 
 
 async def _read_samples(
-    request: Request, settings: Settings, staging: Path, *, need_name: bool
+    request: Request, settings: Settings, staging: Path, *, new_voice_of: str | None
 ) -> tuple[list[VoiceSample], dict[str, str]]:
     """The checked samples of the multipart body, embedded (inside the request)."""
-    upload, fields = await _receive_samples(request, settings, staging, need_name=need_name)
+    upload, fields = await _receive_samples(request, settings, staging, new_voice_of=new_voice_of)
     try:
         staged = [(f.path, f.filename) for f in upload.files]
         service = await anyio.to_thread.run_sync(voice_service, settings)
@@ -196,7 +201,7 @@ def _check_samples(staged: list[tuple[Path, str]], vault: Vault) -> None:
     openapi_extra=_SAMPLES_SCHEMA,
     responses={
         202: {"model": EnrollmentStatus, "description": "Accepted: poll the status URL."},
-        **error_responses(400, 408, 413, 415, 422, 503),
+        **error_responses(400, 408, 413, 409, 415, 422, 503),
     },
 )
 async def create_voice(
@@ -210,7 +215,9 @@ async def create_voice(
 ) -> Response:
     if wants_async(request, wait):
         return await _enroll_later(request, settings, queue.staging_dir(), principal)
-    samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=True)
+    samples, fields = await _read_samples(
+        request, settings, queue.staging_dir(), new_voice_of=principal.id
+    )
     contact_id = await check_contact(request, principal.id, fields.get("contact_id"))
     service = VoiceService(_store(settings), None, recognition_params(settings))
     voice = await anyio.to_thread.run_sync(
@@ -235,7 +242,9 @@ async def _enroll_later(
 ) -> Response:
     """Store the checked samples as a light task (durable before the answer) and queue it:
     a new voice, or samples for ``add_to`` (visible to the caller)."""
-    upload, fields = await _receive_samples(request, settings, staging, need_name=add_to is None)
+    upload, fields = await _receive_samples(
+        request, settings, staging, new_voice_of=principal.id if add_to is None else None
+    )
     try:
         params: dict[str, str | None]
         if add_to is not None:
@@ -317,7 +326,7 @@ async def add_samples(
     voice = await anyio.to_thread.run_sync(visible_voice, store, voice_id, principal)
     if wants_async(request, wait):
         return await _enroll_later(request, settings, queue.staging_dir(), principal, add_to=voice)
-    samples, fields = await _read_samples(request, settings, queue.staging_dir(), need_name=False)
+    samples, fields = await _read_samples(request, settings, queue.staging_dir(), new_voice_of=None)
     if "name" in fields or "contact_id" in fields:
         raise Unprocessable(
             "add samples with 'file' parts only; rename or link with PATCH /voices/{voice_id}"
@@ -344,7 +353,7 @@ async def get_voice(voice_id: str, settings: SettingsDep, principal: ReadPrincip
     "/voices/{voice_id}",
     response_model=VoiceInfo,
     summary="Rename a voice, link it to one of your contacts, or unlink it",
-    responses=error_responses(422),
+    responses=error_responses(409, 422),
 )
 async def update_voice(
     voice_id: str,
@@ -428,6 +437,10 @@ async def enroll_job_speaker(
     if (body.name is None) == (body.voice_id is None):
         raise Unprocessable("give either a name (new voice) or a voice_id (add to it)")
     new_name = voice_name(body.name) if body.name is not None else None  # "  ": 422, not 202
+    if new_name is not None:  # a taken name: 409 now, not a failed enrollment later
+        await anyio.to_thread.run_sync(
+            lambda: _store(settings).check_name_free(principal.id, new_name)
+        )
     if body.contact_id is not None and body.contact is not None:
         raise Unprocessable("give either contact_id (an existing contact) or contact (a new one)")
     if body.voice_id is not None:  # adding to a voice: it must be the caller's too

@@ -8,6 +8,11 @@ is nothing to keep consistent between files. Read-modify-write updates hold an e
 No audio is stored, only embeddings. Given a :class:`~callannotate.security.atrest.Vault`
 the files are encrypted at rest (voiceprints are biometric data); plaintext files written by
 older versions stay readable.
+
+A user's voices have distinct names (compared without case): a second voice under a name
+the owner already uses is a :class:`~callannotate.errors.Conflict`, checked under the lock,
+because two voices of one name both match the person and a report could not tell them
+apart.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from callannotate.errors import NotFound
+from callannotate.errors import Conflict, NotFound
 from callannotate.jobs.fsutil import atomic_write, blocking_lock, fsync_dir, private_dir
 from callannotate.voices.schemas import Voice, utcnow
 
@@ -102,15 +107,41 @@ class VoiceStore:
         voices.sort(key=lambda v: (v.name.casefold(), v.created_at))
         return voices
 
+    def named(self, owner: str, name: str, *, other_than: str | None = None) -> Voice | None:
+        """``owner``'s voice called ``name`` (case and surrounding blanks ignored), if any
+        besides ``other_than``."""
+        key = name.strip().casefold()
+        return next(
+            (
+                v
+                for v in self.list()
+                if v.owner == owner and v.name.casefold() == key and v.id != other_than
+            ),
+            None,
+        )
+
+    def check_name_free(self, owner: str, name: str, *, other_than: str | None = None) -> None:
+        """Raise :class:`Conflict` when ``owner`` already has a voice called ``name``."""
+        taken = self.named(owner, name, other_than=other_than)
+        if taken is not None:
+            raise Conflict(
+                f"a voice named {taken.name!r} already exists ({taken.id}): add samples to "
+                "it, or choose another name"
+            )
+
     def create(self, voice: Voice) -> Voice:
         with self._locked():
+            self.check_name_free(voice.owner, voice.name)
             self._write(voice)
         return voice
 
     def update(self, voice_id: str, change: Callable[[Voice], Voice]) -> Voice:
         """Apply ``change`` to the stored voice under the lock and save the result."""
         with self._locked():
-            voice = change(self.get(voice_id))
+            before = self.get(voice_id)
+            voice = change(before)
+            if voice.name.casefold() != before.name.casefold() or voice.owner != before.owner:
+                self.check_name_free(voice.owner, voice.name, other_than=voice.id)
             voice = voice.model_copy(update={"updated_at": utcnow()})
             self._write(voice)
         return voice
