@@ -217,3 +217,34 @@ def test_status_codes_map_to_errors() -> None:
 
 def test_member_href_is_a_safe_path() -> None:
     assert member_href("https://h.test/a/book/", "x/y z") == "/a/book/x-y-z.vcf"
+
+
+def test_an_edit_writes_phones_and_emails_back_as_the_server_had_them() -> None:
+    """A TEL longer than 64 characters was cut to 64 on import and an edit of any other field
+    wrote the cut value to the server; an edit also dropped a TEL's group, ``PREF`` and the
+    ``tel:`` URI form. Unchanged phones and e-mails now go back as they came."""
+    long_tel = "+1 650 253 0000 ext. 1234 (the reception desk for the night shift in block B)"
+    base = (
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:abc\r\nFN:Anna\r\n"
+        f"TEL;TYPE=work:{long_tel}\r\n"
+        "item1.TEL;PREF=1;TYPE=cell;VALUE=uri:tel:+7-916-123-45-67\r\n"
+        "item1.X-ABLabel:mobile\r\n"
+        "EMAIL;PREF=1;TYPE=work:anna@example.com\r\nEND:VCARD\r\n"
+    )
+    _, fields = parse_vcard(base)
+    assert [p.value for p in fields.phones] == [long_tel, "+7-916-123-45-67"]
+    fields.title = "CEO"
+    fields.phones[1].types = ["cell", "voice"]
+    out = render_vcard(fields, uid="abc", base=base)
+    unfolded = out.replace("\r\n ", "")
+    assert f"TEL;TYPE=work:{long_tel}\r\n" in unfolded
+    assert "item1.TEL;PREF=1;TYPE=cell,voice;VALUE=uri:tel:+7-916-123-45-67\r\n" in unfolded
+    assert "EMAIL;PREF=1;TYPE=work:anna@example.com\r\n" in unfolded
+    _, again = parse_vcard(out)
+    assert again == fields
+
+
+def test_a_phone_the_user_adds_may_be_long_but_not_endless() -> None:
+    Phone(value="8" * 256)
+    with pytest.raises(ValueError):
+        Phone(value="8" * 257)

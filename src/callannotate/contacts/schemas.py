@@ -7,14 +7,21 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Longest phone value kept (extensions and notes make real ones longer than a number).
+MAX_PHONE = 256
+#: Longest e-mail address (RFC 5321 path limit).
+MAX_EMAIL = 254
+
 
 class Phone(BaseModel):
-    value: str = Field(..., min_length=1, max_length=64, description="As written by the user.")
+    value: str = Field(
+        ..., min_length=1, max_length=MAX_PHONE, description="As written by the user."
+    )
     types: list[str] = Field(default_factory=list, description="vCard TYPE values, e.g. cell.")
 
 
 class Email(BaseModel):
-    value: str = Field(..., min_length=3, max_length=254)
+    value: str = Field(..., min_length=3, max_length=MAX_EMAIL)
     types: list[str] = Field(default_factory=list)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import vobject
 
-from callannotate.contacts.schemas import ContactFields, Email, Phone
+from callannotate.contacts.schemas import MAX_EMAIL, MAX_PHONE, ContactFields, Email, Phone
 
 MANAGED = ("FN", "N", "TEL", "EMAIL", "ORG", "TITLE", "NOTE", "CATEGORIES")
 MAX_VCARD_BYTES = 1_000_000
@@ -37,6 +37,21 @@ def _text(prop: Any) -> str:
     if isinstance(value, list):
         return ";".join(str(v) for v in value if str(v))
     return str(value).strip()
+
+
+def _tel_value(prop: Any) -> str:
+    """A TEL property's number as :class:`Phone` holds it (``tel:`` URI prefix dropped)."""
+    value = _text(prop)
+    if value.lower().startswith("tel:"):
+        value = value[4:]
+    return value[:MAX_PHONE]
+
+
+def _email_value(prop: Any) -> str:
+    value = _text(prop)
+    if value.lower().startswith("mailto:"):
+        value = value[7:]
+    return value[:MAX_EMAIL]
 
 
 def _parse_component(text: str) -> Any:
@@ -77,17 +92,13 @@ def parse_vcard(text: str) -> tuple[str, ContactFields]:
                 else:
                     fields["family"] = str(n)
             elif name == "TEL":
-                value = _text(prop)
-                if value.lower().startswith("tel:"):
-                    value = value[4:]
+                value = _tel_value(prop)
                 if value:
-                    fields["phones"].append(Phone(value=value[:64], types=_types(prop)))
+                    fields["phones"].append(Phone(value=value, types=_types(prop)))
             elif name == "EMAIL":
-                value = _text(prop)
-                if value.lower().startswith("mailto:"):
-                    value = value[7:]
+                value = _email_value(prop)
                 if len(value) >= 3:
-                    fields["emails"].append(Email(value=value[:254], types=_types(prop)))
+                    fields["emails"].append(Email(value=value, types=_types(prop)))
             elif name == "ORG":
                 fields["org"] = _text(prop)
             elif name == "TITLE":
@@ -141,8 +152,14 @@ def render_vcard(
     fields: ContactFields, *, uid: str, base: str | None = None, version: str = "3.0"
 ) -> str:
     """The vCard text for ``fields``: ``base`` with the managed properties replaced, or new."""
+    kept: dict[tuple[str, str], list[Any]] = {}  # the base's TEL / EMAIL lines by value
     if base:
         card = _parse_component(base)
+        for prop in card.getChildren():
+            name = prop.name.upper()
+            if name in ("TEL", "EMAIL"):
+                value = _tel_value(prop) if name == "TEL" else _email_value(prop)
+                kept.setdefault((name, value), []).append(prop)
         for name in MANAGED:
             key = name.lower()
             while key in card.contents:
@@ -162,16 +179,11 @@ def render_vcard(
         prefix=fields.prefix,
         suffix=fields.suffix,
     )
-    for phone in fields.phones:
-        prop = card.add("tel")
-        prop.value = phone.value
-        if phone.types:
-            prop.params["TYPE"] = list(phone.types)
-    for email in fields.emails:
-        prop = card.add("email")
-        prop.value = email.value
-        if email.types:
-            prop.params["TYPE"] = list(email.types)
+    for name, value, types in [
+        *(("TEL", p.value, p.types) for p in fields.phones),
+        *(("EMAIL", e.value, e.types) for e in fields.emails),
+    ]:
+        _add_kept(card, kept.get((name, value)), name, value, types)
     if fields.org:
         card.add("org").value = fields.org.split(";")
     if fields.title:
@@ -182,6 +194,25 @@ def render_vcard(
         card.add("categories").value = list(fields.categories)
     text: str = card.serialize()
     return text
+
+
+def _add_kept(
+    card: Any, originals: list[Any] | None, name: str, value: str, types: list[str]
+) -> None:
+    """Add a TEL / EMAIL line: the base's own line of that value when there is one (its
+    group, ``PREF``, ``VALUE=uri`` and full text kept), with ``types`` as its TYPE."""
+    if originals:
+        prop = originals.pop(0)
+        card.add(prop)
+        if _types(prop) != types:
+            prop.params.pop("TYPE", None)
+            if types:
+                prop.params["TYPE"] = list(types)
+        return
+    prop = card.add(name.lower())
+    prop.value = value
+    if types:
+        prop.params["TYPE"] = list(types)
 
 
 def split_vcards(text: str) -> list[str]:
