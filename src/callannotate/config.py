@@ -160,6 +160,19 @@ class QueueSettings(Section):
     retention_hours: float = Field(
         168.0, ge=0, description="Hours completed/failed jobs stay before moving to archived."
     )
+    audio_retention_hours: float | None = Field(
+        None,
+        ge=0,
+        description="Hours a finished (completed, failed, cancelled) job keeps its recording; "
+        "then the audio file is deleted and the job keeps its annotation (audio_deleted_at). "
+        "Unset: recordings are kept until their job is deleted.",
+    )
+    job_retention_hours: float | None = Field(
+        None,
+        ge=0,
+        description="Hours after which a finished job is deleted with everything it holds "
+        "(record, annotation, recording, exports). Unset: jobs are kept (in archived).",
+    )
     lease_seconds: float = Field(
         60.0, gt=0, description="A running job's lease; renewed by its runner while alive."
     )

@@ -792,12 +792,18 @@ class FileQueue:
                 else:
                     job.cancel_requested = True
                     self._save(path, job)
-            trash = self.root / STAGING / f".trash-{job_id}-{uuid.uuid4().hex[:8]}"
-            os.rename(path, trash)
-            fsync_dir(path.parent)
-            self._where.pop(job_id, None)
+            trash = self._to_trash(path)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("job deleted", extra={"job_id": job_id})
+
+    def _to_trash(self, path: Path) -> Path:
+        """Take a job folder out of the queue (under the lock) in one rename; the caller
+        removes the returned folder after releasing the lock."""
+        trash = self.root / STAGING / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, trash)
+        fsync_dir(path.parent)
+        self._where.pop(path.name, None)
+        return trash
 
     def retry(self, job_id: str, *, before_visible: Callable[[Job], None] | None = None) -> Job:
         """Queue a failed or cancelled job again with a fresh attempt count;
@@ -809,6 +815,11 @@ class FileQueue:
             if folder != FAILED:
                 raise Conflict(
                     f"job {job_id} is {job.state.value}; only failed or cancelled jobs are retried"
+                )
+            if job.audio_deleted_at is not None:
+                raise Conflict(
+                    f"job {job_id} cannot run again: its recording was deleted at "
+                    f"{job.audio_deleted_at:%Y-%m-%d %H:%M} UTC (queue.audio_retention_hours)"
                 )
             self._reset_to_queued(job)
             job.progress = []
@@ -892,6 +903,72 @@ class FileQueue:
                 entry.name.startswith(".build-") and age > _STALE_STAGING_S
             ):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _finished_before(self, cutoff: datetime) -> builtins.list[tuple[str, str]]:
+        """``(folder, job id)`` of the jobs that finished before ``cutoff`` (a scan without
+        the lock: each one is read again under it before anything is changed)."""
+        found: builtins.list[tuple[str, str]] = []
+        for folder in (COMPLETED, FAILED, ARCHIVED):
+            for path in self._job_dirs(folder):
+                try:
+                    job = self._peek(folder, path)[0]
+                except (FileNotFoundError, ValueError):
+                    continue
+                if (job.finished_at or job.updated_at) <= cutoff:
+                    found.append((folder, path.name))
+        return found
+
+    def expire_audio(self, hours: float, now: datetime | None = None) -> builtins.list[str]:
+        """Delete the recordings of jobs finished more than ``hours`` ago (their annotation,
+        record and exports stay; ``audio_deleted_at`` says when). Returns their ids."""
+        now = now or utcnow()
+        cutoff = now - timedelta(hours=hours)
+        done: builtins.list[str] = []
+        for folder, job_id in self._finished_before(cutoff):
+            with self._locked():
+                path = self.root / folder / job_id
+                try:
+                    job = self._read(folder, path)
+                except (FileNotFoundError, ValueError):
+                    continue  # moved or deleted meanwhile: the next pass sees it
+                if (job.finished_at or job.updated_at) > cutoff:
+                    continue
+                audio = path / _safe_audio_name(job.audio.stored_as, Path(job.audio.stored_as))
+                try:
+                    audio.unlink()
+                except FileNotFoundError:
+                    if job.audio_deleted_at is not None:
+                        continue  # done in an earlier pass
+                if job.audio_deleted_at is None:
+                    job.audio_deleted_at = now
+                    self._save(path, job)
+                fsync_dir(path)
+                done.append(job_id)
+        if done:
+            log.info("deleted recordings past their retention", extra={"count": len(done)})
+        return done
+
+    def expire_jobs(self, hours: float, now: datetime | None = None) -> builtins.list[str]:
+        """Delete the jobs finished more than ``hours`` ago with all their files (as
+        ``DELETE /jobs/{id}`` does). Returns their ids."""
+        now = now or utcnow()
+        cutoff = now - timedelta(hours=hours)
+        done: builtins.list[str] = []
+        for folder, job_id in self._finished_before(cutoff):
+            path = self.root / folder / job_id
+            with self._locked():
+                try:
+                    job = self._read(folder, path)
+                except (FileNotFoundError, ValueError):
+                    continue
+                if (job.finished_at or job.updated_at) > cutoff:
+                    continue
+                trash = self._to_trash(path)
+            shutil.rmtree(trash, ignore_errors=True)
+            done.append(job_id)
+        if done:
+            log.info("deleted jobs past their retention", extra={"count": len(done)})
+        return done
 
     def archive_expired(self, now: datetime | None = None) -> builtins.list[str]:
         """Move completed and failed jobs older than the retention period to archived."""

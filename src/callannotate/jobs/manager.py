@@ -50,6 +50,7 @@ from callannotate.jobs.executors.base import WorkerInfo
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.heartbeat import WorkerRegistry
 from callannotate.jobs.models import Job, JobState, StepProgress, utcnow
+from callannotate.jobs.retention import RETENTION_INTERVAL_S, safe_retention_pass
 from callannotate.jobs.runner import JobRunner
 from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.jobs.worker import worker_main
@@ -72,7 +73,6 @@ async def sleep_until_set(event: asyncio.Event, timeout: float) -> None:
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
 CANCEL_CHECK_INTERVAL_S = 0.5
-ARCHIVE_INTERVAL_S = 300.0
 MAX_RESPAWN_DELAY_S = 30.0
 TIMEOUT = "timeout"  # the reason of a job over its time limit (error text starts with it)
 
@@ -462,9 +462,9 @@ class QueueManager:
                     await self._supervise(now)
                 if self._accepting:
                     await self._dispatch()
-                if now - last_archive >= ARCHIVE_INTERVAL_S:
+                if now - last_archive >= RETENTION_INTERVAL_S:
                     last_archive = now
-                    await asyncio.to_thread(self.queue.archive_expired)
+                    await asyncio.to_thread(safe_retention_pass, self.queue, self.settings.queue)
                 if now - last_recover >= self.settings.queue.lease_seconds:
                     # Another process on this queue may have died since start-up.
                     last_recover = now

@@ -126,6 +126,11 @@ class Job(BaseModel):
         description="A queued job retried after a transient failure is not claimed before "
         "this time (UTC); None: claimable now.",
     )
+    audio_deleted_at: datetime | None = Field(
+        None,
+        description="When the recording was deleted under queue.audio_retention_hours "
+        "(the annotation stays); None: still stored.",
+    )
     progress: list[StepProgress] = Field(default_factory=list)
     error: str | None = None
     worker: str | None = None

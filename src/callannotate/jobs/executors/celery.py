@@ -58,6 +58,7 @@ from callannotate.jobs.light import LightKind
 from callannotate.jobs.light_run import run_claimed
 from callannotate.jobs.manager import TIMEOUT, apply_step_reports, timeout_reason
 from callannotate.jobs.models import DEFAULT_PRIORITY, Job, JobState, StepProgress, utcnow
+from callannotate.jobs.retention import RETENTION_INTERVAL_S, safe_retention_pass
 from callannotate.jobs.runner import JobRunner, JobStopped, PipelineRunner
 from callannotate.jobs.speaker_contacts import resolve_result
 from callannotate.jobs.worker import _Control, _run_job
@@ -692,7 +693,12 @@ class CeleryExecutor(ExternalExecutor):
 
     def _ping_loop(self) -> None:
         last_recover = time.monotonic()
+        last_retention = -RETENTION_INTERVAL_S  # a first pass at start-up, as the manager's
         while not self._stop.is_set():
+            if time.monotonic() - last_retention >= RETENTION_INTERVAL_S:
+                # no QueueManager runs beside Celery: the API applies the retention policy
+                last_retention = time.monotonic()
+                safe_retention_pass(self.queue, self.settings.queue)
             if time.monotonic() - last_recover >= self.settings.queue.lease_seconds:
                 last_recover = time.monotonic()
                 try:
