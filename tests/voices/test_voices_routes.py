@@ -317,12 +317,8 @@ async def test_chunked_oversized_samples_are_refused_while_streaming(
     assert len(VoiceStore(settings.voices_dir).list()) == (0 if path == "/voices" else 1)
 
 
-@pytest.mark.parametrize("wait", ["true", "false"])
-async def test_a_blank_speaker_name_is_refused_before_any_work(
-    client: httpx.AsyncClient, app: FastAPI, tmp_path: Path, wait: str
-) -> None:
-    """``{"name": "   "}`` got a 202 with ``?wait=false`` and an enrollment that could only
-    fail; both ways it is a 422 now, before a model or a light task."""
+def _one_second_job(app: FastAPI, tmp_path: Path) -> str:
+    """A completed job of 1 s of silence with one speaker, S0, speaking throughout."""
     call = tmp_path / "call.wav"
     call.write_bytes(silent_wav(1.0))
     turns = [Turn(start=0.0, end=1.0, speaker="S0")]
@@ -332,7 +328,16 @@ async def test_a_blank_speaker_name_is_refused_before_any_work(
         turns=turns,
         exclusive_turns=turns,
     )
-    job_id = _completed_job(app.state.queue, call, annotation)
+    return _completed_job(app.state.queue, call, annotation)
+
+
+@pytest.mark.parametrize("wait", ["true", "false"])
+async def test_a_blank_speaker_name_is_refused_before_any_work(
+    client: httpx.AsyncClient, app: FastAPI, tmp_path: Path, wait: str
+) -> None:
+    """``{"name": "   "}`` got a 202 with ``?wait=false`` and an enrollment that could only
+    fail; both ways it is a 422 now, before a model or a light task."""
+    job_id = _one_second_job(app, tmp_path)
     r = await client.post(
         f"/jobs/{job_id}/speakers/S0/enroll", params={"wait": wait}, json={"name": "   "}
     )
@@ -376,16 +381,7 @@ async def test_a_name_the_user_already_has_is_a_409_before_any_work(
     r = await client.patch(f"/voices/{jackson.id}", json={"name": "JACKSON"})
     assert r.status_code == 200 and r.json()["name"] == "JACKSON"  # its own name
 
-    call = tmp_path / "call.wav"
-    call.write_bytes(silent_wav(1.0))
-    turns = [Turn(start=0.0, end=1.0, speaker="S0")]
-    annotation = Annotation(
-        recording=RecordingInfo(duration=1.0, sample_rate=16000, channels=1),
-        speakers=[Speaker(label="S0")],
-        turns=turns,
-        exclusive_turns=turns,
-    )
-    job_id = _completed_job(app.state.queue, call, annotation)
+    job_id = _one_second_job(app, tmp_path)
     r = await client.post(
         f"/jobs/{job_id}/speakers/S0/enroll", params={"wait": wait}, json={"name": "george"}
     )
