@@ -3,9 +3,13 @@ logout, client credentials, API keys, disabled accounts."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus_client import REGISTRY
 
+from callannotate.config import Settings
+from callannotate.db.engine import Database
 from callannotate.errors import BadRequest, Conflict
 from callannotate.security.errors import AuthenticationFailed, TooManyAttempts
 from callannotate.security.service import (
@@ -130,6 +134,33 @@ def test_password_change_revokes_refresh_tokens(service: AuthService) -> None:
     with pytest.raises(InvalidGrant):
         service.login("alice", PASSWORD, None)
     assert service.login("alice", "a brand new password", None).access_token
+
+
+def test_password_change_ends_the_access_tokens_issued_before_it(
+    service: AuthService, settings: Settings, database: Database
+) -> None:
+    """A stolen access token kept working for up to 15 minutes after the password change
+    meant to lock its thief out; now it is refused (in every process: the change is in the
+    database, read when the cached user state expires)."""
+    user = service.create_user("alice", PASSWORD)
+    before, _ = service.codec.encode(user.id, frozenset({"read"}), now=time.time() - 2)
+    other = AuthService(settings, database)  # another API process, its cache warm
+    assert other.principal_from_jwt(before).id == user.id
+    assert service.principal_from_jwt(before).id == user.id
+
+    service.set_password("alice", "a brand new password")
+    with pytest.raises(AuthenticationFailed) as refused:
+        service.principal_from_jwt(before)
+    assert refused.value.reason == "revoked_token"
+    with pytest.raises(AuthenticationFailed):
+        AuthService(settings, database).principal_from_jwt(before)  # a process started later
+    other.invalidate()  # its cached user state expired
+    with pytest.raises(AuthenticationFailed):
+        other.principal_from_jwt(before)
+
+    after = service.login("alice", "a brand new password", None).access_token
+    assert service.principal_from_jwt(after).id == user.id  # the same second counts as after
+    assert other.principal_from_jwt(after).id == user.id
 
 
 def test_account_rules(service: AuthService) -> None:

@@ -321,7 +321,16 @@ async def test_refusals_are_counted_by_reason(service: AuthService, creds: tuple
             await authenticate(_conn(headers), service.settings, service)
         assert info.value.reason == reason
         assert _failures(reason) == before + 1, reason
+    # a token from before a password change
+    stale = service.codec.encode(user.id, frozenset({"read"}), now=time.time() - 2)[0]
+    service.set_password("alice", "another long password")
+    before = _failures("revoked_token")
+    with pytest.raises(AuthenticationFailed) as info:
+        await authenticate(_conn({"Authorization": f"Bearer {stale}"}), service.settings, service)
+    assert info.value.reason == "revoked_token"
+    assert _failures("revoked_token") == before + 1
     # a disabled user: JWT and API key
+    access = service.login("alice", "another long password", None).access_token
     service.set_disabled("alice", True)
     before = _failures("disabled")
     for headers in ({"Authorization": f"Bearer {access}"}, {"X-API-Key": key}):

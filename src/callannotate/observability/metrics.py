@@ -220,6 +220,7 @@ AUTH_FAILURE_REASONS = (
     "expired",  # an access token or refresh token past its expiry
     "bad_key",  # an API key that does not exist
     "revoked_key",
+    "revoked_token",  # an access token issued before its user's password change
     "disabled",  # the user (or OAuth2 client) is disabled
     "bad_password",  # login: unknown user or wrong password (one reason, like the answer)
     "throttled",  # login refused by the failed-login throttle

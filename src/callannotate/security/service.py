@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from callannotate.config import Settings
@@ -95,6 +95,18 @@ class _UserState:
     username: str
     role: str
     disabled: bool
+    tokens_after: int | None = None  # access tokens issued before (iat, seconds) are refused
+
+
+def _user_state_of(user: User) -> _UserState:
+    after = user.tokens_valid_after
+    return _UserState(
+        user.id,
+        user.username,
+        user.role,
+        user.disabled,
+        None if after is None else int(after.timestamp()),
+    )
 
 
 @dataclass
@@ -267,8 +279,14 @@ class AuthService:
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         user = self.store.require_user_by_name(normalize_username(username))
-        updated = self.store.update_user(user.id, password_hash=self.passwords.hash(password))
-        self.store.revoke_user_tokens(user.id)  # other sessions must log in again
+        # other sessions must log in again: their refresh tokens are revoked and their
+        # access tokens, issued before this second, refused (iat has whole seconds)
+        updated = self.store.update_user(
+            user.id,
+            password_hash=self.passwords.hash(password),
+            tokens_valid_after=datetime.fromtimestamp(int(time.time()), UTC),
+        )
+        self.store.revoke_user_tokens(user.id)
         self.invalidate()
         self._audit("set_password", "user", user.id, username=user.username)
         return updated
@@ -299,7 +317,7 @@ class AuthService:
         if user is None:
             self._users.drop(user_id)
             return None
-        state = _UserState(user.id, user.username, user.role, user.disabled)
+        state = _user_state_of(user)
         if generation == self._generation:
             self._users.put(user_id, state)
         return state
@@ -645,6 +663,8 @@ class AuthService:
             user = self._user_state(claims.subject)
         if user is None or user.disabled:
             raise AuthenticationFailed(reason="bad_token" if user is None else "disabled")
+        if user.tokens_after is not None and claims.issued_at < user.tokens_after:
+            raise AuthenticationFailed(reason="revoked_token")
         if claims.client_id is None:
             return _principal(user, claims.scopes, "password", claims.jti)
         enabled = self._clients.get(claims.client_id)
@@ -703,7 +723,7 @@ class AuthService:
             raise AuthenticationFailed(reason="bad_key")
         if row.revoked_at is not None or user.disabled:
             raise AuthenticationFailed(reason="disabled" if user.disabled else "revoked_key")
-        state = _UserState(user.id, user.username, user.role, user.disabled)
+        state = _user_state_of(user)
         principal = _principal(state, parse_scopes(row.scopes), "api_key", row.id)
         if self._touch_due(row.id):
             if len(self._touched) > 10_000:

@@ -60,6 +60,7 @@ class AuthStore:
         disabled: bool | None = None,
         password_hash: str | None = None,
         role: str | None = None,
+        tokens_valid_after: datetime | None = None,
     ) -> User:
         with self.db.session() as s:
             user = s.get(User, user_id)
@@ -71,6 +72,8 @@ class AuthStore:
                 user.password_hash = password_hash
             if role is not None:
                 user.role = role
+            if tokens_valid_after is not None:
+                user.tokens_valid_after = tokens_valid_after
             user.updated_at = utcnow()
             return user
 

@@ -37,6 +37,7 @@ class AccessClaims:
     scopes: frozenset[str]
     expires_at: int
     client_id: str | None = None
+    issued_at: int = 0  # iat, seconds since the epoch
 
 
 class TokenCodec:
@@ -76,7 +77,7 @@ class TokenCodec:
             payload["cid"] = client_id
         key = self.keyring.current
         token = jwt.encode(payload, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
-        return token, AccessClaims(subject, jti, scopes, expires, client_id)
+        return token, AccessClaims(subject, jti, scopes, expires, client_id, issued)
 
     def decode(self, token: str) -> AccessClaims:
         """The verified claims, or :class:`AuthenticationFailed` (never says what was wrong)."""
@@ -133,5 +134,6 @@ class TokenCodec:
             scopes=parse_scopes(str(claims.get("scope", ""))),
             expires_at=int(claims["exp"]),
             client_id=cid if isinstance(cid, str) else None,
+            issued_at=int(claims["iat"]),
         )
         return verified, kid
