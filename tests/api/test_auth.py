@@ -4,6 +4,7 @@ through the real app on a temporary data folder (SQLite)."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -137,6 +138,31 @@ async def test_logout(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400
     unknown = await client.post("/auth/logout", json={"refresh_token": "rt_whatever"})
     assert unknown.status_code == 204  # says nothing about what exists
+
+
+async def test_logout_all_ends_every_session_of_the_caller_only(
+    client: httpx.AsyncClient, accounts: AuthService
+) -> None:
+    """A user who lost a laptop could only end the one login whose refresh token they held;
+    ``/auth/logout-all`` ends all of them, access tokens already issued included."""
+    alice = accounts.store.user_by_name("alice")
+    assert alice is not None
+    scopes = frozenset({"read", "write"})
+    laptop = accounts.codec.encode(alice.id, scopes, now=time.time() - 2)[0]
+    phone = await _login(client, "alice")
+    bob = await _login(client, "bob")
+    _, key = accounts.create_api_key(alice.id, "ci", None)
+
+    assert (await client.post("/auth/logout-all")).status_code == 401
+    r = await client.post("/auth/logout-all", headers=_bearer(laptop))
+    assert r.status_code == 204, r.text
+    assert (await client.get("/auth/me", headers=_bearer(laptop))).status_code == 401
+    r = await client.post("/auth/refresh", json={"refresh_token": phone["refresh_token"]})
+    assert r.status_code == 400
+    assert (await client.get("/auth/me", headers=_bearer(bob["access_token"]))).status_code == 200
+    assert (await client.get("/auth/me", headers={"X-API-Key": key})).status_code == 200
+    again = await _login(client, "alice")
+    assert (await client.get("/auth/me", headers=_bearer(again["access_token"]))).status_code == 200
 
 
 async def test_client_credentials(client: httpx.AsyncClient, accounts: AuthService) -> None:

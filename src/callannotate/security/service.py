@@ -279,15 +279,8 @@ class AuthService:
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         user = self.store.require_user_by_name(normalize_username(username))
-        # other sessions must log in again: their refresh tokens are revoked and their
-        # access tokens, issued before this second, refused (iat has whole seconds)
-        updated = self.store.update_user(
-            user.id,
-            password_hash=self.passwords.hash(password),
-            tokens_valid_after=datetime.fromtimestamp(int(time.time()), UTC),
-        )
-        self.store.revoke_user_tokens(user.id)
-        self.invalidate()
+        updated = self.store.update_user(user.id, password_hash=self.passwords.hash(password))
+        self._end_sessions(user.id)
         self._audit("set_password", "user", user.id, username=user.username)
         return updated
 
@@ -467,6 +460,21 @@ class AuthService:
         )
         observe_auth_failure("refresh_reuse")
         raise InvalidGrant("invalid refresh token")
+
+    def _end_sessions(self, user_id: str) -> None:
+        """Every login of ``user_id`` ends: its refresh tokens are revoked and the access
+        tokens issued before this second refused (``iat`` has whole seconds)."""
+        self.store.update_user(
+            user_id, tokens_valid_after=datetime.fromtimestamp(int(time.time()), UTC)
+        )
+        self.store.revoke_user_tokens(user_id)
+        self.invalidate()
+
+    def logout_everywhere(self, user_id: str) -> None:
+        """End every session of ``user_id`` (``POST /auth/logout-all``); API keys and OAuth2
+        clients stay (they are credentials of their own)."""
+        self._end_sessions(user_id)
+        self._audit("logout_all", "auth", user_id, principal_id=user_id)
 
     def logout(self, refresh_token: str) -> bool:
         """Revoke the login (refresh family) the token belongs to; ``False`` if unknown."""
