@@ -54,6 +54,11 @@ class Accounts:
             accounts.tokens[name] = accounts.service.login(name, PASSWORD, None).access_token
         return accounts
 
+    def log_in_again(self) -> None:
+        """New access tokens for everyone (after ``POST /auth/logout-all`` ended theirs)."""
+        for name in self.ids:
+            self.tokens[name] = self.service.login(name, PASSWORD, None).access_token
+
     def headers(self, name: str | None) -> dict[str, str]:
         """``Authorization`` for ``name``'s access token (none for ``None``: anonymous)."""
         return {} if name is None else {"Authorization": f"Bearer {self.tokens[name]}"}

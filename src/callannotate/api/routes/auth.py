@@ -306,14 +306,14 @@ async def logout(body: RefreshRequest, service: AuthServiceDep) -> Response:
     status_code=204,
     summary="Sign out everywhere: revoke all your logins and the access tokens issued so far",
     description=(
-        "Every refresh token of yours is revoked and every access token issued before now "
-        "is refused from the next request (other API processes: within "
+        "Needs the `write` scope. Every refresh token of yours is revoked and every access "
+        "token issued before now is refused from the next request (other API processes: within "
         "`auth.principal_cache_s`), this request's own included. API keys and OAuth2 "
         "clients are credentials of their own and stay: revoke them separately."
     ),
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
-async def logout_all(principal: AuthenticatedPrincipal, service: AuthServiceDep) -> Response:
+async def logout_all(principal: AccountWriter, service: AuthServiceDep) -> Response:
     await anyio.to_thread.run_sync(service.logout_everywhere, principal.id)
     return Response(status_code=204)
 
