@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import pytest
@@ -271,3 +271,26 @@ async def test_a_link_request_reads_the_job_once(
     reads.clear()  # a header credential reads it once as before
     r = await client.get(f"/jobs/{alice_job}/audio", headers=accounts.headers("alice"))
     assert r.status_code == 200 and reads == [alice_job]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": "²"},  # a Unicode digit int() refuses: was a 500 (UnboundLocalError)
+        {"exp": "١٧٠٠٠٠٠٠٠٠"},
+        {"exp": "9" * 5000},
+        {"exp": "-1"},
+        {"kid": "k" * 5000},
+        {"sig": "é" * 43},
+        {"sig": "A" * 5000},
+    ],
+)
+async def test_malformed_link_parameters_are_refused_with_401(
+    secured: tuple[httpx.AsyncClient, Accounts], alice_job: str, changes: dict[str, str]
+) -> None:
+    client, accounts = secured
+    url = await _link(client, accounts, "alice", alice_job)
+    for target in (url, url.replace("/report?", "/audio?")):
+        r = await client.get(_with(target, **{k: quote(v) for k, v in changes.items()}))
+        assert r.status_code == 401, (target, r.text)
+        assert r.json()["error"] == "unauthorized"

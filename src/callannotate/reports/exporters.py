@@ -7,7 +7,17 @@ self-contained report page) and ``pdf``. CSV files are UTF-8 with a BOM so sprea
 programs open Cyrillic correctly, and text cells that a spreadsheet would read as a formula
 (starting with ``=``, ``+``, ``-``, ``@``, tab or CR: a voice named ``=HYPERLINK(...)``) are
 prefixed with a single quote, as OWASP's CSV-injection guidance says; numeric cells are
-written as numbers and left alone.
+written as numbers and left alone. A formula character right after a ``;``, tab, CR or LF
+inside a cell gets the same quote: a spreadsheet whose list separator is ``;`` (Excel in a
+Russian locale) or that splits on tabs or line ends would start a new cell there.
+
+Subtitles (SRT, VTT) put each cue's speaker name and text on one line: control characters
+(CR, LF, NUL ...) and line separators become spaces and bidi embedding / override / isolate
+controls are dropped, so a contact whose name holds blank lines cannot end the cue or start a
+new one, nor reverse what follows; ``-->`` inside a name or text becomes ``->`` (an SRT
+timing line is any line with that arrow, and converters unescape VTT text into SRT). RTTM
+fields are single tokens: whitespace and control characters in a label become ``_``, an
+empty label is ``unknown``, and a duration is never negative.
 """
 
 from __future__ import annotations
@@ -15,8 +25,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 
 from callannotate.errors import BadRequest
 from callannotate.pipeline.types import Annotation
@@ -40,10 +52,13 @@ def _stem(annotation: Annotation) -> str:
 
 
 def export_json(annotation: Annotation) -> bytes:
-    return annotation.model_dump_json(indent=2).encode("utf-8")
+    """The annotation, indented, ending with a newline (as ``callannotate annotate`` writes it)."""
+    return annotation.model_dump_json(indent=2).encode("utf-8") + b"\n"
 
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# a formula character after a character some spreadsheet starts a new cell at
+_INNER_FORMULA = re.compile(r"(?<=[;\t\r\n])(?=[=+\-@\t\r])")
 
 
 class _Num(str):
@@ -55,14 +70,12 @@ def _num(value: float, digits: int = 3) -> _Num:
 
 
 def csv_cell(value: object) -> object:
-    """``value`` safe for a spreadsheet: text that would start a formula gets a ``'`` prefix."""
-    if (
-        isinstance(value, str)
-        and not isinstance(value, _Num)
-        and value.startswith(FORMULA_PREFIXES)
-    ):
-        return "'" + value
-    return value
+    """``value`` safe for a spreadsheet: text that would start a formula gets a ``'`` prefix,
+    at the start and after each ``;``, tab, CR or LF inside it."""
+    if not isinstance(value, str) or isinstance(value, _Num):
+        return value
+    value = _INNER_FORMULA.sub("'", value)
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 def _csv_bytes(rows: list[list[object]]) -> bytes:
@@ -146,10 +159,28 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: control characters and line / paragraph separators become spaces,
+    runs of whitespace one space, bidi embedding / override / isolate controls are dropped."""
+    spaced = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in text.translate(_BIDI_CONTROLS)
+    )
+    return " ".join(spaced.split())
+
+
+def _cue_line(text: str) -> str:
+    """One subtitle line: :func:`_one_line` without the timing arrow ``-->``."""
+    return re.sub(r"-{2,}>", "->", _one_line(text))
+
+
 def _cues(annotation: Annotation) -> list[tuple[float, float, str | None, str]]:
     cues = []
     for u in annotation.utterances:
-        text = " ".join(u.text.split())
+        text = _cue_line(u.text)
         if not text:
             continue
         end = u.end if u.end > u.start else u.start + 0.5
@@ -161,8 +192,9 @@ def export_srt(annotation: Annotation) -> bytes:
     names = speaker_names(annotation)
     blocks = []
     for n, (start, end, speaker, text) in enumerate(_cues(annotation), start=1):
-        prefix = f"{names.get(speaker, speaker)}: " if speaker else ""
-        blocks.append(f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{prefix}{text}\n")
+        name = _cue_line(names.get(speaker, speaker)) if speaker else ""
+        line = f"{name}: {text}" if name else text
+        blocks.append(f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{line}\n")
     return "\n".join(blocks).encode("utf-8")
 
 
@@ -176,7 +208,7 @@ def export_vtt(annotation: Annotation) -> bytes:
     for start, end, speaker, text in _cues(annotation):
         out.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}")
         if speaker:
-            voice = _vtt_escape(names.get(speaker, speaker)).replace("\n", " ")
+            voice = _vtt_escape(_cue_line(names.get(speaker, speaker)))
             out.append(f"<v {voice}>{_vtt_escape(text)}</v>")
         else:
             out.append(_vtt_escape(text))
@@ -184,15 +216,20 @@ def export_vtt(annotation: Annotation) -> bytes:
     return "\n".join(out).encode("utf-8")
 
 
+def _rttm_token(value: str, empty: str) -> str:
+    """``value`` as one RTTM field: whitespace and unprintable characters become ``_``."""
+    runs = groupby(value, key=lambda ch: ch.isspace() or not ch.isprintable())
+    return "".join("_" if bad else "".join(chars) for bad, chars in runs) or empty
+
+
 def export_rttm(annotation: Annotation) -> bytes:
     """NIST RTTM ``SPEAKER`` lines (speaker turns; utterances when diarization did not run)."""
-    uri = re.sub(r"\s+", "_", _stem(annotation))
+    uri = _rttm_token(_stem(annotation), "annotation")
     lines = []
     for t in sorted(timeline_turns(annotation), key=lambda t: (t.start, t.end)):
-        speaker = re.sub(r"\s+", "_", t.speaker)
-        lines.append(
-            f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {speaker} <NA> <NA>"
-        )
+        speaker = _rttm_token(t.speaker, "unknown")
+        duration = max(0.0, t.end - t.start)
+        lines.append(f"SPEAKER {uri} 1 {t.start:.3f} {duration:.3f} <NA> <NA> {speaker} <NA> <NA>")
     return ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def render_pdf(annotation: Annotation, *, title: str | None = None) -> bytes:
         bottomMargin=15 * mm,
         title=title,
         author=annotation.generator,
+        creator=annotation.generator,
+        invariant=True,  # the same annotation gives the same bytes (API, CLI, async export)
     )
     base = ParagraphStyle("base", fontName=FONT, fontSize=9, leading=12)
     h1 = ParagraphStyle("h1", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19)
@@ -278,5 +281,13 @@ def render_pdf(annotation: Annotation, *, title: str | None = None) -> bytes:
             escape(f"{annotation.generator} · annotation schema {annotation.schema_version}"), small
         )
     )
-    doc.build(story)
+    stamp = _pdf_date(annotation.created_at)
+    doc.build(story, onFirstPage=lambda canvas, _doc: canvas.setDateFormatter(lambda *_: stamp))
     return buf.getvalue()
+
+
+def _pdf_date(moment: datetime) -> str:
+    """``moment`` as a PDF date string in UTC (the document's creation and modification date:
+    when the annotation was made, not when it was rendered, nor in the server's time zone)."""
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return utc.strftime("D:%Y%m%d%H%M%S+00'00'")

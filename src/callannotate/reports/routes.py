@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,8 +90,14 @@ def _requested_format(name: str) -> ExportFormat:
 
 
 def _disposition(kind: str, filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
-    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    """``Content-Disposition`` for ``filename``, whatever it holds: an ASCII ``filename``
+    fallback (letters, digits, space and ``._-()+`` kept, anything else ``_``: no quote,
+    backslash, CR or LF can end the quoted string or the header) and the name as RFC 5987
+    ``filename*`` (control characters as ``_``, every other byte percent-encoded, ``/``
+    included)."""
+    name = "".join(ch if ch.isprintable() else "_" for ch in filename)
+    ascii_name = re.sub(r"[^A-Za-z0-9 ._()+-]", "_", name)
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.get(

@@ -37,21 +37,33 @@ def speaker_colors(annotation: Annotation) -> dict[str, str]:
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(speaker_order(annotation))}
 
 
+#: Longest display name (characters): an address book may hold any length, and each name is
+#: repeated per utterance in the page, the PDF and the subtitles.
+MAX_NAME_CHARS = 80
+
+
+def short_name(name: str, limit: int = MAX_NAME_CHARS) -> str:
+    """``name`` cut to ``limit`` characters, ending in ``…`` when it was longer."""
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+
+
 def speaker_names(annotation: Annotation) -> dict[str, str]:
     """Display name per label, best first: the contact the recognised voice is linked to, the
     recognised voice's name, the contact the call's number points to (confirmed, or marked
-    "(by number)" while no voice confirms it), else the label."""
+    "(by number)" while no voice confirms it), else the label; at most
+    :data:`MAX_NAME_CHARS` characters (a 10 000-character contact name made a one-hour
+    call's PDF take a minute and its page 25 MB)."""
     names = {label: label for label in speaker_order(annotation)}
     for speaker in annotation.speakers:
         voice = speaker.voice
         expected = speaker.expected_contact
         if speaker.contact is not None and speaker.contact.name:
-            names[speaker.label] = speaker.contact.name
+            names[speaker.label] = short_name(speaker.contact.name)
         elif voice is not None and voice.accepted and voice.name:
-            names[speaker.label] = voice.name
+            names[speaker.label] = short_name(voice.name)
         elif expected is not None and expected.name and expected.match != "contradicted":
             suffix = "" if expected.match == "confirmed" else " (by number)"
-            names[speaker.label] = expected.name + suffix
+            names[speaker.label] = short_name(expected.name, MAX_NAME_CHARS - len(suffix)) + suffix
     return names
 
 

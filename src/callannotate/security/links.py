@@ -84,7 +84,7 @@ def parse_link(query: Mapping[str, str], now: float | None = None) -> LinkParams
     """The link parameters of ``query``; 401 when one is missing, malformed or expired."""
     exp, kid, sig = (query.get(name, "") for name in LINK_PARAMS)
     try:
-        expires_at = int(exp) if exp.isdigit() and len(exp) <= 12 else -1
+        expires_at = int(exp) if exp.isascii() and exp.isdigit() and len(exp) <= 12 else -1
         raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)) if len(sig) < 64 else b""
     except (binascii.Error, ValueError):
         raw = b""
