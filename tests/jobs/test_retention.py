@@ -16,13 +16,16 @@ from callannotate.errors import Conflict, NotFound
 from callannotate.jobs.filequeue import FileQueue
 from callannotate.jobs.models import Job, JobState, utcnow
 from callannotate.jobs.retention import apply_retention
+from callannotate.pipeline.types import Annotation, RecordingInfo
+
+RESULT = Annotation(recording=RecordingInfo(duration=1.0, sample_rate=16000, channels=1))
 
 
 def _finish(queue: FileQueue, job: Job, *, ok: bool = True, at: datetime | None = None) -> None:
     claimed = queue.claim_job(job.id, "w")
     assert claimed is not None
     if ok:
-        queue.complete(job.id, b'{"words": []}')
+        queue.complete(job.id, RESULT.model_dump_json().encode())
     else:
         queue.fail(job.id, "boom")
     if at is not None:  # finished then
@@ -51,7 +54,7 @@ def test_recordings_are_deleted_after_their_hours_and_annotations_stay(
     assert _audio(queue, fresh).is_file() and _audio(queue, queued).is_file()
     assert queue.get(old.id).audio_deleted_at == now
     assert queue.get(fresh.id).audio_deleted_at is None
-    assert queue.read_result(old.id) == b'{"words": []}'  # the annotation stays
+    assert queue.read_result(old.id) == RESULT.model_dump_json().encode()  # it stays
     assert queue.get(old.id).state == JobState.COMPLETED
     assert queue.expire_audio(24.0, now) == []  # nothing left to do
 
@@ -203,9 +206,12 @@ async def test_the_api_after_a_recording_was_deleted(tmp_path: Path) -> None:
             r = await client.get(f"/jobs/{done.id}")
             assert r.status_code == 200 and r.json()["audio_deleted_at"] is not None
             r = await client.get(f"/jobs/{done.id}/result")
-            assert r.status_code == 200 and r.json() == {"words": []}
+            assert r.status_code == 200 and Annotation.model_validate(r.json()) == RESULT
             r = await client.get(f"/jobs/{done.id}/audio")
             assert r.status_code == 404, r.text
+            assert "was deleted at" in r.json()["detail"]
+            r = await client.get(f"/jobs/{done.id}/report")  # the page, without a player
+            assert r.status_code == 200 and "<audio" not in r.text
             r = await client.post(f"/jobs/{failed.id}/retry")
             assert r.status_code == 409, r.text
             assert "its recording was deleted" in r.json()["detail"]

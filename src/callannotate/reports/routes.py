@@ -324,11 +324,13 @@ async def report_page(
         return job, load_annotation(queue, job_id)
 
     job, annotation = await anyio.to_thread.run_sync(read)
-    audio_url = str(request.url_for("job_audio", job_id=job_id).path)
-    if settings.auth.enabled:  # the page's player sends no header either
-        audio_url = await signed_path(
-            request, audio_url, AUDIO, job_id, job.owner, link_expiry(settings)
-        )
+    audio_url: str | None = None  # the recording deleted (retention): no player
+    if job.audio_deleted_at is None:
+        audio_url = str(request.url_for("job_audio", job_id=job_id).path)
+        if settings.auth.enabled:  # the page's player sends no header either
+            audio_url = await signed_path(
+                request, audio_url, AUDIO, job_id, job.owner, link_expiry(settings)
+            )
     page = await anyio.to_thread.run_sync(lambda: render_html(annotation, audio_url=audio_url))
     return HTMLResponse(
         page,
@@ -411,6 +413,11 @@ async def job_audio(
         try:
             return job, plaintext_stat(vault, path)
         except FileNotFoundError as exc:
+            if job.audio_deleted_at is not None:
+                raise NotFound(
+                    f"the recording of job {job_id} was deleted at "
+                    f"{job.audio_deleted_at:%Y-%m-%d %H:%M} UTC (queue.audio_retention_hours)"
+                ) from exc
             raise NotFound(f"job {job_id} has no stored audio") from exc
 
     job, stat = await anyio.to_thread.run_sync(locate)
