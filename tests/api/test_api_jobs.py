@@ -301,3 +301,34 @@ async def test_openapi_documents_error_body(client: httpx.AsyncClient) -> None:
     assert listing["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     json.dumps(spec)
+
+
+async def test_list_finds_calls_by_number_and_time(
+    upload: Upload, audio_dir: Path, client: httpx.AsyncClient
+) -> None:
+    """``?phone=`` (any notation, caller or callee) and ``?since=``/``?until=`` (ISO 8601)."""
+    wav = audio_dir / "tone.wav"
+    to_ivan = await upload(wav, data={"caller": "+7 916 123-45-67", "callee": "+7 495 111-22-33"})
+    from_office = await upload(wav, data={"caller": "8 (495) 111-22-33"})
+    other = await upload(wav)
+    jobs = [r.json() for r in (to_ivan, from_office, other)]
+    assert all(r.status_code == 202 for r in (to_ivan, from_office, other))
+
+    async def ids(**query: str) -> list[str]:
+        r = await client.get("/jobs", params=query)
+        assert r.status_code == 200, r.text
+        return [j["id"] for j in r.json()["items"]]
+
+    assert await ids(phone="+79161234567") == [jobs[0]["id"]]
+    assert await ids(phone="+7 (495) 111 22 33") == [jobs[1]["id"], jobs[0]["id"]]
+    assert await ids(phone="+1 212 555 0100") == []
+    assert await ids(since=jobs[1]["created_at"]) == [jobs[2]["id"], jobs[1]["id"]]
+    naive = jobs[1]["created_at"].replace("Z", "").replace("+00:00", "")  # no zone: UTC
+    assert await ids(until=naive) == [jobs[0]["id"]]
+    assert await ids(since=jobs[1]["created_at"], phone="+74951112233") == [jobs[1]["id"]]
+
+    r = await client.get("/jobs", params={"phone": "not a number"})
+    assert_error(r, 422, "unprocessable")
+    assert "phone is not a phone number" in r.json()["detail"]
+    r = await client.get("/jobs", params={"since": "yesterday"})
+    assert r.status_code == 422

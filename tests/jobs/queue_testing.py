@@ -32,6 +32,8 @@ def new_job(
     callback_url: str | None = None,
     priority: int = 5,
     before_visible: Callable[[Job], None] | None = None,
+    caller: str | None = None,
+    callee: str | None = None,
 ) -> Job:
     """Stage an upload the way the API does and submit it."""
     job_id = queue.new_job_id()
@@ -57,5 +59,7 @@ def new_job(
         options=options or AnnotateOptions(),
         callback_url=callback_url,
         priority=priority,
+        caller=caller,
+        callee=callee,
     )
     return queue.submit(job, staged, before_visible=before_visible)

@@ -180,3 +180,37 @@ def test_view_and_list_views_follow_changes(queue: FileQueue, make_job: MakeJob)
     queue.delete(a.id)
     with pytest.raises(NotFound):
         queue.view(a.id)
+
+
+def test_calls_are_found_by_creation_time_and_number(queue: FileQueue) -> None:
+    """``GET /jobs`` could only page through every job newest first: "the calls with this
+    customer" or "yesterday's calls" meant reading them all."""
+    from datetime import timedelta
+
+    from callannotate.jobs.job_index import CallFilter
+
+    a = new_job(queue, owner="alice", caller="+79161234567", callee="+74951112233")
+    b = new_job(queue, owner="alice", caller="+74951112233")
+    c = new_job(queue, owner="bob", callee="+79161234567")
+    d = new_job(queue, owner="alice")
+    created = {j.id: j.created_at for j in (a, b, c, d)}
+    assert sorted(created.values()) == [created[j.id] for j in (a, b, c, d)]
+
+    def ids(calls: CallFilter, **kwargs: object) -> tuple[list[str], int]:
+        return _ids(queue, calls=calls, **kwargs)
+
+    assert ids(CallFilter(phone="+79161234567")) == ([c.id, a.id], 2)
+    assert ids(CallFilter(phone="+79161234567"), owner="alice") == ([a.id], 1)
+    assert ids(CallFilter(phone="+74951112233"), owner="alice") == ([b.id, a.id], 2)
+    assert ids(CallFilter(phone="+70000000000")) == ([], 0)
+    assert ids(CallFilter(since=created[b.id])) == ([d.id, c.id, b.id], 3)
+    assert ids(CallFilter(until=created[b.id])) == ([a.id], 1)  # until is exclusive
+    assert ids(CallFilter(since=created[b.id], until=created[d.id])) == ([c.id, b.id], 2)
+    assert ids(CallFilter(since=created[d.id] + timedelta(seconds=1))) == ([], 0)
+    window = CallFilter(since=created[a.id], phone="+79161234567")
+    assert ids(window, offset=1, limit=1) == ([a.id], 2)
+    claimed = queue.claim_job(a.id, "w")
+    assert claimed is not None
+    assert ids(window, states={JobState.RUNNING}) == ([a.id], 1)
+    assert ids(window, states={JobState.QUEUED}) == ([c.id], 1)
+    assert ids(CallFilter()) == _ids(queue)  # an empty filter is no filter

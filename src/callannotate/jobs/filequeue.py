@@ -53,7 +53,7 @@ from callannotate.jobs.fsutil import (
     try_lock,
     unlock,
 )
-from callannotate.jobs.job_index import JobIndex
+from callannotate.jobs.job_index import CallFilter, JobIndex
 from callannotate.jobs.models import CallbackAttempt, Job, JobState, StepProgress, utcnow
 from callannotate.resilience.retry import RetryPolicy
 
@@ -396,12 +396,14 @@ class FileQueue:
         states: set[JobState] | None = None,
         offset: int = 0,
         limit: int = 50,
+        calls: CallFilter | None = None,
     ) -> tuple[builtins.list[Job], int]:
-        """Jobs newest first, filtered by owner and state; returns (page, total matching).
+        """Jobs newest first, filtered by owner, state and ``calls`` (creation time, phone
+        number); returns (page, total matching).
 
         The index (:mod:`callannotate.jobs.job_index`) finds the matching ids without reading
         the records; only the records of the page are read (from the stat-keyed cache)."""
-        return self._page(self._read, self.get, owner, states, offset, limit)
+        return self._page(self._read, self.get, owner, states, offset, limit, calls)
 
     def list_views(
         self,
@@ -410,9 +412,10 @@ class FileQueue:
         states: set[JobState] | None = None,
         offset: int = 0,
         limit: int = 50,
+        calls: CallFilter | None = None,
     ) -> tuple[builtins.list[tuple[Job, bytes]], int]:
         """:meth:`list` as read-only views and their JSON (see :meth:`view`)."""
-        return self._page(self._view, self.view, owner, states, offset, limit)
+        return self._page(self._view, self.view, owner, states, offset, limit, calls)
 
     def _page(
         self,
@@ -422,11 +425,12 @@ class FileQueue:
         states: set[JobState] | None,
         offset: int,
         limit: int,
+        calls: CallFilter | None = None,
     ) -> tuple[builtins.list[_T], int]:
         """One page of the index's matches, each read with ``read_at`` where the index saw it
         (``read_anywhere`` when it moved since); returns (page, total matching)."""
         page_ids, total = self._index.query(
-            owner=owner, states=states, offset=max(0, offset), limit=max(0, limit)
+            owner=owner, states=states, offset=max(0, offset), limit=max(0, limit), calls=calls
         )
         page: builtins.list[_T] = []
         for job_id, folder in page_ids:

@@ -49,6 +49,20 @@ class _Entry:
     owner: str
     created_at: datetime
     folder: str
+    phones: tuple[str, ...] = ()  # the call's caller and callee (E.164), set at submit
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    """What a listing asks beyond owner and state: created in ``[since, until)`` (aware
+    datetimes), and ``phone`` (E.164) as the caller or the callee."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    phone: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.since is not None or self.until is not None or self.phone is not None
 
 
 class JobIndex:
@@ -131,7 +145,8 @@ class JobIndex:
             return False
         self.records_read += 1
         key = (job.created_at, job_id)
-        self._entries[job_id] = _Entry(job.owner, job.created_at, folder)
+        phones = tuple(p for p in (job.caller, job.callee) if p)
+        self._entries[job_id] = _Entry(job.owner, job.created_at, folder, phones)
         bisect.insort(self._all, key)
         bisect.insort(self._by_owner.setdefault(job.owner, []), key)
         return True
@@ -165,11 +180,14 @@ class JobIndex:
         states: set[JobState] | None,
         offset: int,
         limit: int,
+        calls: CallFilter | None = None,
     ) -> tuple[list[tuple[str, str]], int]:
         """(page of (job id, folder) newest first, total matching) after a refresh."""
         with self._lock:
             self._refresh_locked()
             order = self._all if owner is None else self._by_owner.get(owner, [])
+            if calls:
+                order = self._calls(order, calls)
             if not states:
                 total = len(order)
                 stop = max(0, total - offset)
@@ -190,6 +208,15 @@ class JobIndex:
                 (jid, f) for jid, f in matching if f not in split or self._has(f, jid, states)
             ]
         return matching[offset : offset + limit], len(matching)
+
+    def _calls(self, order: list[OrderKey], calls: CallFilter) -> list[OrderKey]:
+        """The part of ``order`` (oldest first) created in the window, with the phone."""
+        lo = 0 if calls.since is None else bisect.bisect_left(order, (calls.since, ""))
+        hi = len(order) if calls.until is None else bisect.bisect_left(order, (calls.until, ""))
+        window = order[lo:hi]
+        if calls.phone is None:
+            return window
+        return [key for key in window if calls.phone in self._entries[key[1]].phones]
 
     def _has(self, folder: str, job_id: str, states: set[JobState]) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, get_origin
 
@@ -27,6 +28,7 @@ from callannotate.errors import InvalidAudio, NotFound, Unprocessable
 from callannotate.jobs.callback_targets import check_callback_url
 from callannotate.jobs.filequeue import FileQueue, valid_job_id
 from callannotate.jobs.intake import new_job
+from callannotate.jobs.job_index import CallFilter
 from callannotate.jobs.models import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
@@ -34,7 +36,7 @@ from callannotate.jobs.models import (
     Job,
     JobState,
 )
-from callannotate.jobs.speaker_contacts import call_numbers
+from callannotate.jobs.speaker_contacts import call_numbers, normalize_number
 from callannotate.observability.logging import job_context
 from callannotate.pipeline.types import REQUEST_CONTEXT, AnnotateOptions, validation_detail
 from callannotate.security.atrest import vault_for
@@ -322,6 +324,13 @@ def _parse_states(values: list[str] | None) -> set[JobState] | None:
     return states or None
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """``moment`` with a zone (UTC when it has none), comparable with job times."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def _no_states() -> list[str]:
     """The default of ``GET /jobs?status``. A function of ours, not ``list``: FastAPI asks
     pydantic for the default on every request, and pydantic inspects the factory's signature
@@ -341,7 +350,24 @@ def list_jobs(
             json_schema_extra={"items": {"type": "string", "enum": [s.value for s in JobState]}},
         ),
     ],
+    settings: SettingsDep,
     owner: Annotated[str | None, Query(description="Admins only: jobs of this owner.")] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="Jobs created at or after this time (ISO 8601; no zone: UTC)."),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(description="Jobs created before this time (ISO 8601; no zone: UTC)."),
+    ] = None,
+    phone: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Calls with this number as the caller or the callee, any notation "
+            "(read without a country code in contacts.default_region).",
+        ),
+    ] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
@@ -349,7 +375,15 @@ def list_jobs(
     states = _parse_states(status)
     if not principal.is_admin:
         owner = principal.id
-    views, total = queue.list_views(owner=owner, states=states, offset=offset, limit=limit)
+    region = settings.contacts.default_region
+    calls = CallFilter(
+        since=_utc(since),
+        until=_utc(until),
+        phone=None if phone is None else normalize_number(phone, region, "phone"),
+    )
+    views, total = queue.list_views(
+        owner=owner, states=states, offset=offset, limit=limit, calls=calls
+    )
     # The JobPage document, made of the cached JSON of each job (no parse, no re-validation
     # of the page by the response model: this was a third of the route's CPU).
     body = b'{"items":[%b],"total":%d,"offset":%d,"limit":%d}' % (
