@@ -125,16 +125,9 @@ class TargetPolicy:
             raise Unprocessable(str(exc)) from exc
 
     async def resolve(self, url: str) -> Target:
-        """Resolve the URL's host, check every address, return the one to connect to."""
-        scheme, host, port = self._split(url)
-        if _parse_ip(host) is not None:
-            return self._checked(scheme, host, port, [])
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
-        return self._checked(scheme, host, port, [str(info[4][0]) for info in infos])
+        """Resolve the URL's host, check every address, return the one to connect to (the
+        resolver runs in a thread, as the event loop's own ``getaddrinfo`` does)."""
+        return await asyncio.to_thread(self.resolve_blocking, url)
 
     def resolve_blocking(self, url: str) -> Target:
         """As :meth:`resolve`, for synchronous clients (it blocks on the resolver)."""
