@@ -326,3 +326,81 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0", "--no-workers"], ["worker"]])
+def test_a_bad_master_key_stops_start_up_with_one_line_not_a_traceback(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/security.md, "Master keys": a key that cannot be decoded stops start-up with a
+    clear message (exit code 2), like every other bad setting."""
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CALLANNOTATE_ENCRYPTION__MASTER_KEY", "not-base64!")
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert "callannotate: error: encryption.master_key: not valid base64" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["status"]], ids=" ".join)
+def test_without_url_the_server_of_the_settings_is_asked(
+    server: tuple[str, FileQueue],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    """`CALLANNOTATE_API__PORT=9000 callannotate serve` then `callannotate status` (or `jobs`)
+    asks that server, as `callannotate healthcheck` does, not a fixed 127.0.0.1:8000."""
+    url, _queue = server
+    monkeypatch.delenv("CALLANNOTATE_URL", raising=False)
+    monkeypatch.setenv("CALLANNOTATE_API__PORT", url.rsplit(":", 1)[1])
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert ("0 of 0 job(s)" in out) if argv[0] == "jobs" else ("Queue folder:" in out)
+    monkeypatch.setenv("CALLANNOTATE_URL", "http://127.0.0.1:1")  # the variable still wins
+    assert cli.main(argv) == 2
+    assert "cannot reach http://127.0.0.1:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["db", "current"], ["serve", "--port", "0"], ["users", "list"]], ids=" ".join
+)
+def test_an_unreachable_database_is_one_line_not_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    """A wrong `CALLANNOTATE_DATABASE_URL` (or PostgreSQL down) printed SQLAlchemy's whole
+    traceback from `serve`, `worker` and every store command."""
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(
+        "CALLANNOTATE_DATABASE_URL", f"postgresql+psycopg://app:pw-secret@127.0.0.1:{port}/ca"
+    )
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("callannotate: error: cannot use the database: "), err
+    assert f"port {port} failed" in err
+    assert "Traceback" not in err and "pw-secret" not in err
+    assert len(err.strip().splitlines()) <= 2  # libpq may add one hint line
+
+
+def test_a_worker_whose_event_redis_is_down_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`callannotate worker` with `events.backend=redis` and Redis unreachable at start: one
+    line naming Redis and exit code 2, not redis-py's traceback."""
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CALLANNOTATE_EVENTS__BACKEND", "redis")
+    monkeypatch.setenv("CALLANNOTATE_EVENTS__REDIS_URL", f"redis://:pw-secret@127.0.0.1:{port}/0")
+    monkeypatch.setenv("CALLANNOTATE_WORKERS__PRELOAD_MODELS", "false")
+    assert cli.main(["worker", "--workers", "1"]) == 2
+    err = capsys.readouterr().err  # the start-up log lines (JSON) come before it
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("callannotate: error: cannot reach Redis: "), err
+    assert str(port) in last and "Traceback" not in err and "pw-secret" not in err

@@ -120,3 +120,46 @@ def test_a_list_of_secrets_is_read_one_per_line(
     settings = cli.load_settings(api__port=9000)
     secrets = [s.get_secret_value() for s in settings.auth.jwt_previous_secrets]
     assert secrets == ["first-old-secret", "second-old-secret"]
+
+
+# ------------------------------------------------------------- rate-limit buckets, one field
+
+
+def test_one_field_of_a_rate_limit_bucket_keeps_the_other_fields_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README lists `..._UPLOADS__BURST` and `..._UPLOADS__PER_SECOND` as two variables:
+    setting one of them must keep the other's default, not fail with "Field required"."""
+    monkeypatch.setenv("CALLANNOTATE_RATE_LIMITS__ROLES__ADMIN__UPLOADS__BURST", "7")
+    monkeypatch.setenv("CALLANNOTATE_RATE_LIMITS__ROLES__ANONYMOUS__READS__PER_SECOND", "3")
+    monkeypatch.setenv("CALLANNOTATE_RATE_LIMITS__LOGIN__PER_SECOND", "0.5")
+    limits = Settings().rate_limits
+    assert (limits.roles.admin.uploads.burst, limits.roles.admin.uploads.per_second) == (7, 2.0)
+    assert (limits.roles.anonymous.reads.burst, limits.roles.anonymous.reads.per_second) == (
+        120,
+        3.0,
+    )
+    assert (limits.login.burst, limits.login.per_second) == (30, 0.5)
+    assert limits.roles.admin.reads.burst == 1200  # the role's other budgets: untouched
+
+
+def test_a_partial_json_bucket_keeps_the_other_field_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CALLANNOTATE_RATE_LIMITS__ROLES__USER__UPLOADS", '{"burst": 10}')
+    uploads = Settings().rate_limits.roles.user.uploads
+    assert (uploads.burst, uploads.per_second) == (10, 0.5)
+    with pytest.raises(ValidationError, match="per_second"):
+        config.BucketSettings.model_validate({"burst": 1})  # a bare bucket has no defaults
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 99999])
+def test_a_port_out_of_range_is_refused_not_wrapped(
+    port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --port 99999` listened on 34463 (99999 - 65536) while saying 99999."""
+    with pytest.raises(ValidationError, match="port"):
+        config.ApiSettings(port=port)
+    monkeypatch.setenv("CALLANNOTATE_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["serve", "--port", str(port)]) == 2
+    assert "CALLANNOTATE_API__PORT" in capsys.readouterr().err

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
+import re
 import signal
+import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -25,6 +29,7 @@ from pydantic_settings import SettingsError
 
 from callannotate import __version__
 from callannotate.config import Settings
+from callannotate.security.masterkeys import MasterKeyError
 
 # Extra command groups: modules exposing ``add_parser(subparsers)`` (one line each).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -41,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+URL_HELP = "server URL (default: CALLANNOTATE_URL, else http://api.host:api.port)"
 BUILTIN_FORMATS = ("json",)
 
 
@@ -65,6 +71,28 @@ def int_in_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def positive_seconds(value: str) -> float:
+    """An argparse ``type``: a duration in seconds above 0, else a usage error (``--timeout
+    -1`` reached the socket as ``ValueError: Timeout value out of range``, a traceback)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds, not {value}")
+    return seconds
+
+
+def log_level(value: str) -> str:
+    """An argparse ``type``: a logging level name (``debug``, ``INFO``, ...), upper-cased
+    (``--log-level nonsense`` was a ``ValueError`` traceback from the logging module)."""
+    name = value.strip().upper()
+    if not isinstance(logging.getLevelNamesMapping().get(name), int):
+        names = ", ".join(n for n in logging.getLevelNamesMapping() if n not in {"WARN", "FATAL"})
+        raise argparse.ArgumentTypeError(f"unknown log level {value!r}; one of {names}")
+    return name
+
+
 # C0 and C1 controls (ESC starts terminal escape sequences; CR rewrites the line) and the
 # bidirectional overrides and isolates (they reorder what follows on screen).
 _UNPRINTABLE = {
@@ -78,6 +106,21 @@ def printable(text: str) -> str:
     shown as escapes (``\\x1b``, ``\\u202e``). For text from elsewhere (a CardDAV server's
     contact names), which must not move the cursor, recolour or rewrite what is printed."""
     return text.translate(_UNPRINTABLE)
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` as one printable line: bytes of a name that are not UTF-8 as ``\\xff``
+    (printing the raw surrogate raised ``UnicodeEncodeError``), and a newline or an escape
+    in a name as ``\\x0a`` / ``\\x1b`` (a name did not end the line nor recolour the
+    terminal)."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return printable(text)
+
+
+def recording_name(path: Path) -> str:
+    """The file name recorded in the annotation: valid UTF-8 (a name with other bytes made
+    the whole run fail at the end with ``PydanticSerializationError``: surrogates)."""
+    return os.fsencode(path.name).decode("utf-8", "replace")
 
 
 def settings_error(exc: ValidationError) -> CliError:
@@ -239,8 +282,10 @@ def _umask() -> int:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write via a temp file and rename, so readers never see half a file. The temp name is
+    short (``.<first 32 characters>.<random>.tmp``): ``.<name>.<random>.tmp`` went past the
+    file system's 255 bytes for a long name whose report name itself fits."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -309,12 +354,56 @@ def _annotate_options(args: argparse.Namespace) -> Any:
         raise CliError(f"invalid options: {validation_detail(exc)}") from exc
 
 
+def _input_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be annotated (``None``: a regular file, or a link to one)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(mode):  # a FIFO, a device, a socket: ffmpeg probes then reads again
+        return "not a regular file"
+    return None
+
+
+def _parse_formats(value: str) -> list[str]:
+    """``--format`` values: comma- (or space-) separated, any case, each once."""
+    formats = [f.lower() for f in re.split(r"[,\s]+", value) if f]
+    return list(dict.fromkeys(formats))
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM during ``annotate``: unwind like Ctrl-C, so a report being written leaves no
+    temp file behind (the default action ended the process on the spot)."""
+    raise SystemExit(128 + signum)
+
+
 def _cmd_annotate(args: argparse.Namespace) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _annotate_files(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _annotate_files(args: argparse.Namespace) -> int:
     from callannotate.errors import CallAnnotateError
     from callannotate.observability.logging import configure_logging
     from callannotate.pipeline.run import annotate
 
-    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    formats = _parse_formats(args.format)
     if not formats:
         raise CliError("--format needs at least one format")
     usable, why = available_formats()
@@ -325,48 +414,89 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             f"format(s) {', '.join(unknown)} not available{reason}; available: {', '.join(usable)}"
         )
     options = _annotate_options(args)
-    files = [Path(f) for f in args.files]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise CliError(f"no such file: {', '.join(missing)}")
+    files: list[Path] = []
+    seen: set[str] = set()
+    for f in map(Path, args.files):  # one file named twice (`*.wav a.wav`) is annotated once
+        if (real := os.path.realpath(f)) not in seen:
+            seen.add(real)
+            files.append(f)
+    problems = [(f, _input_problem(f)) for f in files]
+    bad = [f"{display_path(f)}: {why}" for f, why in problems if why]
+    if bad:
+        raise CliError("; ".join(bad))
     stems: dict[str, Path] = {}
     for f in files:
         if f.stem in stems:
-            raise CliError(f"{stems[f.stem]} and {f} would both write {f.stem}.*; rename one")
+            raise CliError(
+                f"{display_path(stems[f.stem])} and {display_path(f)} would both write "
+                f"{display_path(f.stem)}.*; rename one"
+            )
         stems[f.stem] = f
+    settings = load_settings()  # an invalid setting stops the run before anything is made
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file of that name, no permission, read-only file system
-        raise CliError(f"cannot create the output folder {out}: {exc.strerror}") from exc
+        raise CliError(
+            f"cannot create the output folder {display_path(out)}: {exc.strerror or exc}"
+        ) from exc
+    try:  # checked now, not after minutes of model loading and annotating
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:  # no permission, a read-only file system, a /proc folder
+        raise CliError(
+            f"cannot write to the output folder {display_path(out)}: {exc.strerror or exc}"
+        ) from exc
+    name_max = _name_max(out)
+    for f in files:
+        for fmt in formats:
+            name = output_name(f.stem, fmt)
+            if len(os.fsencode(name)) > name_max:
+                raise CliError(
+                    f"output file name too long ({len(os.fsencode(name))} bytes, at most "
+                    f"{name_max}): {display_path(name)}; rename {display_path(f)}"
+                )
 
-    settings = load_settings()
     configure_logging(settings.log.model_copy(update={"level": args.log_level}))
     show_progress = (not args.quiet and sys.stderr.isatty()) or args.progress
     failures = 0
     for path in files:
-        hook = TqdmHook(path.name, enabled=show_progress)
+        shown = display_path(path)
+        hook = TqdmHook(display_path(path.name), enabled=show_progress)
         try:
-            annotation = annotate(path, options, settings=settings, hook=hook, filename=path.name)
+            annotation = annotate(
+                path, options, settings=settings, hook=hook, filename=recording_name(path)
+            )
             written = []
             for fmt in formats:
                 target = out / output_name(path.stem, fmt)
-                _write_atomic(target, export_annotation(annotation, fmt))
-                written.append(str(target))
+                data = export_annotation(annotation, fmt)
+                try:
+                    _write_atomic(target, data)
+                except OSError as exc:  # a full disk, a folder removed meanwhile
+                    raise _WriteFailed(
+                        f"cannot write {display_path(target)}: {exc.strerror or exc}"
+                    ) from exc
+                written.append(display_path(target))
         except CallAnnotateError as exc:
             hook.close("failed")
             failures += 1
-            print(f"{path}: {exc.code}: {exc.detail}", file=sys.stderr)
+            print(f"{shown}: {exc.code}: {printable(exc.detail)}", file=sys.stderr)
             continue
         except Exception as exc:  # keep going with the other files, but say what broke
             hook.close("failed")
             failures += 1
-            print(f"{path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            what = str(exc) if isinstance(exc, _WriteFailed) else f"{type(exc).__name__}: {exc}"
+            print(f"{shown}: {printable(what)}", file=sys.stderr)
             continue
         hook.close()
         if not args.quiet:
             print("\n".join(written))
     return 1 if failures else 0
+
+
+class _WriteFailed(Exception):
+    """A report could not be written (the message names the file and the reason)."""
 
 
 # --------------------------------------------------------------------------- jobs (HTTP)
@@ -378,19 +508,32 @@ def _client(url: str, timeout: float) -> Any:
     return httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
 
 
+def server_url(url: str | None) -> str:
+    """``--url``, else ``CALLANNOTATE_URL``, else the server the settings describe
+    (``api.host``:``api.port``), as ``callannotate healthcheck`` picks it."""
+    if url:
+        return url
+    if os.environ.get("CALLANNOTATE_URL"):
+        return os.environ["CALLANNOTATE_URL"]
+    from callannotate.observability.cli import _default_url
+
+    return _default_url(load_settings())
+
+
 def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     import httpx
 
+    url = args.url = server_url(args.url)
     token = getattr(args, "token", None)
     if token:
         kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {token}"
     try:
-        with _client(args.url, args.timeout) as client:
+        with _client(url, args.timeout) as client:
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach {args.url}: {exc}") from exc
+        raise CliError(f"cannot reach {url}: {exc}") from exc
     except httpx.InvalidURL as exc:  # not an HTTPError
-        raise CliError(f"invalid --url {args.url!r}: {exc}") from exc
+        raise CliError(f"invalid --url {url!r}: {exc}") from exc
     if response.status_code >= 400:
         try:
             body = response.json()
@@ -525,14 +668,16 @@ def add_parser(subparsers: Any) -> None:
     ann.add_argument(
         "--progress", action="store_true", help="draw the progress bar even when not a TTY"
     )
-    ann.add_argument("--log-level", default="WARNING", help="log level (default WARNING)")
+    ann.add_argument(
+        "--log-level", type=log_level, default="WARNING", help="log level (default WARNING)"
+    )
     ann.set_defaults(func=_cmd_annotate)
 
     jobs = subparsers.add_parser("jobs", help="list, show or cancel jobs on a running server")
+    jobs.add_argument("--url", help=URL_HELP)
     jobs.add_argument(
-        "--url", default=os.environ.get("CALLANNOTATE_URL", DEFAULT_URL), help="server URL"
+        "--timeout", type=positive_seconds, default=30.0, help="HTTP timeout, seconds"
     )
-    jobs.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
     jobs.add_argument(
         "--token",
         default=os.environ.get("CALLANNOTATE_TOKEN"),
@@ -590,7 +735,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:  # e.g. a list or dict setting that is not JSON
         print(f"callannotate: error: invalid settings: {exc}", file=sys.stderr)
         return 2
+    except MasterKeyError as exc:  # a bad master key or key file stops `serve` / `worker`
+        print(f"callannotate: error: {exc.detail}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from sqlalchemy.exc import OperationalError
+
+        # a dependency that does not answer at start (a wrong URL, or it is down): what the
+        # client library says, in one line, not a traceback
+        if isinstance(exc, OperationalError):
+            reason = str(exc.orig or exc).strip()
+            print(f"callannotate: error: cannot use the database: {reason}", file=sys.stderr)
+            return 2
+        if isinstance(exc, RedisConnectionError):
+            print(f"callannotate: error: cannot reach Redis: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
+        print("callannotate: interrupted", file=sys.stderr)
         return 130
     return code
 

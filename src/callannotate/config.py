@@ -74,7 +74,7 @@ class Section(BaseModel):
 
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(8000, description="Port the HTTP server listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the HTTP server listens on.")
     max_upload_bytes: int = Field(GIB, description="Largest accepted upload, in bytes.")
     body_idle_timeout_s: float = Field(
         30.0,
@@ -546,6 +546,21 @@ def _bucket(burst: int, per_second: float) -> BucketSettings:
     return BucketSettings(burst=burst, per_second=per_second)
 
 
+def _complete_buckets(model: type[BaseModel], data: Any) -> Any:
+    """Fill a bucket given in part (``..._UPLOADS__BURST`` alone, or ``{"burst": 10}``) with
+    its field's default for the other half, so one variable changes one number."""
+    if not isinstance(data, dict):
+        return data
+    filled = dict(data)
+    for name, field in model.model_fields.items():
+        given = data.get(name)
+        if field.annotation is BucketSettings and isinstance(given, dict):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BucketSettings):
+                filled[name] = {**default.model_dump(), **given}
+    return filled
+
+
 class RoleRateLimits(Section):
     """The budgets of one role (see docs/security.md "Rate limits")."""
 
@@ -559,6 +574,11 @@ class RoleRateLimits(Section):
     ws_messages: BucketSettings = Field(
         description="Messages a client sends on its WebSockets (text and binary audio frames)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_partial_buckets(cls, data: Any) -> Any:
+        return _complete_buckets(cls, data)
 
 
 class AdminRateLimits(RoleRateLimits):
@@ -621,6 +641,11 @@ class RateLimitSettings(Section):
         description="POST /auth/token, /auth/refresh, /auth/logout, per client IP.",
     )
     roles: RoleRateLimitTable = Field(default_factory=RoleRateLimitTable)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_partial_login_bucket(cls, data: Any) -> Any:
+        return _complete_buckets(cls, data)
 
 
 class ContactsSettings(Section):

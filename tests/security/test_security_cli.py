@@ -147,3 +147,26 @@ def test_users_create_without_a_terminal_or_stdin_is_an_error_not_a_traceback(
             "callannotate: error: no password was typed; in a script, pipe it in with "
             "--password-stdin" in done.stderr
         )
+
+
+def test_apikeys_list_json_gives_null_for_times_not_set(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script reading `--json` must be able to test `revoked_at` for truth: "-" is not null."""
+    _stdin(monkeypatch, "alice password\n")
+    assert main(["users", "--data-dir", data_dir, "create", "alice", "--password-stdin"]) == 0
+    assert main(["apikeys", "--data-dir", data_dir, "create", "--user", "alice",
+                 "--name", "unused"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["apikeys", "--data-dir", data_dir, "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["last_used_at"] is None and row["revoked_at"] is None
+    assert row["created_at"]
+    assert main(["apikeys", "--data-dir", data_dir, "revoke", row["id"]]) == 0
+    capsys.readouterr()
+    assert main(["apikeys", "--data-dir", data_dir, "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["revoked_at"] is not None
+    assert main(["apikeys", "--data-dir", data_dir, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "revoked" in out and "last used -" in out  # the table still shows "-"

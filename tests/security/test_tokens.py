@@ -209,6 +209,20 @@ def test_running_server_picks_up_a_rotation(file_settings: Settings) -> None:
     assert server.decode(token).subject == "u"
 
 
+def test_a_running_server_signs_with_the_new_key_after_a_rotation(
+    file_settings: Settings,
+) -> None:
+    """`callannotate signing-key rotate` retires the key (a leak, a schedule): a running server
+    kept signing every new token with the retired key until it was restarted."""
+    server = TokenCodec(file_settings.auth, KeyRing.from_settings(file_settings))
+    old_kid = server.keyring.current.kid
+    new, _ = rotate_key_file(key_file_path(file_settings), timedelta(minutes=15))
+    time.sleep(1.05)  # the ring re-reads the file at most once a second
+    token, _ = server.encode("u", SCOPES)
+    assert _parts(token)[0]["kid"] == new.kid != old_kid
+    assert server.decode(token).subject == "u"
+
+
 def test_secret_from_settings_with_previous_secrets(tmp_path: Path) -> None:
     old = Settings(data_dir=tmp_path, auth=AuthSettings(jwt_secret=SecretStr("o" * 32)))
     old_token, _ = TokenCodec(old.auth, KeyRing.from_settings(old)).encode("u", SCOPES)

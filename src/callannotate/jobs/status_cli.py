@@ -160,16 +160,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    from callannotate.cli import DEFAULT_URL
+    from callannotate.cli import URL_HELP
 
     p = subparsers.add_parser(
         "status",
         help="workers (heartbeats, memory, jobs) and queues (depth, age, throughput) of a "
         "running server (admin)",
     )
-    p.add_argument(
-        "--url", default=os.environ.get("CALLANNOTATE_URL", DEFAULT_URL), help="server URL"
-    )
+    p.add_argument("--url", help=URL_HELP)
     p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
     p.add_argument(
         "--token",

@@ -88,6 +88,11 @@ def _when(value: Any) -> str:
     return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
+def _when_or_none(value: Any) -> str | None:
+    """A time for ``--json``: ``null`` when not set (never the table's ``-``)."""
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
 # --------------------------------------------------------------------------- users
 
 
@@ -168,8 +173,8 @@ def _apikeys_list(args: argparse.Namespace, service: Any) -> int:
             "prefix": k.prefix,
             "scopes": k.scopes,
             "created_at": _when(k.created_at),
-            "last_used_at": _when(k.last_used_at),
-            "revoked_at": _when(k.revoked_at),
+            "last_used_at": _when_or_none(k.last_used_at),
+            "revoked_at": _when_or_none(k.revoked_at),
         }
         for k in service.store.list_api_keys(owner)
     ]
@@ -179,10 +184,10 @@ def _apikeys_list(args: argparse.Namespace, service: Any) -> int:
     if not rows:
         print("no API keys")
     for r in rows:
-        state = "revoked" if r["revoked_at"] != "-" else "active"
+        state = "revoked" if r["revoked_at"] is not None else "active"
         print(
             f"{r['id']}  ca_{r['prefix']}_…  {r['user']:16}  {r['name']:20}  {r['scopes']:16}  "
-            f"{state:7}  last used {r['last_used_at']}"
+            f"{state:7}  last used {r['last_used_at'] or '-'}"
         )
     return 0
 

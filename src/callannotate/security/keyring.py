@@ -147,6 +147,9 @@ class KeyRing:
 
     @property
     def current(self) -> SigningKey:
+        """The signing key; a rotation by the CLI (`signing-key rotate`) is seen within 1 s."""
+        if self._path is not None and time.monotonic() - self._checked >= RELOAD_INTERVAL_S:
+            self._maybe_reload()
         return self._current
 
     def kids(self) -> list[str]:
