@@ -154,6 +154,44 @@ async def test_failing_receiver_is_given_up_after_max_elapsed(
     assert span <= settings.callbacks.max_elapsed_s
 
 
+async def test_a_delivery_cut_by_a_stop_is_taken_over_not_given_up(
+    tmp_path: Path, receiver: Receiver, start_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graceful stop while a callback was waiting for its next attempt stored the delivery
+    as given up (``delivered: false``); now it stays unfinished and the next start delivers
+    it, as after a crash."""
+    from callannotate.jobs import callbacks as callbacks_module
+    from callannotate.jobs.light import LightKind, LightState
+
+    monkeypatch.setattr(callbacks_module, "STOP_GRACE_S", 0.2)
+    receiver.statuses = [503] * 1000
+    settings = callback_settings(
+        tmp_path, backoff_initial_s=5.0, backoff_max_s=5.0, max_elapsed_s=120.0
+    )
+    service = await start_service(settings)
+    job = new_job(service.queue, callback_url=receiver.url())
+    service.executor.submit(job.id)
+    deadline = time.monotonic() + 60
+    while not service.queue.get(job.id).callbacks:  # the first attempt failed: 5 s to wait
+        assert time.monotonic() < deadline, "no delivery attempt"
+        await asyncio.sleep(0.02)
+    await service.stop()
+
+    (task,) = [t for t, _ in service.callbacks.light.unfinished() if t.kind == LightKind.CALLBACK]
+    assert task.state == LightState.RUNNING and task.result is None  # not given up
+
+    receiver.statuses = []  # the receiver is back
+    again = await start_service(settings)
+    assert await asyncio.to_thread(again.callbacks.recover) == 1
+    while not any(a.delivered for a in again.queue.get(job.id).callbacks):
+        assert time.monotonic() < deadline, "the delivery was not taken over"
+        await asyncio.sleep(0.05)
+    await again.callbacks.drain()
+    attempts = again.queue.get(job.id).callbacks
+    assert [a.delivered for a in attempts] == [False, True]
+    assert [a.attempt for a in attempts] == [1, 1]  # counted per run of the delivery
+
+
 async def test_client_error_is_final(
     tmp_path: Path, receiver: Receiver, start_service: Any
 ) -> None:

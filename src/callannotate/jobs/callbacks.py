@@ -186,8 +186,9 @@ class CallbackDispatcher:
         )
 
     async def stop(self) -> None:
-        """Let deliveries in flight finish within a few seconds, then drop the rest (their
-        light tasks stay and are delivered again after a restart)."""
+        """Let deliveries in flight finish within a few seconds, then stop the rest between
+        attempts (their light tasks stay unfinished and are taken over after a restart;
+        before, a delivery still retrying was stored as given up)."""
         self._loop = None  # no new deliveries
         await asyncio.sleep(0)  # deliveries handed over from other threads start now
         if self._tasks:
@@ -346,6 +347,7 @@ class CallbackDispatcher:
         delivery = str(claim.task.params["delivery"])
         number = 0
         outcome: dict[str, Any] = {"delivered": False}
+        stopping = False
         try:
             async for attempt in async_retrying(self.retry, before_sleep=_count_retry):
                 with attempt:
@@ -356,6 +358,9 @@ class CallbackDispatcher:
                         return
                     if error is not None:
                         raise error
+        except asyncio.CancelledError:
+            stopping = True  # the process stops between attempts: not given up
+            raise
         except CircuitOpen as exc:
             WEBHOOK_DELIVERIES.labels("callback", "failed").inc()
             outcome["reason"] = str(exc)
@@ -372,9 +377,14 @@ class CallbackDispatcher:
             WEBHOOK_DELIVERIES.labels("callback", "delivered").inc()
             outcome["delivered"] = True
         finally:
-            outcome["attempts"] = number
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(claim.complete, outcome)
+            if stopping:
+                # the task stays running with its lock free: the next start (or another
+                # process's recovery) takes it over with the attempts made so far
+                claim.release()
+            else:
+                outcome["attempts"] = number
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(claim.complete, outcome)
 
     async def deliver_once(self, claim: Claim) -> float | None:
         """One attempt of a claimed delivery (light queue); returns the seconds to wait
