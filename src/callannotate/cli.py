@@ -182,6 +182,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     refusal = bind_refusal(settings) or processes_refusal(settings)  # auth off: loopback only
     if refusal is not None:
         raise CliError(refusal)
+    from callannotate.events.preflight import redis_refusal
+
+    refusal = redis_refusal(settings)  # the event bus's Redis answers (once running: optional)
+    if refusal is not None:
+        raise CliError(refusal)
     configure_logging(settings.log)
     has_users = prepare_store(settings)  # migrations run on start
     if settings.auth.enabled and not has_users:
