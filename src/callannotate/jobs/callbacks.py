@@ -73,6 +73,12 @@ STALE_QUEUED_S = 30.0  # a queued delivery this old lost its process: recover() 
 SWEEP_WINDOW_S = 24 * 3600.0  # jobs ended this long ago at most are checked for a lost delivery
 
 
+def attempts_made(job: Job, event: str) -> int:
+    """Attempts already recorded for ``job``'s announcement ``event`` (of its latest run)."""
+    since = job.finished_at
+    return sum(1 for a in job.callbacks if a.event == event and (since is None or a.at >= since))
+
+
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
     """The ``X-CallAnnotate-Signature`` value for ``body`` sent at ``timestamp``."""
     mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -345,7 +351,7 @@ class CallbackDispatcher:
         job, event, body = loaded
         assert job.callback_url is not None
         delivery = str(claim.task.params["delivery"])
-        number = 0
+        number = attempts_made(job, event)  # > 0 when taken over from a stopped process
         outcome: dict[str, Any] = {"delivered": False}
         stopping = False
         try:
