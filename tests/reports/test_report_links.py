@@ -238,6 +238,31 @@ async def test_with_auth_off_the_link_is_the_plain_path(tmp_path: Path) -> None:
         assert (await c.get(f"/jobs/{jid}/audio?sig=bogus")).status_code == 200
 
 
+async def test_with_a_public_url_the_link_is_absolute(tmp_path: Path) -> None:
+    """The link was a bare path even with ``api.public_url`` set ("base URL used in links"):
+    an integration that mails it had to know where the service is published."""
+    settings = auth_settings(tmp_path / "data", tmp_path / "store.db")
+    settings.api.public_url = "https://calls.example.com/annotate/"
+    accounts = Accounts.create(settings)
+    app = accounts.attach(create_app(settings))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        from reports_sample import russian_annotation
+
+        wav = tone_wav(tmp_path / "c.wav")
+        jid = completed_job(app.state.queue, russian_annotation(), wav, owner=accounts.ids["alice"])
+        r = await c.post(f"/jobs/{jid}/report-link", headers=accounts.headers("alice"))
+        assert r.status_code == 200, r.text
+        url = r.json()["url"]
+        assert url.startswith(f"https://calls.example.com/annotate/jobs/{jid}/report?exp=")
+        # behind the proxy that strips /annotate the signed path opens the page
+        page = await c.get(url.removeprefix("https://calls.example.com/annotate"))
+        assert page.status_code == 200, page.text
+    accounts.service.db.dispose()
+
+
 def test_the_link_lifetime_is_bounded() -> None:
     assert AuthSettings().report_link_ttl_s == 900
     for bad in (5, 86401):

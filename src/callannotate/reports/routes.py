@@ -258,8 +258,9 @@ class ReportLink(BaseModel):
     """A link to the report page that a browser opens without a credential."""
 
     url: str = Field(
-        description="Path and query of the report page, signed for this job (relative to the "
-        "service's base URL); the plain path when authentication is off."
+        description="The report page, signed for this job: its path and query, after "
+        "api.public_url when that is set (an absolute link to send on), else relative to the "
+        "service's base URL; unsigned when authentication is off."
     )
     expires_at: datetime | None = Field(
         description="When the link stops working (UTC); null when authentication is off."
@@ -291,11 +292,12 @@ async def report_link(
     job = await anyio.to_thread.run_sync(visible_job, queue, job_id, principal)
     path = str(request.url_for("report_page", job_id=job_id).path)
     response.headers["Cache-Control"] = "private, no-store"
+    base = settings.api.public_url.rstrip("/")  # as the callbacks' links
     if not settings.auth.enabled:
-        return ReportLink(url=path, expires_at=None)
+        return ReportLink(url=base + path, expires_at=None)
     expires = link_expiry(settings)
     url = await signed_path(request, path, REPORT, job_id, job.owner, expires)
-    return ReportLink(url=url, expires_at=datetime.fromtimestamp(expires, UTC))
+    return ReportLink(url=base + url, expires_at=datetime.fromtimestamp(expires, UTC))
 
 
 @router.get(
