@@ -117,6 +117,13 @@ def display_path(path: Path | str) -> str:
     return printable(text)
 
 
+def os_error_text(exc: OSError) -> str:
+    """An ``OSError`` as one line: ``File exists: /cache`` (no traceback)."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {display_path(exc.filename)}"
+    return printable(str(exc.strerror or exc))
+
+
 def recording_name(path: Path) -> str:
     """The file name recorded in the annotation: valid UTF-8 (a name with other bytes made
     the whole run fail at the end with ``PydanticSerializationError``: surrogates)."""
@@ -128,7 +135,8 @@ def settings_error(exc: ValidationError) -> CliError:
     problems = []
     for err in exc.errors():
         path = "__".join(str(part) for part in err["loc"]).upper()
-        problems.append(f"CALLANNOTATE_{path}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's, not ours
+        problems.append(f"CALLANNOTATE_{path}: {message}")
     return CliError("invalid settings: " + "; ".join(problems))
 
 
@@ -404,9 +412,10 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _annotate_files(args: argparse.Namespace) -> int:
-    from callannotate.errors import CallAnnotateError
+    from callannotate.errors import CallAnnotateError, ConfigError
     from callannotate.observability.logging import configure_logging
     from callannotate.pipeline.run import annotate
+    from callannotate.pipeline.settings import load_models_settings
 
     formats = _parse_formats(args.format)
     if not formats:
@@ -437,7 +446,13 @@ def _annotate_files(args: argparse.Namespace) -> int:
                 f"{display_path(f.stem)}.*; rename one"
             )
         stems[f.stem] = f
+    if args.out == "-":  # not stdout: a folder named `-` appeared instead
+        raise CliError("--out - (stdout) is not supported: reports are files in a folder")
     settings = load_settings()  # an invalid setting stops the run before anything is made
+    try:  # once, not the same error again for every file after it
+        load_models_settings(settings.models_config)
+    except ConfigError as exc:
+        raise CliError(exc.detail) from exc
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -460,6 +475,11 @@ def _annotate_files(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"output file name too long ({len(os.fsencode(name))} bytes, at most "
                     f"{name_max}): {display_path(name)}; rename {display_path(f)}"
+                )
+            if os.path.realpath(out / name) in seen:  # `annotate rec/x.json --out rec`
+                raise CliError(
+                    f"the {fmt} report of {display_path(f)} would replace the input "
+                    f"{display_path(out / name)}; choose another --out"
                 )
 
     configure_logging(settings.log.model_copy(update={"level": args.log_level}))
@@ -654,7 +674,9 @@ def add_parser(subparsers: Any) -> None:
         help="annotate recordings locally; one file per format in DIR (see annotate --help)",
     )
     ann.add_argument("files", nargs="+", metavar="FILE", help="recordings (any ffmpeg format)")
-    ann.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    ann.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="output folder (made if missing)"
+    )
     ann.add_argument("--format", "-f", default="json,rttm", help=_format_help())
     ann.add_argument("--language", "-l", default="auto", help="ru, en, ... or auto (default)")
     ann.add_argument("--speakers", "-n", type=int, help="exact number of speakers")
@@ -743,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MasterKeyError as exc:  # a bad master key or key file stops `serve` / `worker`
         print(f"callannotate: error: {exc.detail}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder a command needs (`models prepare --cache-dir F`)
+        print(f"callannotate: error: {os_error_text(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from sqlalchemy.exc import OperationalError

@@ -790,6 +790,16 @@ class LogSettings(Section):
     level: str = Field("INFO", description="Log level name.")
     json_format: bool = Field(True, description="Structured JSON (ECS) lines when true.")
 
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        """``loud`` stopped `serve` / `worker` with the logging module's traceback."""
+        import logging
+
+        if not isinstance(logging.getLevelNamesMapping().get(value.strip().upper()), int):
+            raise ValueError(f"unknown log level {value!r}; one of DEBUG, INFO, WARNING, ERROR")
+        return value.strip().upper()
+
 
 class Settings(BaseSettings):
     """Root of the settings tree."""

@@ -160,7 +160,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    from callannotate.cli import URL_HELP
+    from callannotate.cli import URL_HELP, positive_seconds
 
     p = subparsers.add_parser(
         "status",
@@ -168,7 +168,7 @@ def add_parser(subparsers: Any) -> None:
         "running server (admin)",
     )
     p.add_argument("--url", help=URL_HELP)
-    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=30.0, help="HTTP timeout, seconds")
     p.add_argument(
         "--token",
         default=os.environ.get("CALLANNOTATE_TOKEN"),

@@ -85,6 +85,8 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="check data folder, database, Redis and heartbeats here, without HTTP (workers)",
     )
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    from callannotate.cli import positive_seconds
+
+    p.add_argument("--timeout", type=positive_seconds, default=5.0, help="seconds (default 5)")
     p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     p.set_defaults(func=_cmd_healthcheck)

@@ -599,7 +599,7 @@ def _load(path: str, mtime_ns: int, size: int) -> ModelsSettings:
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # not text: `config check call.wav`
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
     return parse_models(data, origin)
 
