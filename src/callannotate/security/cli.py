@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -60,14 +61,26 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         line = sys.stdin.readline()
         return line[:-1] if line.endswith("\n") else line
+    if not _has_terminal():  # getpass would read stdin after "Warning: ... may be echoed"
+        raise _NoPassword()
     try:
         first = getpass.getpass("Password: ")
         repeated = getpass.getpass("Repeat password: ")
-    except EOFError:  # no terminal and nothing on stdin (a script, cron, CI)
+    except EOFError:  # the terminal closed (Ctrl-D)
         raise _NoPassword() from None
     if repeated != first:
         raise _Mismatch()
     return first
+
+
+def _has_terminal() -> bool:
+    """A terminal to ask the password on (the controlling one, as getpass opens it)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin.isatty()
+    os.close(fd)
+    return True
 
 
 class _Mismatch(CallAnnotateError):
