@@ -164,3 +164,32 @@ def test_real_stream_with_create_job_publishes_job_queued(settings: Settings) ->
         assert job_id
         events = client.portal.call(_events_of, app.state.events.bus, job_id)
     assert "job.queued" in events
+
+
+def test_a_wma_recording_is_stored_and_served_as_wma(
+    queue: FileQueue, settings: Settings, tmp_path: Path
+) -> None:
+    """Windows call recorders write WMA (ASF container): it was stored as ``audio.bin`` and
+    served as ``application/octet-stream``."""
+    import av
+
+    wma = tmp_path / "tone.wma"
+    tone = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(16000) / 16000) * 32767).astype(np.int16)
+    with av.open(str(wma), "w", format="asf") as out:
+        stream = out.add_stream("wmav2", rate=16000, layout="mono")
+        stream.bit_rate = 32000
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    job = new_job(
+        queue,
+        settings,
+        staged_path=_staged(queue, wma),
+        filename="call.wma",
+        options=AnnotateOptions(),
+        owner="local",
+    )
+    assert job.audio.format == "asf" and job.audio.codec == "wmav2"
+    assert job.audio.stored_as == "audio.wma"
+    assert audio_type(job.audio.format) == ("wma", "audio/x-ms-wma")

@@ -38,6 +38,7 @@ AUDIO_TYPES: dict[str, tuple[str, str]] = {
     "au": ("au", "audio/basic"),
     "caf": ("caf", "audio/x-caf"),
     "wv": ("wv", "audio/x-wavpack"),
+    "asf": ("wma", "audio/x-ms-wma"),  # WMA: Windows call recorders
 }
 UNKNOWN_TYPE = ("bin", "application/octet-stream")
 
