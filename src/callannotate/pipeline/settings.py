@@ -241,6 +241,12 @@ class DiarizeSettings(StepSettings):
     min_train_s: float = Field(
         0.5, ge=0, description="Least speech for an embedding to shape the clusters (s)."
     )
+    max_cluster_rows: int = Field(
+        2000,
+        ge=50,
+        description="Most embeddings the clustering sees (an even spread of them; the rest are "
+        "assigned to the clusters): bounds the time and memory of long recordings.",
+    )
     soft_count: bool = Field(True, description="Speakers per frame from the soft local counts.")
     soft_scores: bool = Field(True, description="Rank speakers per frame by soft probabilities.")
     min_speaker_s: float = Field(

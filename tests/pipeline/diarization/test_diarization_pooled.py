@@ -21,6 +21,7 @@ from callannotate.pipeline.diarization.pooled import (
     _clashes,
     _window_maps,
     pooled_assignment,
+    spread_cap,
 )
 from callannotate.pipeline.diarization.reconstruction import window_offsets
 from callannotate.pipeline.diarization.segmentation import WindowSegmentation
@@ -171,6 +172,35 @@ def test_refinement_splits_a_lumped_local_speaker() -> None:
     margin = round(1.0 / (270 / SAMPLE_RATE))
     assert (after[1, : half - margin, 0] == a).mean() > 0.95
     assert (after[1, half + margin :, 0] == b).mean() > 0.95
+
+
+def test_the_clustered_rows_are_capped_evenly_and_every_row_still_gets_a_speaker() -> None:
+    chosen = np.ones(10_000, dtype=bool)
+    chosen[::3] = False  # rows with too little clean speech never shape the clusters
+    capped = spread_cap(chosen, 500)
+    rows = np.flatnonzero(capped)
+    assert len(rows) == 500 and not (capped & ~chosen).any()
+    assert rows[0] == np.flatnonzero(chosen)[0] and rows[-1] == np.flatnonzero(chosen)[-1]
+    assert np.diff(rows).max() <= 2 * np.diff(rows).min() + 3  # spread over the whole call
+    assert spread_cap(chosen, 10_000) is chosen  # under the cap: unchanged
+    # With the cap far below the number of rows, the two voices are still told apart and
+    # every active local speaker is assigned.
+    feats, times = _two_voices()
+    seg = _segmentation(lumped=False)
+    active = seg.activity.sum(axis=1) > 0
+    full, k = pooled_assignment(
+        MeanPooler(), feats, times, seg, active, ClusteringParams(threshold=0.8), PooledParams()
+    )
+    capped_run, k2 = pooled_assignment(
+        MeanPooler(),
+        feats,
+        times,
+        seg,
+        active,
+        ClusteringParams(threshold=0.8),
+        PooledParams(max_cluster_rows=2),
+    )
+    assert k == k2 == 2 and np.array_equal(full, capped_run)
 
 
 def test_clashes_flag_shared_clusters() -> None:

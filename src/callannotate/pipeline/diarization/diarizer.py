@@ -138,6 +138,7 @@ class Diarizer(MLProcessor[DiarizationInput, DiarizationResult]):
             overlap_weight=cfg.overlap_weight,
             min_embed_s=cfg.min_embed_s,
             min_train_s=cfg.min_train_s,
+            max_cluster_rows=cfg.max_cluster_rows,
             piece_s=cfg.refine_piece_s,
             hop_s=cfg.refine_hop_s,
             min_piece_s=cfg.refine_min_s,
