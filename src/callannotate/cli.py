@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import re
 import signal
@@ -28,7 +27,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from callannotate import __version__
-from callannotate.config import Settings
+from callannotate.config import Settings, log_level_name
 from callannotate.security.masterkeys import MasterKeyError
 
 # Extra command groups: modules exposing ``add_parser(subparsers)`` (one line each).
@@ -86,11 +85,10 @@ def positive_seconds(value: str) -> float:
 def log_level(value: str) -> str:
     """An argparse ``type``: a logging level name (``debug``, ``INFO``, ...), upper-cased
     (``--log-level nonsense`` was a ``ValueError`` traceback from the logging module)."""
-    name = value.strip().upper()
-    if not isinstance(logging.getLevelNamesMapping().get(name), int):
-        names = ", ".join(n for n in logging.getLevelNamesMapping() if n not in {"WARN", "FATAL"})
-        raise argparse.ArgumentTypeError(f"unknown log level {value!r}; one of {names}")
-    return name
+    try:
+        return log_level_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # C0 and C1 controls (ESC starts terminal escape sequences; CR rewrites the line) and the

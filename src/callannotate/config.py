@@ -794,11 +794,18 @@ class LogSettings(Section):
     @classmethod
     def _known_level(cls, value: str) -> str:
         """``loud`` stopped `serve` / `worker` with the logging module's traceback."""
-        import logging
+        return log_level_name(value)
 
-        if not isinstance(logging.getLevelNamesMapping().get(value.strip().upper()), int):
-            raise ValueError(f"unknown log level {value!r}; one of DEBUG, INFO, WARNING, ERROR")
-        return value.strip().upper()
+
+def log_level_name(value: str) -> str:
+    """A logging level name (``debug``, `` INFO ``...) upper-cased; ``ValueError`` naming
+    the levels for anything else (the setting and ``annotate --log-level``)."""
+    import logging
+
+    name = value.strip().upper()
+    if not isinstance(logging.getLevelNamesMapping().get(name), int):
+        raise ValueError(f"unknown log level {value!r}; one of DEBUG, INFO, WARNING, ERROR")
+    return name
 
 
 class Settings(BaseSettings):

@@ -139,6 +139,11 @@ def interrupted_reason(attempt: int, max_attempts: int) -> str:
     return f"interrupted: the process running the job died (attempt {attempt} of {max_attempts})"
 
 
+def _finished(job: Job) -> datetime:
+    """When ``job`` finished (its last change for a record without ``finished_at``)."""
+    return job.finished_at or job.updated_at
+
+
 class FileQueue:
     """A job queue in plain folders, safe across threads and processes on one filesystem."""
 
@@ -908,9 +913,10 @@ class FileQueue:
             ):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
-    def _finished_before(self, cutoff: datetime) -> builtins.list[tuple[str, str]]:
-        """``(folder, job id)`` of the jobs that finished before ``cutoff`` (a scan without
-        the lock: each one is read again under it before anything is changed)."""
+    def _expired(self, cutoff: datetime) -> Iterator[tuple[Path, Job]]:
+        """``(job folder, record)`` of each job that finished before ``cutoff``, read again and
+        yielded **under the queue lock** (held until the caller asks for the next one). The
+        folders are scanned without the lock, so a long scan does not stall the queue."""
         found: builtins.list[tuple[str, str]] = []
         for folder in (COMPLETED, FAILED, ARCHIVED):
             for path in self._job_dirs(folder):
@@ -918,36 +924,35 @@ class FileQueue:
                     job = self._peek(folder, path)[0]
                 except (FileNotFoundError, ValueError):
                     continue
-                if (job.finished_at or job.updated_at) <= cutoff:
+                if _finished(job) <= cutoff:
                     found.append((folder, path.name))
-        return found
+        for folder, job_id in found:
+            path = self.root / folder / job_id
+            with self._locked():
+                try:
+                    job = self._read(folder, path)
+                except (FileNotFoundError, ValueError):
+                    continue  # moved or deleted meanwhile: the next pass sees it
+                if _finished(job) <= cutoff:
+                    yield path, job
 
     def expire_audio(self, hours: float, now: datetime | None = None) -> builtins.list[str]:
         """Delete the recordings of jobs finished more than ``hours`` ago (their annotation,
         record and exports stay; ``audio_deleted_at`` says when). Returns their ids."""
         now = now or utcnow()
-        cutoff = now - timedelta(hours=hours)
         done: builtins.list[str] = []
-        for folder, job_id in self._finished_before(cutoff):
-            with self._locked():
-                path = self.root / folder / job_id
-                try:
-                    job = self._read(folder, path)
-                except (FileNotFoundError, ValueError):
-                    continue  # moved or deleted meanwhile: the next pass sees it
-                if (job.finished_at or job.updated_at) > cutoff:
-                    continue
-                audio = path / _safe_audio_name(job.audio.stored_as, Path(job.audio.stored_as))
-                try:
-                    audio.unlink()
-                except FileNotFoundError:
-                    if job.audio_deleted_at is not None:
-                        continue  # done in an earlier pass
-                if job.audio_deleted_at is None:
-                    job.audio_deleted_at = now
-                    self._save(path, job)
-                fsync_dir(path)
-                done.append(job_id)
+        for path, job in self._expired(now - timedelta(hours=hours)):
+            audio = path / _safe_audio_name(job.audio.stored_as, Path(job.audio.stored_as))
+            try:
+                audio.unlink()
+            except FileNotFoundError:
+                if job.audio_deleted_at is not None:
+                    continue  # done in an earlier pass
+            if job.audio_deleted_at is None:
+                job.audio_deleted_at = now
+                self._save(path, job)
+            fsync_dir(path)
+            done.append(job.id)
         if done:
             log.info("deleted recordings past their retention", extra={"count": len(done)})
         return done
@@ -956,23 +961,15 @@ class FileQueue:
         """Delete the jobs finished more than ``hours`` ago with all their files (as
         ``DELETE /jobs/{id}`` does). Returns their ids."""
         now = now or utcnow()
-        cutoff = now - timedelta(hours=hours)
-        done: builtins.list[str] = []
-        for folder, job_id in self._finished_before(cutoff):
-            path = self.root / folder / job_id
-            with self._locked():
-                try:
-                    job = self._read(folder, path)
-                except (FileNotFoundError, ValueError):
-                    continue
-                if (job.finished_at or job.updated_at) > cutoff:
-                    continue
-                trash = self._to_trash(path)
+        trashed = [
+            (job.id, self._to_trash(path))
+            for path, job in self._expired(now - timedelta(hours=hours))
+        ]
+        for _, trash in trashed:  # outside the lock
             shutil.rmtree(trash, ignore_errors=True)
-            done.append(job_id)
-        if done:
-            log.info("deleted jobs past their retention", extra={"count": len(done)})
-        return done
+        if trashed:
+            log.info("deleted jobs past their retention", extra={"count": len(trashed)})
+        return [job_id for job_id, _ in trashed]
 
     def archive_expired(self, now: datetime | None = None) -> builtins.list[str]:
         """Move completed and failed jobs older than the retention period to archived."""
@@ -986,8 +983,7 @@ class FileQueue:
                         job = self._read(folder, path)
                     except (FileNotFoundError, ValueError):
                         continue
-                    finished = job.finished_at or job.updated_at
-                    if finished > cutoff:
+                    if _finished(job) > cutoff:
                         continue
                     job.state = JobState.ARCHIVED
                     self._transition(path, job, ARCHIVED)

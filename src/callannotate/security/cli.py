@@ -97,13 +97,13 @@ class _NoPassword(CallAnnotateError):
         super().__init__("no password was typed; in a script, pipe it in with --password-stdin")
 
 
-def _when(value: Any) -> str:
-    return value.isoformat(timespec="seconds") if value is not None else "-"
-
-
 def _when_or_none(value: Any) -> str | None:
     """A time for ``--json``: ``null`` when not set (never the table's ``-``)."""
     return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _when(value: Any) -> str:
+    return _when_or_none(value) or "-"
 
 
 # --------------------------------------------------------------------------- users

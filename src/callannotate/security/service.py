@@ -279,8 +279,7 @@ class AuthService:
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
         user = self.store.require_user_by_name(normalize_username(username))
-        updated = self.store.update_user(user.id, password_hash=self.passwords.hash(password))
-        self._end_sessions(user.id)
+        updated = self._end_sessions(user.id, password_hash=self.passwords.hash(password))
         self._audit("set_password", "user", user.id, username=user.username)
         return updated
 
@@ -461,14 +460,18 @@ class AuthService:
         observe_auth_failure("refresh_reuse")
         raise InvalidGrant("invalid refresh token")
 
-    def _end_sessions(self, user_id: str) -> None:
-        """Every login of ``user_id`` ends: its refresh tokens are revoked and the access
-        tokens issued before this second refused (``iat`` has whole seconds)."""
-        self.store.update_user(
-            user_id, tokens_valid_after=datetime.fromtimestamp(int(time.time()), UTC)
+    def _end_sessions(self, user_id: str, password_hash: str | None = None) -> User:
+        """Every login of ``user_id`` ends (with its new ``password_hash``, in the same
+        update): its refresh tokens are revoked and the access tokens issued before this
+        second refused (``iat`` has whole seconds)."""
+        user = self.store.update_user(
+            user_id,
+            password_hash=password_hash,
+            tokens_valid_after=datetime.fromtimestamp(int(time.time()), UTC),
         )
         self.store.revoke_user_tokens(user_id)
         self.invalidate()
+        return user
 
     def logout_everywhere(self, user_id: str) -> None:
         """End every session of ``user_id`` (``POST /auth/logout-all``); API keys and OAuth2
