@@ -6,12 +6,12 @@ import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from audio_encoding import encode_pcm
 from callannotate.api.app import create_app
 from callannotate.config import ApiSettings, Settings
 from callannotate.jobs.filequeue import FileQueue
@@ -36,22 +36,10 @@ def synthesise(
     path: Path, container: str, codec: str, rate: int, channels: int, seconds: float
 ) -> Path:
     """Encode a 440/660 Hz tone (one tone per channel) with PyAV."""
-    layout = "mono" if channels == 1 else "stereo"
-    n = int(rate * seconds)
-    t = np.arange(n) / rate
+    t = np.arange(int(rate * seconds)) / rate
     tones = [0.3 * np.sin(2 * np.pi * f * t) for f in (440.0, 660.0)[:channels]]
     data = (np.stack(tones) * 32767).astype(np.int16)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        for i in range(0, n, 1024):
-            packed = np.ascontiguousarray(data[:, i : i + 1024].T.reshape(1, -1))
-            frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return encode_pcm(path, container, codec, rate, np.ascontiguousarray(data.T))
 
 
 @pytest.fixture(scope="session")

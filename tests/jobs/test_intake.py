@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from audio_encoding import encode_pcm
 from callannotate.api.app import create_app
 from callannotate.api.routes.stream import StreamConfig, _submit_job
 from callannotate.config import ApiSettings, Settings
@@ -25,22 +26,9 @@ from callannotate.pipeline.types import AnnotateOptions
 
 def synthesise(path: Path, container: str, codec: str, rate: int, seconds: float) -> Path:
     """A 440 Hz mono tone encoded with PyAV."""
-    import av
-
     n = int(rate * seconds)
     tone = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(n) / rate) * 32767).astype(np.int16)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        for i in range(0, n, 1152):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(tone[None, i : i + 1152]), format="s16", layout="mono"
-            )
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return encode_pcm(path, container, codec, rate, tone[:, None], chunk=1152)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audio_encoding import encode_pcm
 from callannotate.errors import InvalidAudio
 from callannotate.pipeline.audio import decode as audio_io
 
@@ -49,24 +50,10 @@ def _encode(
     path: Path, container: str, codec: str, rate: int, seconds: float, channels: int = 1
 ) -> Path:
     """A warbling 440 Hz tone encoded with PyAV (``channels`` identical channels)."""
-    import av
-
-    layout = "mono" if channels == 1 else "stereo"
     t = np.arange(int(rate * seconds)) / rate
     wave = 0.3 * np.sin(2 * np.pi * 440.0 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
     pcm = np.repeat((wave * 32767).astype(np.int16)[:, None], channels, axis=1)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        for i in range(0, len(pcm), 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(pcm[i : i + 1024].reshape(1, -1)), format="s16", layout=layout
-            )
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return encode_pcm(path, container, codec, rate, pcm)
 
 
 def _scramble(path: Path, start: float, end: float, seed: int = 7) -> Path:
